@@ -1,0 +1,144 @@
+"""Cache the residual stream at chosen token positions only, batched, stopping the forward after the last layer read."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from probes.chat import ChatPrompt
+from probes.errors import HarmlensError
+from probes.loading import model_device
+
+PositionSelector = Callable[[ChatPrompt], Sequence[int]]
+
+
+class _StopForward(Exception):
+    """Raised by the last needed hook so no later layer (nor the unembedding) is computed."""
+
+
+def n_layers(model) -> int:
+    """Number of transformer blocks."""
+    return int(model.cfg.n_layers)
+
+
+def resid_hook_name(model, layer: int) -> str:
+    """Hook for the residual stream entering block `layer`; layer == n_layers is the final residual."""
+    L = n_layers(model)
+    if not 0 <= layer <= L:
+        raise HarmlensError(f"layer {layer} out of range: the model has layers 0..{L} (resid_pre 0..{L - 1}, {L} = final)")
+    return f"blocks.{layer}.hook_resid_pre" if layer < L else "ln_final.hook_in"
+
+
+def check_layers(model, layers: Sequence[int] | None) -> list[int]:
+    """Validate a layer list (None = every resid_pre plus the final residual)."""
+    L = n_layers(model)
+    if layers is None:
+        return list(range(L + 1))
+    out = [int(x) for x in layers]
+    if not out:
+        raise HarmlensError("empty layer list")
+    for layer in out:
+        resid_hook_name(model, layer)
+    return out
+
+
+def t_inst_positions(prompt: ChatPrompt) -> Sequence[int]:
+    """Selector: the last instruction token."""
+    return (prompt.t_inst,)
+
+
+def t_post_inst_positions(prompt: ChatPrompt) -> Sequence[int]:
+    """Selector: the last prompt token."""
+    return (prompt.t_post_inst,)
+
+
+def last_post_inst_positions(k: int) -> PositionSelector:
+    """Selector factory: the last k post-instruction tokens (Arditi's eoi positions)."""
+    def select(prompt: ChatPrompt) -> Sequence[int]:
+        if len(prompt.post_inst) < k:
+            raise HarmlensError(f"prompt has {len(prompt.post_inst)} post-instruction tokens, need {k}")
+        return prompt.post_inst[-k:]
+    return select
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A padded batch of rendered prompts: ids, attention mask, position ids and each row's offset."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    offsets: torch.Tensor  # index of each prompt's first token in its padded row
+
+
+def pad_batch(prompts: Sequence[ChatPrompt], pad_id: int, *, padding_side: str = "right", device=None) -> Batch:
+    """Pad token ids left or right; position ids count real tokens only, so padding never shifts positions."""
+    if padding_side not in ("left", "right"):
+        raise HarmlensError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    offsets = torch.zeros(len(prompts), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        start = width - len(p) if padding_side == "left" else 0
+        ids[row, start:start + len(p)] = torch.tensor(p.input_ids)
+        mask[row, start:start + len(p)] = 1
+        offsets[row] = start
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    return Batch(ids.to(device), mask.to(device), pos.to(device), offsets.to(device))
+
+
+def iter_resid_batches(
+    model,
+    prompts: Sequence[ChatPrompt],
+    select: PositionSelector,
+    *,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 16,
+    padding_side: str = "right",
+    progress: bool | str = True,
+) -> Iterator[tuple[Sequence[ChatPrompt], torch.Tensor]]:
+    """Yield (prompts, acts[batch, n_layers_sel, n_pos, d_model]) for the selected positions, in float32."""
+    layers = check_layers(model, layers)
+    if not prompts:
+        raise HarmlensError("empty prompt list")
+    device = model_device(model)
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    names = [resid_hook_name(model, layer) for layer in layers]
+    last_name = max(names, key=lambda n: (n.startswith("ln_final"), int(n.split(".")[1]) if n.startswith("blocks") else 0))
+    desc = progress if isinstance(progress, str) else "caching activations"
+    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        batch = pad_batch(chunk, pad_id, padding_side=padding_side, device=device)
+        rel = [list(select(p)) for p in chunk]
+        if len({len(r) for r in rel}) != 1:
+            raise HarmlensError("position selector returned different numbers of positions within a batch")
+        pos = torch.tensor(rel, device=device) + batch.offsets[:, None]
+        rows = torch.arange(len(chunk), device=device)[:, None]
+        store: dict[str, torch.Tensor] = {}
+
+        def make_hook(name: str):
+            def hook(x: torch.Tensor, hook) -> torch.Tensor:
+                store[name] = x[rows, pos].detach().float()
+                if name == last_name:
+                    raise _StopForward
+                return x
+            return hook
+
+        with torch.no_grad(), model.hooks(fwd_hooks=[(n, make_hook(n)) for n in set(names)]):
+            try:
+                model(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+            except _StopForward:
+                pass
+        yield chunk, torch.stack([store[n] for n in names], dim=1)
+        bar.update(len(chunk))
+    bar.close()
+
+
+def cache_resid(model, prompts: Sequence[ChatPrompt], select: PositionSelector, **kwargs) -> torch.Tensor:
+    """All selected activations at once: [n_prompts, n_layers_sel, n_pos, d_model] (small: positions only)."""
+    return torch.cat([acts.cpu() for _, acts in iter_resid_batches(model, prompts, select, **kwargs)])
