@@ -101,7 +101,8 @@ def load_hf(name: str | None = None, *, dtype: torch.dtype | None = None, device
     device = torch.device(device) if device is not None else default_device()
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    local = Path(path).exists()
+    # Local folders and offline mode never touch the network (HF_HUB_OFFLINE is read now, not at import time).
+    local = Path(path).exists() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=local)
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local)

@@ -1,0 +1,150 @@
+"""CLI: `python -m probes extract|select` — directions and Arditi selection as files and plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from probes.errors import HarmlensError
+
+
+def _layers(text: str | None) -> list[int] | None:
+    """Parse '3,5,10-12' into a layer list."""
+    if not text:
+        return None
+    out: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
+    except ValueError:
+        raise HarmlensError(f"bad layer list {text!r}: use e.g. '4,8,10-12'") from None
+    return out
+
+
+def _offsets(text: str | None) -> list[int] | None:
+    """Parse '-1,-3' into a list of post-instruction offsets."""
+    if not text:
+        return None
+    try:
+        return [int(x) for x in text.split(",")]
+    except ValueError:
+        raise HarmlensError(f"bad position list {text!r}: use negative offsets, e.g. '-1,-2'") from None
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="Hub name or local HF folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created; files are written atomically)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--system", default=None, help="system prompt (default: the chat template's own)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of `python -m probes`."""
+    parser = argparse.ArgumentParser(prog="python -m probes", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("extract", help="harmfulness (t_inst) and refusal (t_post-inst) directions, per layer",
+                        description="Class-mean differences of the residual stream; writes directions.safetensors, "
+                                    "summary.json and PNG plots. Prompt files: .json list, .jsonl, .csv or .txt; "
+                                    "'builtin:harmful[:train|val]' uses the shipped sets (the default).")
+    _common(ex)
+    ex.add_argument("--harmful", default=None, help="harmful prompt file (default: builtin:harmful:train)")
+    ex.add_argument("--harmless", default=None, help="harmless prompt file (default: builtin:harmless:train)")
+    ex.add_argument("--n", type=int, default=128, help="prompts per class (default 128, as Arditi et al.)")
+    ex.add_argument("--layers", default=None, help="layers to extract, e.g. '0-30' (default: all)")
+    ex.add_argument("--val-harmful", default=None, help="prompts for the belief-score scatter (default: builtin val)")
+    ex.add_argument("--val-harmless", default=None)
+    sel = sub.add_parser("select", help="Arditi bypass/induce/KL selection of one refusal direction",
+                         description="Scores every (post-instruction position, layer) candidate of a directions file.")
+    _common(sel)
+    sel.add_argument("--directions", required=True, type=Path, help="directions.safetensors from `extract`")
+    sel.add_argument("--harmful-val", default=None, help="default: builtin:harmful:val")
+    sel.add_argument("--harmless-val", default=None, help="default: builtin:harmless:val")
+    sel.add_argument("--n", type=int, default=32, help="validation prompts per class (default 32)")
+    sel.add_argument("--positions", default=None, help="post-inst offsets to try, e.g. '-1,-2' (default: all)")
+    sel.add_argument("--layers", default=None, help="layers to try (default: all below 0.8·L)")
+    return parser
+
+
+def cmd_extract(args: argparse.Namespace) -> dict:
+    """Extract both directions, save them, score validation prompts and plot."""
+    from probes.beliefs import Centroids, belief_scores
+    from probes.data import load_prompt_source
+    from probes.directions import extract_directions
+    from probes.io import atomic_write_text
+    from probes.loading import load_model
+    from probes.plots import plot_belief_scatter, plot_cosine, plot_norms
+
+    harmful = load_prompt_source(args.harmful, "harmful", "train", args.n)
+    harmless = load_prompt_source(args.harmless, "harmless", "train", args.n)
+    val_h = load_prompt_source(args.val_harmful, "harmful", "val", 64)
+    val_l = load_prompt_source(args.val_harmless, "harmless", "val", 64)
+    model = load_model(args.model)
+    start = time.perf_counter()
+    d = extract_directions(model, harmful, harmless, batch_size=args.batch_size, layers=_layers(args.layers),
+                           system=args.system, progress=not args.quiet)
+    elapsed = time.perf_counter() - start
+    out: Path = args.out
+    d.save(out / "directions.safetensors")
+    table = d.cosine_table()
+    layers = [row["layer"] for row in table]
+    plot_cosine(layers, [row["cosine"] for row in table], out / "cosine_per_layer.png",
+                title=f"{d.metadata['model']}: cos(harmfulness, refusal)")
+    plot_norms(layers, {"harmfulness (t_inst)": [r["norm_harmfulness"] for r in table],
+                        "refusal (t_post-inst)": [r["norm_refusal"] for r in table]}, out / "norms_per_layer.png")
+    centroids = Centroids.from_directions(d)
+    groups = {}
+    for name, prompts in (("harmful (val)", val_h), ("harmless (val)", val_l)):
+        s = belief_scores(model, prompts, centroids, batch_size=args.batch_size)
+        groups[name] = (s.delta_harmful.tolist(), s.delta_refuse.tolist())
+    plot_belief_scatter(groups, out / "beliefs_scatter.png", title=f"{d.metadata['model']}")
+    summary = {
+        "model": d.metadata["model"], "n_harmful": len(harmful), "n_harmless": len(harmless),
+        "extraction_seconds": round(elapsed, 2), "cosine_per_layer": table,
+        "belief_means": {k: {"delta_harmful": sum(v[0]) / len(v[0]), "delta_refuse": sum(v[1]) / len(v[1])}
+                         for k, v in groups.items()},
+        "files": ["directions.safetensors", "cosine_per_layer.png", "norms_per_layer.png", "beliefs_scatter.png"],
+    }
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def cmd_select(args: argparse.Namespace) -> dict:
+    """Run Arditi selection on a directions file and save the winner, the score grids and a plot."""
+    from probes.data import load_prompt_source
+    from probes.directions import Directions
+    from probes.loading import load_model
+    from probes.selection import select_refusal_direction
+
+    harmful_val = load_prompt_source(args.harmful_val, "harmful", "val", args.n)
+    harmless_val = load_prompt_source(args.harmless_val, "harmless", "val", args.n)
+    model = load_model(args.model)
+    directions = Directions.load(args.directions, model=model)
+    sel = select_refusal_direction(model, directions, harmful_val, harmless_val, batch_size=args.batch_size,
+                                   positions=_offsets(args.positions),
+                                   layers=_layers(args.layers), progress=not args.quiet)
+    sel.save(args.out)
+    return sel.to_json()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; bad input prints one line and exits 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        result = {"extract": cmd_extract, "select": cmd_select}[args.command](args)
+    except HarmlensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing half-written (outputs are written atomically)", file=sys.stderr)
+        return 130
+    print(json.dumps({k: v for k, v in result.items() if k != "cosine_per_layer"}, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Activation steering, directional ablation (hook context managers that always unwind) and weight orthogonalisation."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from probes.activations import n_layers, resid_hook_name
+from probes.errors import HarmlensError
+
+POSITIONS = ("all", "prompt")
+
+
+def check_vector(model, vector, what: str = "vector") -> torch.Tensor:
+    """A finite float tensor of shape [d_model], detached."""
+    d = int(model.cfg.d_model)
+    if not isinstance(vector, torch.Tensor):
+        raise HarmlensError(f"{what} must be a torch.Tensor of shape [{d}], got {type(vector).__name__}")
+    if tuple(vector.shape) != (d,):
+        raise HarmlensError(f"{what} has shape {tuple(vector.shape)}, expected [{d}] (d_model)")
+    vector = vector.detach()
+    if not vector.is_floating_point() or not torch.isfinite(vector).all():
+        raise HarmlensError(f"{what} must be a finite floating-point tensor")
+    return vector
+
+
+def unit_direction(model, direction) -> torch.Tensor:
+    """The direction scaled to unit norm, in float64; HarmlensError if it is zero."""
+    direction = check_vector(model, direction, "direction").double()
+    norm = direction.norm()
+    if not norm > 0:
+        raise HarmlensError("direction is the zero vector: cannot ablate or orthogonalise along it")
+    return direction / norm
+
+
+class _OnDevice:
+    """A vector moved to each activation's device/dtype once, then reused."""
+
+    def __init__(self, vector: torch.Tensor) -> None:
+        self.vector, self._cache = vector, {}
+
+    def like(self, x: torch.Tensor) -> torch.Tensor:
+        key = (x.device, x.dtype)
+        if key not in self._cache:
+            self._cache[key] = self.vector.to(device=x.device, dtype=x.dtype)
+        return self._cache[key]
+
+
+@contextmanager
+def steer(model, vector: torch.Tensor, layer: int, coeff: float = 1.0, *, positions: str = "all") -> Iterator:
+    """Add coeff·vector to the residual entering `layer` (n_layers = final residual) while inside the block.
+
+    positions="all" steers every position incl. generated tokens; "prompt" only forward calls over more than one
+    token (the prefill), so cached decode steps are left alone.
+    """
+    if positions not in POSITIONS:
+        raise HarmlensError(f"positions must be 'all' or 'prompt', got {positions!r}")
+    if isinstance(layer, bool) or not hasattr(layer, "__index__"):
+        raise HarmlensError(f"layer must be an integer, got {layer!r}")
+    name = resid_hook_name(model, operator.index(layer))
+    add = _OnDevice(check_vector(model, vector).float() * float(coeff))
+
+    def hook(x: torch.Tensor, hook) -> torch.Tensor:
+        if positions == "prompt" and x.shape[1] <= 1:
+            return x
+        return x + add.like(x)
+
+    with model.hooks(fwd_hooks=[(name, hook)]):
+        yield model
+
+
+def ablation_hook_names(model) -> list[str]:
+    """Arditi's ablation points: hook_resid_pre, hook_attn_out and hook_mlp_out of every block."""
+    names = [f"blocks.{layer}.{point}" for layer in range(n_layers(model))
+             for point in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")]
+    missing = [n for n in names if n not in model.hook_dict]
+    if missing:
+        raise HarmlensError(f"the model has no hook point {missing[0]}: cannot ablate ({len(missing)} missing)")
+    return names
+
+
+@contextmanager
+def ablate(model, direction: torch.Tensor) -> Iterator:
+    """Project the unit direction out of every block's resid_pre, attn_out and mlp_out, at every position."""
+    r = _OnDevice(unit_direction(model, direction))
+
+    def hook(x: torch.Tensor, hook) -> torch.Tensor:
+        xf = x.float() if x.element_size() < 4 else x  # project half-precision activations in float32
+        rx = r.like(xf)
+        return (xf - (xf @ rx).unsqueeze(-1) * rx).to(x.dtype)
+
+    with model.hooks(fwd_hooks=[(n, hook) for n in ablation_hook_names(model)]):
+        yield model
+
+
+def _base_module(component) -> torch.nn.Module:
+    """The HF module a bridge component wraps (or the module itself)."""
+    return getattr(component, "original_component", None) or component
+
+
+def _project_out_(weight: torch.Tensor, r: torch.Tensor, axis: int) -> None:
+    """In place: remove the r component along `axis` (the one of size d_model that writes to the residual)."""
+    w = weight.detach().double()
+    rr = r.double().to(w.device)
+    w = w - torch.outer(rr, rr @ w) if axis == 0 else w - torch.outer(w @ rr, rr)
+    weight.detach().copy_(w.to(weight.dtype))
+
+
+def _output_axis(module: torch.nn.Module) -> int:
+    """Axis of `module.weight` that indexes the residual: Linear [out, in] -> 0, Conv1D/Embedding -> 1."""
+    if isinstance(module, torch.nn.Embedding):
+        return 1
+    if isinstance(module, torch.nn.Linear):
+        return 0
+    if type(module).__name__ == "Conv1D":  # GPT-2 style [in, out]
+        return 1
+    raise HarmlensError(f"cannot orthogonalise a {type(module).__name__}: unknown weight layout")
+
+
+def _untie_output_embeddings(hf, embed: torch.nn.Module) -> None:
+    """Give a tied unembedding its own copy of the weights so editing the embedding leaves the read-out alone."""
+    unembed = _base_module(hf.get_output_embeddings())
+    if unembed is None or unembed.weight is not embed.weight:
+        return
+    unembed.weight = torch.nn.Parameter(embed.weight.detach().clone(), requires_grad=embed.weight.requires_grad)
+    for cfg in (hf.config, getattr(hf.config, "get_text_config", lambda: None)()):
+        if cfg is not None and hasattr(cfg, "tie_word_embeddings"):
+            cfg.tie_word_embeddings = False
+
+
+def orthogonalize(model, direction: torch.Tensor):
+    """Arditi's permanent edit: W <- W - r̂r̂ᵀW for the embeddings and every attn/MLP output projection (in place).
+
+    A tied unembedding is untied first (cloned) so the logits read-out is unchanged. Equivalent to ablate() for
+    architectures whose attention/MLP outputs enter the residual directly (no post-sublayer norm).
+    """
+    r = unit_direction(model, direction)
+    d = int(model.cfg.d_model)
+    hf = model.original_model
+    embed = _base_module(model.embed)
+    targets = [embed]
+    pos_embed = _base_module(getattr(model, "pos_embed", None))
+    if isinstance(pos_embed, torch.nn.Embedding):  # learned absolute positions (GPT-2 style) also write to it
+        targets.append(pos_embed)
+    try:
+        for block in model.blocks:
+            targets += [_base_module(block.attn.o), _base_module(block.mlp.out)]
+    except AttributeError as exc:
+        raise HarmlensError(f"cannot orthogonalise this architecture: no attn.o / mlp.out in a block ({exc})") from None
+    axes = [_output_axis(module) for module in targets]  # validate everything before editing anything
+    for module, axis in zip(targets, axes):
+        if module.weight.shape[axis] != d:
+            raise HarmlensError(f"{type(module).__name__} weight {tuple(module.weight.shape)} has no d_model axis")
+    _untie_output_embeddings(hf, embed)
+    with torch.no_grad():
+        for module, axis in zip(targets, axes):
+            _project_out_(module.weight.data, r, axis)
+            bias = getattr(module, "bias", None)
+            if bias is not None:  # output bias [d_model] writes to the residual too
+                _project_out_(bias.data.unsqueeze(1), r, 0)
+    return model
