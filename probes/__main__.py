@@ -8,31 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from probes.errors import HarmlensError
-
-
-def _layers(text: str | None) -> list[int] | None:
-    """Parse '3,5,10-12' into a layer list."""
-    if not text:
-        return None
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.partition("-")
-            out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
-    except ValueError:
-        raise HarmlensError(f"bad layer list {text!r}: use e.g. '4,8,10-12'") from None
-    return out
-
-
-def _offsets(text: str | None) -> list[int] | None:
-    """Parse '-1,-3' into a list of post-instruction offsets."""
-    if not text:
-        return None
-    try:
-        return [int(x) for x in text.split(",")]
-    except ValueError:
-        raise HarmlensError(f"bad position list {text!r}: use negative offsets, e.g. '-1,-2'") from None
+from probes.cli_common import parse_layers, parse_offsets, run_cli
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -85,7 +61,7 @@ def cmd_extract(args: argparse.Namespace) -> dict:
     val_l = load_prompt_source(args.val_harmless, "harmless", "val", 64)
     model = load_model(args.model)
     start = time.perf_counter()
-    d = extract_directions(model, harmful, harmless, batch_size=args.batch_size, layers=_layers(args.layers),
+    d = extract_directions(model, harmful, harmless, batch_size=args.batch_size, layers=parse_layers(args.layers),
                            system=args.system, progress=not args.quiet)
     elapsed = time.perf_counter() - start
     out: Path = args.out
@@ -125,8 +101,8 @@ def cmd_select(args: argparse.Namespace) -> dict:
     model = load_model(args.model)
     directions = Directions.load(args.directions, model=model)
     sel = select_refusal_direction(model, directions, harmful_val, harmless_val, batch_size=args.batch_size,
-                                   positions=_offsets(args.positions),
-                                   layers=_layers(args.layers), progress=not args.quiet)
+                                   positions=parse_offsets(args.positions),
+                                   layers=parse_layers(args.layers), progress=not args.quiet)
     sel.save(args.out)
     return sel.to_json()
 
@@ -134,16 +110,13 @@ def cmd_select(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input prints one line and exits 2."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         result = {"extract": cmd_extract, "select": cmd_select}[args.command](args)
-    except HarmlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing half-written (outputs are written atomically)", file=sys.stderr)
-        return 130
-    print(json.dumps({k: v for k, v in result.items() if k != "cosine_per_layer"}, indent=2, default=str))
-    return 0
+        print(json.dumps({k: v for k, v in result.items() if k != "cosine_per_layer"}, indent=2, default=str))
+        return 0
+
+    return run_cli(run, interrupted="interrupted: nothing half-written (outputs are written atomically)")
 
 
 if __name__ == "__main__":
