@@ -1,1 +1,20 @@
-"""harmlens.attacks: role-modality perturbations, text jailbreaks, judges and ASR evaluation (not built yet)."""
+"""harmlens.attacks: role-modality perturbations, text jailbreaks, GCG, judges, ASR evaluation and refusal projections."""
+
+from attacks.evaluate import evaluate_asr, rejudge
+from attacks.gcg import GCGConfig, GCGResult, gcg_attack, gcg_jailbreak, gcg_many
+from attacks.jailbreaks import NAMED as JAILBREAKS
+from attacks.jailbreaks import Jailbreak, get_jailbreak, gptfuzzer, gptfuzzer_templates
+from attacks.judges import Judge, JudgeItem, RefusalScoreJudge, SubstringJudge, coherent, get_judge
+from attacks.model_judge import ModelJudge
+from attacks.projection import ProjectionResult, default_band, projection_analysis
+from attacks.report import AttackReport, Rate, wilson_interval
+from attacks.settings import SETTINGS, TEXT_SETTINGS, Setting, get_setting, perturb, perturb_many, perturb_text
+from attacks.template import RoleTemplate, role_template
+
+__all__ = [
+    "AttackReport", "GCGConfig", "GCGResult", "JAILBREAKS", "Jailbreak", "Judge", "JudgeItem", "ModelJudge",
+    "ProjectionResult", "Rate", "RefusalScoreJudge", "RoleTemplate", "SETTINGS", "Setting", "SubstringJudge",
+    "TEXT_SETTINGS", "coherent", "default_band", "evaluate_asr", "rejudge", "gcg_attack", "gcg_jailbreak", "gcg_many",
+    "get_jailbreak", "get_judge", "get_setting", "gptfuzzer", "gptfuzzer_templates", "perturb", "perturb_many",
+    "perturb_text", "projection_analysis", "role_template", "wilson_interval",
+]

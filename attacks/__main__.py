@@ -1,7 +1,152 @@
-"""CLI placeholder: this package is planned and does nothing yet."""
+"""CLI: `python -m attacks run|gcg|list` — ASR under RMA settings × text jailbreaks, GCG suffixes, projections."""
 
+from __future__ import annotations
+
+import argparse
+import json
 import sys
+from dataclasses import asdict
+from pathlib import Path
+
+from probes.errors import HarmlensError
+
+_MODEL_HELP = ("Hub name or local HF folder (default: the embedded SmolLM2-135M-Instruct); for an organism pass its "
+               "cached folder, which `python -m guards` prints (attacks never imports guards)")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help=_MODEL_HELP)
+    p.add_argument("--prompts", default=None, help="prompt file (.json/.jsonl/.csv/.txt) or builtin:harmful[:val] "
+                                                    "(default: builtin:harmful:val, not used to train the organisms)")
+    p.add_argument("--limit", type=int, default=None, help="first N prompts only")
+    p.add_argument("--out", required=True, type=Path, help="output folder (results stream to results.jsonl; resumable)")
+    p.add_argument("--judge", default="substring:rma",
+                   help="substring:jbb|rma|zhao, refusal_score (no generation) or model:<name or path>")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (seeded)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--system", default=None, help="system prompt (default: the chat template's own)")
+    p.add_argument("--strip-system", action="store_true", help="drop the template's default system prompt (RMA)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse tree of `python -m attacks`."""
+    parser = argparse.ArgumentParser(prog="python -m attacks", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="ASR of every requested setting × jailbreak; report.md, report.json, heatmaps",
+                         description="Settings: 'all' = every setting the model supports (2 for text-only, 8 for a "
+                                     "VLM) or a comma list (none,swap,img_in,...). Jailbreaks: comma list of names, "
+                                     "'all' (the 7 named ones), 'gptfuzzer' (77 templates) or gptfuzzer:<id>.")
+    _common(run)
+    run.add_argument("--settings", default="all")
+    run.add_argument("--jailbreaks", default="", help="e.g. aim,prefix_injection or all (default: none)")
+    run.add_argument("--images", default=None, help="image path for the image settings (VLMs only)")
+    run.add_argument("--directions", type=Path, default=None,
+                     help="directions.safetensors (python -m probes extract) for the refusal-projection analysis")
+    run.add_argument("--band", default=None, help="layer band for the projection, e.g. '12-15' (default: RMA's, scaled)")
+    gcg = sub.add_parser("gcg", help="GCG suffix per prompt, then their ASR with and without role swap")
+    _common(gcg)
+    gcg.add_argument("--steps", type=int, default=40)
+    gcg.add_argument("--suffix-len", type=int, default=10)
+    gcg.add_argument("--top-k", type=int, default=64)
+    gcg.add_argument("--candidates", type=int, default=64)
+    gcg.add_argument("--target", default="Sure, here is")
+    sub.add_parser("list", help="the settings, jailbreaks and judges")
+    return parser
+
+
+def _setup(args):
+    from probes.data import load_prompt_source
+    from probes.loading import load_model
+
+    prompts = load_prompt_source(args.prompts, "harmful", "val", args.limit)
+    return load_model(args.model), prompts
+
+
+def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor=None):
+    from attacks.evaluate import evaluate_asr
+
+    report = evaluate_asr(model, prompts, settings=settings, jailbreaks=jailbreaks, judge=args.judge, images=images,
+                          out=args.out, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                          do_sample=args.sample, temperature=args.temperature, seed=args.seed, system=args.system,
+                          strip_system=args.strip_system, processor=processor, progress=not args.quiet)
+    report.save(args.out)
+    return report
+
+
+def cmd_run(args: argparse.Namespace) -> dict:
+    """Evaluate, save the report and, with --directions, the projection analysis."""
+    model, prompts = _setup(args)
+    jailbreaks = [j for j in args.jailbreaks.split(",") if j.strip()]
+    processor = None
+    if args.images:  # VLMs: the processor expands the image token and makes pixel_values (untested: no VLM yet)
+        from transformers import AutoProcessor
+
+        from probes.loading import resolve_model_path
+
+        processor = AutoProcessor.from_pretrained(resolve_model_path(args.model)[0])
+    report = _evaluate(args, model, prompts, args.settings, jailbreaks, args.images, processor)
+    result = {"out": str(args.out), "asr": {k: round(v.asr, 4) for k, v in report.asr.items()}}
+    if args.directions is not None:
+        from probes.__main__ import _layers
+        from probes.directions import Directions
+
+        from attacks.projection import projection_analysis
+
+        proj = projection_analysis(model, report, Directions.load(args.directions, model=model),
+                                   band=_layers(args.band), batch_size=args.batch_size, progress=not args.quiet)
+        proj.save(args.out)
+        result["projection_band_cos"] = dict(proj.ranking())
+    return result
+
+
+def cmd_gcg(args: argparse.Namespace) -> dict:
+    """GCG suffixes, saved to gcg.json, then evaluated under none and swap."""
+    from probes.io import atomic_write_text
+
+    from attacks.gcg import GCGConfig, gcg_jailbreak, gcg_many
+
+    model, prompts = _setup(args)
+    cfg = GCGConfig(suffix_len=args.suffix_len, steps=args.steps, top_k=args.top_k, batch=args.candidates,
+                    target=args.target, seed=args.seed)
+    results = gcg_many(model, prompts, cfg, progress=not args.quiet)
+    seconds = sum(r.seconds for r in results)
+    atomic_write_text(args.out / "gcg.json", json.dumps({"config": asdict(cfg), "seconds": seconds,
+                                                         "results": [asdict(r) for r in results]}, indent=1))
+    report = _evaluate(args, model, prompts, ["none", "swap"], [gcg_jailbreak(results)])
+    return {"out": str(args.out), "gcg_seconds": round(seconds, 1),
+            "asr": {k: round(v.asr, 4) for k, v in report.asr.items()}}
+
+
+def cmd_list(args: argparse.Namespace) -> dict:
+    """Names a user can pass."""
+    from attacks.jailbreaks import NAMED, gptfuzzer_templates
+    from attacks.settings import SETTINGS
+
+    return {"settings": {s.name: f"image {s.image}, {'swapped' if s.swap else 'roles as is'} ({s.paper!r})"
+                         for s in SETTINGS},
+            "jailbreaks": {**{k: v.description for k, v in NAMED.items()},
+                           "gptfuzzer:<id>": f"{len(gptfuzzer_templates())} GPTFuzzer templates"},
+            "judges": ["substring:jbb", "substring:rma", "substring:zhao", "refusal_score", "model:<name or path>"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; bad input prints one line and exits 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        result = {"run": cmd_run, "gcg": cmd_gcg, "list": cmd_list}[args.command](args)
+    except HarmlensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished items are in results.jsonl; rerun the same command to resume", file=sys.stderr)
+        return 130
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
 
 if __name__ == "__main__":
-    print("harmlens: this command is not implemented yet (planned in the issue tracker).", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Evaluation sets for guards: plain, jailbreak-wrapped (GPTFuzzer, named text jailbreaks) and RMA-perturbed."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from probes.chat import ChatPrompt
+from probes.errors import HarmlensError
+
+from attacks.jailbreaks import NAMED, gptfuzzer, gptfuzzer_templates
+from attacks.settings import perturb
+from attacks.template import role_template
+
+
+def gptfuzzer_wrap(prompts: Sequence[str], template_ids: Sequence[str | int] | None = None, seed: int = 0
+                   ) -> list[str]:
+    """Each prompt inside a GPTFuzzer template drawn (seeded) from template_ids (default: all 77)."""
+    ids = [str(t) for t in (template_ids if template_ids is not None else gptfuzzer_templates())]
+    if not ids:
+        raise HarmlensError("no GPTFuzzer templates to draw from")
+    rng = random.Random(seed)
+    return [gptfuzzer(rng.choice(ids))(p) for p in prompts]
+
+
+def named_wrap(prompts: Sequence[str], names: Sequence[str] | None = None) -> list[str]:
+    """Each prompt rewritten by the named text jailbreaks in turn (aim, prefix_injection, ...)."""
+    names = list(names or NAMED)
+    return [NAMED[names[i % len(names)]](p, seed=i) for i, p in enumerate(prompts)]
+
+
+def rma_perturb(model, prompts: Sequence[str], setting: str = "swap") -> list[ChatPrompt]:
+    """Prompts rendered under an RMA setting (t_inst located in the perturbed structure)."""
+    template = role_template(model)
+    return [perturb(template, p, setting) for p in prompts]
+
+
+def shipped_sets(model=None, *, limit: int | None = None, seed: int = 0, template_ids=None) -> dict:
+    """{name: (prompts, harmful?)} from guards/data's held-out prompts; RMA sets need the model's template.
+
+    Harmless prompts wrapped in the same jailbreaks are controls: a guard that flags the wrapper fails them.
+    """
+    from guards.datasets import eval_prompts
+    harmful, harmless = eval_prompts("harmful")[:limit], eval_prompts("harmless")[:limit]
+    sets = {
+        "plain_harmful": (harmful, True), "plain_harmless": (harmless, False),
+        "xstest_safe": (eval_prompts("xstest")[:limit], False),
+        "gptfuzzer": (gptfuzzer_wrap(harmful, template_ids, seed), True),
+        "gptfuzzer_harmless": (gptfuzzer_wrap(harmless, template_ids, seed), False),
+        "text_jailbreaks": (named_wrap(harmful), True),
+        "text_jailbreaks_harmless": (named_wrap(harmless), False),
+    }
+    if model is not None:
+        sets["rma_swap"] = (rma_perturb(model, harmful), True)
+        sets["rma_swap_harmless"] = (rma_perturb(model, harmless), False)
+    return sets

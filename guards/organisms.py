@@ -1,0 +1,172 @@
+"""Aligned "model organisms": the embedded SmolLM2 LoRA safety-tuned to refuse harmful requests; built once, cached."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import platform
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from guards import datasets
+from guards.adapter import atomic_dir
+from guards.training import TrainConfig, train
+from probes.errors import HarmlensError
+from probes.loading import EMBEDDED_NAME, cache_dir, load_hf, load_model
+
+KINDS = ("text", "vlm")
+CARD = "card.json"
+REPLIES = "eval_replies.json"  # every greedy reply of the build's evaluation, per set
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What an organism is built from: the training config and how the shipped data are mixed."""
+
+    version: str  # bumped when the build procedure changes in a way the config does not show
+    config: TrainConfig
+    n_harmless: int  # Alpaca pairs used (of the 800 shipped)
+    harmful_repeats: int = 1  # copies of the 259 harmful -> refusal pairs
+    eval_max_new_tokens: int = 48  # greedy reply length in the build's evaluation
+    base_model: str = "HuggingFaceTB/" + EMBEDDED_NAME
+    notes: dict = field(default_factory=dict, compare=False)
+
+
+# The text organism's recipe (see the card's "recipe" and ATTRIBUTION.md for the data).
+TEXT_RECIPE = Recipe(
+    version="text-v1",
+    config=TrainConfig(lora_r=16, lora_alpha=32.0, lora_dropout=0.0, lr=1e-3, schedule="cosine", warmup=10,
+                       batch_size=8, max_steps=160, max_length=128, seed=0, checkpoint_every=20),
+    n_harmless=600,
+)
+
+
+def _check_kind(kind: str) -> None:
+    if kind == "vlm":
+        raise HarmlensError("vlm organism: not built yet")
+    if kind not in KINDS:
+        raise HarmlensError(f"unknown organism kind {kind!r}; choose from {', '.join(KINDS)}")
+
+
+def _recipe(kind: str, config: TrainConfig | None) -> Recipe:
+    _check_kind(kind)
+    return TEXT_RECIPE if config is None else replace(TEXT_RECIPE, config=config)
+
+
+def organism_id(kind: str = "text", config: TrainConfig | None = None) -> str:
+    """Folder name: '<version>-<hash of config, data mix, base model and shipped data>'."""
+    r = _recipe(kind, config)
+    key = json.dumps([r.config.fingerprint_fields(), r.n_harmless, r.harmful_repeats, r.base_model,
+                      datasets.data_hash()], sort_keys=True)
+    return f"{r.version}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def organism_path(kind: str = "text", config: TrainConfig | None = None) -> Path:
+    """Where the organism is (or will be) cached: cache_dir()/organisms/<id>/."""
+    return cache_dir() / "organisms" / organism_id(kind, config)
+
+
+def is_built(path: str | Path) -> bool:
+    """True when `path` holds a complete organism (weights, tokenizer, card)."""
+    path = Path(path)
+    return all((path / f).is_file() for f in (CARD, "config.json", "model.safetensors", "tokenizer_config.json"))
+
+
+def organism_card(kind: str = "text", config: TrainConfig | None = None) -> dict:
+    """The JSON card of a built organism (config, seed, data hash, build time, eval numbers)."""
+    path = organism_path(kind, config)
+    if not is_built(path):
+        raise HarmlensError(f"the {kind} organism is not built yet: run `python -m guards build-organism {kind}`")
+    return json.loads((path / CARD).read_text(encoding="utf-8"))
+
+
+def build_organism(kind: str = "text", config: TrainConfig | None = None, *, out: str | Path | None = None,
+                   force: bool = False, device=None, evaluate: bool = True, eval_limit: int | None = None,
+                   eval_max_new_tokens: int | None = None, progress: bool = True) -> Path:
+    """Train, merge, evaluate and save the organism atomically (resumes an interrupted build); returns its folder.
+    eval_limit / eval_max_new_tokens shrink the evaluation (quick tests; the card records them)."""
+    recipe = _recipe(kind, config)
+    path = Path(out) if out is not None else organism_path(kind, config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build per folder; a waiting process then finds it built
+        if is_built(path) and not force:
+            return path
+        if eval_max_new_tokens is not None:
+            recipe = replace(recipe, eval_max_new_tokens=eval_max_new_tokens)
+        return _build(kind, recipe, path, force=force, device=device, evaluate=evaluate, eval_limit=eval_limit,
+                      progress=progress)
+
+
+def _build(kind: str, recipe: Recipe, path: Path, *, force: bool, device, evaluate: bool, eval_limit: int | None,
+           progress: bool) -> Path:
+    start = time.perf_counter()
+    say = print if progress else (lambda *a, **k: None)
+    say(f"harmlens: building the {kind} organism ({recipe.version}, {recipe.config.max_steps} LoRA steps) "
+        f"into {path} ...", flush=True)
+    hf, tok, base = load_hf(recipe.base_model, device=device)
+    hf.harmlens_name = base
+    examples = datasets.training_examples(recipe.n_harmless, recipe.harmful_repeats)
+    ckpt_dir = path.parent / f".{path.name}.checkpoints"
+    cfg = replace(recipe.config, checkpoint_dir=str(ckpt_dir))
+    adapter = train(hf, examples, config=cfg, tokenizer=tok, progress=progress)
+    merged = adapter.merge(hf)
+    train_done = time.perf_counter()
+    result = None
+    if evaluate:
+        from guards.evaluate import evaluate_organism
+        sets = {name: datasets.eval_prompts(name)[:eval_limit] for name in ("harmful", "harmless", "xstest")}
+        result = evaluate_organism(merged, hf, tok, sets, max_new_tokens=recipe.eval_max_new_tokens,
+                                   progress=progress)
+        replies = result.pop("replies")
+        result["sets"]["harmful"]["by_source"] = _by_source(replies["harmful"])
+    eval_done = time.perf_counter()
+    card = {
+        "kind": kind, "id": path.name, "recipe_version": recipe.version, "base_model": base,
+        "config": recipe.config.fingerprint_fields(), "seed": recipe.config.seed,
+        "data": {"hash": datasets.data_hash(), "harmful": len(datasets.harmful_train()) * recipe.harmful_repeats,
+                 "harmless": recipe.n_harmless, "examples": len(examples)},
+        "training": {k: adapter.meta[k] for k in ("steps", "tokens", "train_seconds", "fingerprint")}
+        | {"final_loss": sum(adapter.meta["losses"][-10:]) / min(10, len(adapter.meta["losses"])),
+           "losses": adapter.meta["losses"]},
+        "lora": adapter.lora, "eval": result,
+        "build_seconds": {"train_and_merge": round(train_done - start, 1),
+                          "evaluate": round(eval_done - train_done, 1), "total": None},
+        "environment": {"torch": torch.__version__, "device": str(next(hf.parameters()).device),
+                        "threads": torch.get_num_threads(), "machine": platform.machine()},
+    }
+    with atomic_dir(path, overwrite=force, what="organism") as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        card["build_seconds"]["total"] = round(time.perf_counter() - start, 1)
+        (tmp / CARD).write_text(json.dumps(card, indent=1), encoding="utf-8")
+        if result is not None:
+            (tmp / REPLIES).write_text(json.dumps(replies, indent=1, ensure_ascii=False), encoding="utf-8")
+    shutil.rmtree(ckpt_dir, ignore_errors=True)
+    say(f"harmlens: {kind} organism built in {card['build_seconds']['total']:.0f} s -> {path}", flush=True)
+    return path
+
+
+def _by_source(replies: list) -> dict:
+    from guards.evaluate import is_refusal
+    rows = {r["instruction"]: r.get("source") for r in datasets._read("harmful_eval.json")}
+    out: dict = {}
+    for prompt, reply in replies:
+        out.setdefault(rows.get(prompt), []).append(is_refusal(reply))
+    return {k: {"n": len(v), "refusal_rate": round(sum(v) / len(v), 4)} for k, v in out.items()}
+
+
+def load_organism(kind: str = "text", *, rebuild: bool = False, device=None, config: TrainConfig | None = None):
+    """The aligned organism as a TransformerBridge: built on first use (minutes, with a progress bar), then cached."""
+    _check_kind(kind)
+    path = organism_path(kind, config)
+    if rebuild or not is_built(path):
+        build_organism(kind, config, force=rebuild, device=device)
+    model = load_model(str(path), device=device)
+    model.harmlens_organism = json.loads((path / CARD).read_text(encoding="utf-8"))
+    return model
