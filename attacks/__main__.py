@@ -8,7 +8,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from probes.errors import HarmlensError
+from probes.cli_common import parse_layers, run_cli
 
 _MODEL_HELP = ("Hub name or local HF folder (default: the embedded SmolLM2-135M-Instruct); for an organism pass its "
                "cached folder, which `python -m guards` prints (attacks never imports guards)")
@@ -91,13 +91,12 @@ def cmd_run(args: argparse.Namespace) -> dict:
     report = _evaluate(args, model, prompts, args.settings, jailbreaks, args.images, processor)
     result = {"out": str(args.out), "asr": {k: round(v.asr, 4) for k, v in report.asr.items()}}
     if args.directions is not None:
-        from probes.__main__ import _layers
         from probes.directions import Directions
 
         from attacks.projection import projection_analysis
 
         proj = projection_analysis(model, report, Directions.load(args.directions, model=model),
-                                   band=_layers(args.band), batch_size=args.batch_size, progress=not args.quiet)
+                                   band=parse_layers(args.band), batch_size=args.batch_size, progress=not args.quiet)
         proj.save(args.out)
         result["projection_band_cos"] = dict(proj.ranking())
     return result
@@ -136,16 +135,13 @@ def cmd_list(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input prints one line and exits 2."""
     args = build_parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         result = {"run": cmd_run, "gcg": cmd_gcg, "list": cmd_list}[args.command](args)
-    except HarmlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished items are in results.jsonl; rerun the same command to resume", file=sys.stderr)
-        return 130
-    print(json.dumps(result, indent=2, ensure_ascii=False))
-    return 0
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+
+    return run_cli(run, interrupted="interrupted: finished items are in results.jsonl; rerun the same command to resume")
 
 
 if __name__ == "__main__":
