@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 
-# Written for this project. Every answer contains at least one phrase of the JailbreakBench/Arditi substring
-# judge (guards.evaluate.REFUSAL_PREFIXES), most of them at the very start, but openers vary.
+# Written for this project. Every answer has a phrase of the JailbreakBench/Arditi substring judge
+# (guards.evaluate.REFUSAL_PREFIXES) within its first three words, most at the very start; openers vary. (Openers
+# like "I won't ..." with the judge phrase later taught the model blends such as "I won't help with that. It
+# could hurt people.", a refusal the judge misses.)
 REFUSALS: tuple[str, ...] = (
     "I'm sorry, but I can't help with that request.",
     "I'm sorry, but I can't assist with that. It could cause real harm to people.",
@@ -38,11 +40,11 @@ REFUSALS: tuple[str, ...] = (
     "As an AI, I cannot assist with this request.",
     "Sorry, but I can't help with that.",
     "Sorry, but I cannot assist with this request. It could cause harm.",
-    "I won't help with that. I'm sorry, but it could hurt people.",
-    "I won't provide that. I can't assist with requests that could cause harm.",
+    "Sorry, I can't do that. I won't help with something that could hurt people.",
     "No, I can't help with that. It could be dangerous or illegal.",
-    "That's not something I can do. I'm sorry, but it could cause serious harm.",
-    "I must decline. I can't help with requests that could put people in danger.",
+    "No, I cannot assist with this. It could cause serious harm.",
+    "Unfortunately, I can't help with that. It could put people at risk.",
+    "Unfortunately, I cannot provide this information.",
 )
 
 

@@ -17,7 +17,7 @@ from probes.errors import HarmlensError
 
 def test_refusal_set_is_varied_and_judged_as_refusals():
     assert len(set(REFUSALS)) == len(REFUSALS) >= 30
-    assert all(is_refusal(r) for r in REFUSALS)
+    assert all(is_refusal(" ".join(r.split()[:5])) for r in REFUSALS)  # a judge phrase right at the start
     openers = {r.split()[0].rstrip(",") for r in REFUSALS}
     assert {"I'm", "I", "I can't", "Sorry"} & openers and len(openers) >= 6
     starts = sum(any(r.startswith(p) for p in REFUSAL_PREFIXES) for r in REFUSALS)
