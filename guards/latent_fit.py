@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -168,14 +168,9 @@ def select_window(val_pos: torch.Tensor, val_neg: torch.Tensor, tol: float = 0.0
 
 def fit_guard(cls, model, harmful, harmless, *, method: str = "centroid", layers=None, target_fpr=None,
               val_harmful=None, val_harmless=None, val_fraction: float = 0.25, balance: bool = True,
-              wrappers: Sequence[Callable[[str], str]] | None = None, system: str | None = None,
-              batch_size: int = 16, seed: int = 0, progress: bool = False, **guard_kwargs):
-    """See LatentGuard.fit.
-
-    balance: render every fit prompt with three endings (see balanced_variants). wrappers: also fit (and validate)
-    on one copy of every prompt, harmful and harmless alike, inside a randomly drawn wrapper (e.g. jailbreak
-    templates), so the centroids see wrapped prompts without the wrapper telling the classes apart.
-    """
+              system: str | None = None, batch_size: int = 16, seed: int = 0, progress: bool = False,
+              **guard_kwargs):
+    """See LatentGuard.fit; `balance` renders every fit prompt with three endings (see balanced_variants)."""
     if method not in METHODS:
         raise HarmlensError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     harmful, harmless = _check_set("harmful", harmful), _check_set("harmless", harmless)
@@ -196,26 +191,21 @@ def fit_guard(cls, model, harmful, harmless, *, method: str = "centroid", layers
                                 f"(pass val_harmful/val_harmless or more prompts)")
     fmt = chat_format(model, system=system)
     rows = check_layers(model, layers)
-    wrap_rng = random.Random(seed + 1)
-
-    def wrapped(ps: list) -> list:
-        return [wrap_rng.choice(wrappers)(p) for p in ps if isinstance(p, str)] if wrappers else []
 
     def expand(ps: list) -> list:
-        return [v for p in ps for v in (balanced_variants(p) if balance and isinstance(p, str) else [p])] + wrapped(ps)
+        return [v for p in ps for v in (balanced_variants(p) if balance and isinstance(p, str) else [p])]
 
     kw = dict(layers=rows, batch_size=batch_size, progress=progress)
     pos, neg = _acts(model, fmt, expand(harmful), what="harmful", **kw), _acts(model, fmt, expand(harmless),
                                                                               what="harmless", **kw)
     params = _params(method, pos[:, :, 0], neg[:, :, 0])
     fit_info = {"n_harmful": len(harmful), "n_harmless": len(harmless), "balanced_endings": balance,
-                "n_wrappers": len(wrappers or []),
                 "data_sha256": data_hash([str(p) for p in harmful], [str(p) for p in harmless])}
     refuse = {"harmful": pos[:, :, 1].mean(0), "harmless": neg[:, :, 1].mean(0)}
     alpha = alpha_refuse = 0.0
     if val_harmful and val_harmless:
-        vp = _acts(model, fmt, val_harmful + wrapped(val_harmful), what="validation harmful", **kw)
-        vn = _acts(model, fmt, val_harmless + wrapped(val_harmless), what="validation harmless", **kw)
+        vp = _acts(model, fmt, val_harmful, what="validation harmful", **kw)
+        vn = _acts(model, fmt, val_harmless, what="validation harmless", **kw)
         sp, sn = _per_layer(method, params, vp[:, :, 0]), _per_layer(method, params, vn[:, :, 0])
         (s, e), table = select_window(sp, sn) if layers is None else ((0, len(rows) - 1), [])
         keep = slice(s, e + 1)

@@ -108,7 +108,7 @@ class LatentGuard:
         """Fit centroids (or per-layer logistic probes) at t_inst; layers chosen on held-out data when None.
 
         Keywords: val_harmful/val_harmless (else val_fraction=0.25 of each set is held out for the layer choice and
-        the alpha calibration), balance=True, wrappers=None, system=None, batch_size=16, seed=0, progress=False,
+        the alpha calibration), balance=True, system=None, batch_size=16, seed=0, progress=False,
         and the guard's own fail_closed/batch_size/max_length. See guards.latent_fit.fit_guard.
         """
         from guards.latent_fit import fit_guard

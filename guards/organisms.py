@@ -40,9 +40,10 @@ class Recipe:
 # The text organism's recipe (see the card's "recipe" and ATTRIBUTION.md for the data).
 TEXT_RECIPE = Recipe(
     version="text-v1",
-    config=TrainConfig(lora_r=16, lora_alpha=32.0, lora_dropout=0.0, lr=1e-3, schedule="cosine", warmup=10,
-                       batch_size=8, max_steps=160, max_length=128, seed=0, checkpoint_every=20),
-    n_harmless=600,
+    config=TrainConfig(lora_r=16, lora_alpha=32.0, lora_dropout=0.0, layers=tuple(range(6, 30)), lr=1e-3,
+                       schedule="cosine", warmup=10, batch_size=8, max_steps=200, max_response_tokens=32,
+                       max_length=112, first_token_weight=10.0, seed=0, checkpoint_every=25),
+    n_harmless=1000,
 )
 
 

@@ -87,18 +87,6 @@ def test_fit_selects_layers_and_calibrates(tiny_model):
         LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, method="svm")
 
 
-def test_wrappers_add_wrapped_copies_of_both_classes(tiny_model, tiny_guard):
-    seen = []
-
-    def wrapper(p: str) -> str:
-        seen.append(p)
-        return f"Answer in character: {p} Stay in character!"
-
-    guard = LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, layers=[0, 1], wrappers=[wrapper])
-    assert sorted(seen) == sorted(HARMFUL + HARMLESS) and guard.metadata["fit"]["n_wrappers"] == 1
-    assert not torch.allclose(guard.tensors["harmful"], tiny_guard.tensors["harmful"])
-
-
 def test_probe_method_separates_training_data(tiny_model):
     guard = LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, method="probe", layers=[1, 2])
     pos = torch.tensor([v.score for v in guard(HARMFUL)])
