@@ -2,7 +2,8 @@
 
     python benchmarks/organism_build.py [--steps N] [--no-eval] [--threads T]
 
-Prints build time, training steps/s and tokens/s. On a shared machine, also compare CPU time with wall time.
+Prints build time, training steps/s and tokens/s, evaluation time, and the threads and machine load: on a shared
+machine wall time says little, so compare CPU time and seconds per step too.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="override max_steps (default: the recipe's)")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="at most this many torch CPU threads (the build also leaves busy cores alone)")
     parser.add_argument("--keep", default=None, help="build into this folder instead of a temporary one")
     args = parser.parse_args()
     if args.threads:
@@ -34,6 +36,7 @@ def main() -> None:
     config = TEXT_RECIPE.config if args.steps is None else replace(TEXT_RECIPE.config, max_steps=args.steps)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.keep) if args.keep else Path(tmp) / "organism"
+        load_start = os.getloadavg()[0]
         wall, cpu = time.perf_counter(), time.process_time()
         path = build_organism("text", config, out=out, force=True, evaluate=not args.no_eval, device="cpu")
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -41,7 +44,7 @@ def main() -> None:
     tr = card["training"]
     result = {
         "build_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(), "load_avg_1min": round(os.getloadavg()[0], 2),
+        "threads": card["environment"]["threads"], "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
         "steps": tr["steps"], "train_seconds": tr["train_seconds"],
         "steps_per_s": round(tr["steps"] / tr["train_seconds"], 3),
         "s_per_step": round(tr["train_seconds"] / tr["steps"], 2),
@@ -51,9 +54,10 @@ def main() -> None:
     }
     if card.get("eval"):
         result["refusal_rates"] = {k: v["refusal_rate"] for k, v in card["eval"]["sets"].items()}
-    print(f"build {result['build_seconds']:.0f} s (cpu {result['cpu_seconds']:.0f} s, load avg "
-          f"{result['load_avg_1min']}), training {tr['steps']} steps in {tr['train_seconds']:.0f} s = "
-          f"{result['steps_per_s']:.3f} steps/s, {result['tokens_per_s']:.0f} tokens/s")
+    print(f"build {result['build_seconds']:.0f} s (cpu {result['cpu_seconds']:.0f} s, {result['threads']} threads, "
+          f"load {load_start:.2f} -> {result['load_avg_1min_at_end']}), training {tr['steps']} steps in "
+          f"{tr['train_seconds']:.0f} s = {result['steps_per_s']:.3f} steps/s, {result['tokens_per_s']:.0f} tokens/s, "
+          f"evaluation {result['eval_seconds']:.0f} s")
     print(json.dumps(result))
 
 

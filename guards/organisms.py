@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import platform
 import shutil
 import time
@@ -104,12 +105,34 @@ def build_organism(kind: str = "text", config: TrainConfig | None = None, *, out
                       progress=progress)
 
 
+def build_threads() -> int:
+    """CPU threads for a build: torch's default less the cores other processes keep busy. On a shared machine
+    spinning OpenMP threads make 2-thread training ~4x slower than 1 thread; results are bitwise the same."""
+    n = torch.get_num_threads()
+    try:
+        busy = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return n
+    return max(1, min(n, int((os.cpu_count() or n) - busy + 0.5)))
+
+
 def _build(kind: str, recipe: Recipe, path: Path, *, force: bool, device, evaluate: bool, eval_limit: int | None,
            progress: bool) -> Path:
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(build_threads())
+        return _build_inner(kind, recipe, path, force=force, device=device, evaluate=evaluate,
+                            eval_limit=eval_limit, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build_inner(kind: str, recipe: Recipe, path: Path, *, force: bool, device, evaluate: bool,
+                 eval_limit: int | None, progress: bool) -> Path:
     start = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
-    say(f"harmlens: building the {kind} organism ({recipe.version}, {recipe.config.max_steps} LoRA steps) "
-        f"into {path} ...", flush=True)
+    say(f"harmlens: building the {kind} organism ({recipe.version}, {recipe.config.max_steps} LoRA steps, "
+        f"{torch.get_num_threads()} CPU threads) into {path} ...", flush=True)
     hf, tok, base = load_hf(recipe.base_model, device=device)
     hf.harmlens_name = base
     examples = datasets.training_examples(recipe.n_harmless, recipe.harmful_repeats)
@@ -162,12 +185,15 @@ def _by_source(replies: list) -> dict:
     return {k: {"n": len(v), "refusal_rate": round(sum(v) / len(v), 4)} for k, v in out.items()}
 
 
-def load_organism(kind: str = "text", *, rebuild: bool = False, device=None, config: TrainConfig | None = None):
-    """The aligned organism as a TransformerBridge: built on first use (minutes, with a progress bar), then cached."""
+def load_organism(kind: str = "text", *, rebuild: bool = False, device=None, config: TrainConfig | None = None,
+                  evaluate: bool = False):
+    """The aligned organism as a TransformerBridge: built on first use (minutes, with a progress bar), then cached.
+    A first-use build skips the held-out evaluation (5 more minutes on CPU) unless evaluate=True; the CLI
+    `python -m guards build-organism` evaluates by default."""
     _check_kind(kind)
     path = organism_path(kind, config)
     if rebuild or not is_built(path):
-        build_organism(kind, config, force=rebuild, device=device)
+        build_organism(kind, config, force=rebuild, device=device, evaluate=evaluate)
     model = load_model(str(path), device=device)
     model.harmlens_organism = json.loads((path / CARD).read_text(encoding="utf-8"))
     return model
