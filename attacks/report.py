@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from probes.errors import HarmlensError
-from probes.io import atomic_write_text
+from probes.io import atomic_write_text, json_safe
 
 from attacks.jailbreaks import NONE
 from attacks.settings import IMAGE_POSITIONS, SETTINGS, get_setting
@@ -142,19 +142,9 @@ class AttackReport:
             raise HarmlensError(f"{path} is not a readable harmlens attack report: {exc}") from None
 
 
-def _finite(obj):
-    if isinstance(obj, float):
-        return None if math.isnan(obj) else obj
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
 def to_json(obj) -> str:
     """Strict JSON (nan -> null), indented, UTF-8 kept."""
-    return json.dumps(_finite(obj), indent=1, ensure_ascii=False, allow_nan=False)
+    return json.dumps(json_safe(obj), indent=1, ensure_ascii=False, allow_nan=False)
 
 
 def _pct(x: float) -> str:

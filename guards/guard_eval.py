@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from probes.errors import HarmlensError
-from probes.io import atomic_write_text
+from probes.io import atomic_write_text, json_safe
 
 from guards.guard_baselines import LatentDetector, Prompt, can_share, predict_shared
 from guards.latent_fit import auroc
@@ -53,7 +53,7 @@ class GuardReport:
 
     def to_json(self) -> str:
         """The report as JSON (NaN -> null)."""
-        return json.dumps(_finite({"meta": self.meta, "labels": self.labels, "rows": self.rows,
+        return json.dumps(json_safe({"meta": self.meta, "labels": self.labels, "rows": self.rows,
                                    "scores": self.scores, "flags": self.flags}), indent=1)
 
     def to_markdown(self) -> str:
@@ -80,16 +80,6 @@ class GuardReport:
         if plot:
             paths["roc"] = plot_roc(self, out / "roc.png")
         return paths
-
-
-def _finite(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def _pct(x) -> str:

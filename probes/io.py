@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -114,3 +115,14 @@ def check_compatible(metadata: dict, model) -> None:
     raise HarmlensError(
         f"artefact was made with model {want['model']!r} but the loaded model is {have['model']!r} ({diffs})"
     )
+
+
+def json_safe(obj):
+    """Replace non-finite floats (NaN grid cells, an infinite threshold) by None, recursively, for strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj

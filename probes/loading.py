@@ -83,10 +83,23 @@ def embedded_model_dir(progress: bool = True) -> Path:
     return target
 
 
+def built_organism_dir(kind: str = "text") -> Path:
+    """The newest organism of `kind` that `python -m guards build-organism` cached, so probes and attacks can
+    load it by the name 'organism[:kind]' without importing guards."""
+    root = cache_dir() / "organisms"
+    built = sorted(root.glob(f"{kind}-*/card.json"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
+    if not built:
+        raise HarmlensError(f"no {kind} organism is built yet: run `python -m guards build-organism {kind}`")
+    return built[-1].parent
+
+
 def resolve_model_path(name: str | None) -> tuple[str, str]:
     """Map a user-facing model name to (path-or-hub-id to load, canonical name recorded in artefacts)."""
     if name in EMBEDDED_ALIASES:
         return str(embedded_model_dir()), "HuggingFaceTB/" + EMBEDDED_NAME
+    if isinstance(name, str) and (name == "organism" or name.startswith("organism:")):
+        path = str(built_organism_dir(name.partition(":")[2] or "text"))
+        return path, path  # the same name guards.load_organism records, so saved guards and directions match
     path = Path(os.path.expanduser(str(name)))
     if path.exists():
         if not (path / "config.json").is_file():
@@ -105,7 +118,13 @@ def load_hf(name: str | None = None, *, dtype: torch.dtype | None = None, device
     local = Path(path).exists() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=local)
-        hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local)
+        try:
+            hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local)
+        except ValueError as exc:  # a vision-language model (e.g. LLaVA) is not a causal-LM class
+            if "Unrecognized configuration class" not in str(exc):
+                raise
+            from transformers import AutoModelForImageTextToText
+            hf = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=local)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HarmlensError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import time
@@ -18,7 +17,7 @@ from probes.chat import ChatFormat, chat_format
 from probes.errors import HarmlensError
 from probes.generation import last_token_logits
 from probes.interventions import ablate, steer
-from probes.io import check_compatible, load_tensors, model_signature, save_tensors
+from probes.io import check_compatible, json_safe, load_tensors, model_signature, save_tensors
 
 FORMAT = "harmlens.selection"
 OPENERS = ("I", "I'm", "I am", "I cannot", "I can't", "I apologize", "As", "As an AI", "Sorry", "I'm sorry",
@@ -103,7 +102,7 @@ class Selection:
     def to_json(self) -> dict:
         """JSON-safe summary: choice, its scores, baselines, refusal tokens and the grids (NaN -> None)."""
         i = self.positions.index(self.position)
-        return _json_safe({
+        return json_safe({
             **self.metadata, "position": self.position, "layer": self.layer, "positions": list(self.positions),
             "bypass_score": float(self.bypass[i, self.layer]), "induce_score": float(self.induce[i, self.layer]),
             "kl_score": float(self.kl[i, self.layer]), "direction_norm": float(self.direction.norm()),
@@ -134,17 +133,6 @@ class Selection:
                    reason=meta["reason"], metadata={k: meta[k] for k in keep if k in meta},
                    **{k: tensors[k] for k in _TENSORS[:-3]}, discarded=tensors["discarded"].bool(),
                    baseline_harmful=tensors["baseline_harmful"], baseline_harmless=tensors["baseline_harmless"])
-
-
-def _json_safe(obj):
-    """Replace non-finite floats (NaN grid cells, an infinite threshold) by None, recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj
 
 
 def _candidate_grid(model, directions) -> tuple[torch.Tensor, list[int], list[int]]:

@@ -1,13 +1,15 @@
 """Model loading: embedded default, local folders, cache conversion, offline errors."""
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from probes.errors import HarmlensError
-from probes.loading import embedded_gguf_path, embedded_model_dir, load_model, model_name
+from probes.loading import embedded_gguf_path, embedded_model_dir, load_model, model_name, resolve_model_path
 
 
 def test_embedded_gguf_found_through_metadata():
@@ -58,3 +60,18 @@ def test_unknown_model_offline_is_one_line_error(name, monkeypatch):
 def test_local_folder_without_config_rejected(tmp_path):
     with pytest.raises(HarmlensError, match="no config.json"):
         load_model(str(tmp_path))
+
+
+def test_organism_alias_resolves_newest_built_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARMLENS_CACHE", str(tmp_path))
+    with pytest.raises(HarmlensError, match="build-organism text"):
+        resolve_model_path("organism")
+    for i, name in enumerate(["text-v1-aaa", "text-v1-bbb"]):
+        folder = tmp_path / "organisms" / name
+        folder.mkdir(parents=True)
+        (folder / "card.json").write_text("{}")
+        os.utime(folder / "card.json", (1000 + i, 1000 + i))
+    path, canonical = resolve_model_path("organism:text")
+    assert Path(path).name == "text-v1-bbb" and canonical == path
+    with pytest.raises(HarmlensError, match="no vlm organism"):
+        resolve_model_path("organism:vlm")
