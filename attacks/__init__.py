@@ -7,6 +7,7 @@ from attacks.jailbreaks import Jailbreak, get_jailbreak, gptfuzzer, gptfuzzer_te
 from attacks.judges import Judge, JudgeItem, RefusalScoreJudge, SubstringJudge, coherent, get_judge
 from attacks.model_judge import ModelJudge
 from attacks.projection import ProjectionResult, default_band, projection_analysis
+from attacks.quality import is_answer
 from attacks.report import AttackReport, Rate, wilson_interval
 from attacks.settings import SETTINGS, TEXT_SETTINGS, Setting, get_setting, perturb, perturb_many, perturb_text
 from attacks.template import RoleTemplate, role_template
@@ -14,7 +15,7 @@ from attacks.template import RoleTemplate, role_template
 __all__ = [
     "AttackReport", "GCGConfig", "GCGResult", "JAILBREAKS", "Jailbreak", "Judge", "JudgeItem", "ModelJudge",
     "ProjectionResult", "Rate", "RefusalScoreJudge", "RoleTemplate", "SETTINGS", "Setting", "SubstringJudge",
-    "TEXT_SETTINGS", "coherent", "default_band", "evaluate_asr", "rejudge", "gcg_attack", "gcg_jailbreak", "gcg_many",
+    "TEXT_SETTINGS", "coherent", "default_band", "is_answer", "evaluate_asr", "rejudge", "gcg_attack", "gcg_jailbreak", "gcg_many",
     "get_jailbreak", "get_judge", "get_setting", "gptfuzzer", "gptfuzzer_templates", "perturb", "perturb_many",
     "perturb_text", "projection_analysis", "role_template", "wilson_interval",
 ]
