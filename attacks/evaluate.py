@@ -128,6 +128,7 @@ def evaluate_asr(
     from probes.generation import generate
 
     instructions = _check_instructions(instructions)
+    processor = processor if processor is not None else getattr(model, "processor", None)  # load_organism("vlm")
     template = template or role_template(model, system=system, strip_system=strip_system, processor=processor)
     settings = resolve_settings(settings, supports_images=template.supports_images)
     pictures = load_images(images, len(instructions)) if any(s.needs_image for s in settings) else None

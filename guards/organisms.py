@@ -49,22 +49,29 @@ TEXT_RECIPE = Recipe(
 
 
 def _check_kind(kind: str) -> None:
-    if kind == "vlm":
-        raise HarmlensError("vlm organism: not built yet")
     if kind not in KINDS:
         raise HarmlensError(f"unknown organism kind {kind!r}; choose from {', '.join(KINDS)}")
 
 
 def _recipe(kind: str, config: TrainConfig | None) -> Recipe:
     _check_kind(kind)
-    return TEXT_RECIPE if config is None else replace(TEXT_RECIPE, config=config)
+    if kind == "vlm":
+        from guards.vlm_build import vlm_recipe
+        base = vlm_recipe()
+    else:
+        base = TEXT_RECIPE
+    return base if config is None else replace(base, config=config)
 
 
 def organism_id(kind: str = "text", config: TrainConfig | None = None) -> str:
     """Folder name: '<version>-<hash of config, data mix, base model and shipped data>'."""
     r = _recipe(kind, config)
+    extra = []
+    if kind == "vlm":
+        from guards.vlm_build import vlm_key
+        extra = vlm_key()
     key = json.dumps([r.config.fingerprint_fields(), r.n_harmless, r.harmful_repeats, r.base_model,
-                      datasets.data_hash()], sort_keys=True)
+                      datasets.data_hash(), *extra], sort_keys=True)
     return f"{r.version}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
 
 
@@ -129,6 +136,10 @@ def _build(kind: str, recipe: Recipe, path: Path, *, force: bool, device, evalua
 
 def _build_inner(kind: str, recipe: Recipe, path: Path, *, force: bool, device, evaluate: bool,
                  eval_limit: int | None, progress: bool) -> Path:
+    if kind == "vlm":
+        from guards.vlm_build import build_vlm
+        return build_vlm(recipe, path, force=force, device=device, evaluate=evaluate, eval_limit=eval_limit,
+                         progress=progress)
     start = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
     say(f"harmlens: building the {kind} organism ({recipe.version}, {recipe.config.max_steps} LoRA steps, "
@@ -194,6 +205,9 @@ def load_organism(kind: str = "text", *, rebuild: bool = False, device=None, con
     path = organism_path(kind, config)
     if rebuild or not is_built(path):
         build_organism(kind, config, force=rebuild, device=device, evaluate=evaluate)
+    if kind == "vlm":
+        from guards.vlm_organism import load_vlm
+        return load_vlm(path, device=device)  # processor at .processor
     model = load_model(str(path), device=device)
     model.harmlens_organism = json.loads((path / CARD).read_text(encoding="utf-8"))
     return model

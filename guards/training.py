@@ -80,14 +80,23 @@ def _expand_cache(cache, batch: int) -> None:
 
 
 def response_loss(hf, ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, *, share_prefix: bool = True,
-                  first_token_weight: float = 1.0) -> torch.Tensor:
+                  first_token_weight: float = 1.0, extra: dict | None = None) -> torch.Tensor:
     """Weighted mean next-token cross-entropy over response tokens (each answer's first token weighs
     first_token_weight). Logits are computed only where a label is, and a prefix shared by the whole batch is run
-    once (batch 1) and broadcast as a KV cache: same result, less work."""
+    once (batch 1) and broadcast as a KV cache: same result, less work. `extra` (e.g. pixel_values) goes to one
+    full forward of the whole model."""
     target, keep = labels[:, 1:], labels[:, 1:] != IGNORE
     weight = torch.ones(target.shape, dtype=torch.float32, device=target.device)
     if first_token_weight != 1.0:
         weight[torch.arange(len(target)), keep.long().argmax(1)] = first_token_weight
+    if extra:
+        cols = keep.any(0).nonzero().squeeze(1)  # positions whose next token is a label
+        if "logits_to_keep" in inspect.signature(hf.forward).parameters:
+            logits = hf(input_ids=ids, attention_mask=mask, use_cache=False, logits_to_keep=cols, **extra).logits
+        else:
+            logits = hf(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits[:, cols]
+        sel = keep[:, cols]
+        return _weighted_ce(logits[sel], target[:, cols][sel], weight[:, cols][sel])
     decoder = hf.get_decoder() if hasattr(hf, "get_decoder") else None
     head = hf.get_output_embeddings()
     if decoder is None or decoder is hf or head is None or any(getattr(hf.config, k, None) for k in _SCALED_LOGITS):
@@ -144,8 +153,9 @@ def seed_everything(seed: int) -> None:
 
 def train(model, examples: Sequence[tuple[str, str]] | Sequence[Example], *, config: TrainConfig,
           prompt_transform: Callable[[str, int], str] | None = None, progress: bool = True,
-          tokenizer=None) -> Adapter:
-    """Train a LoRA adapter (loss on response tokens only); resumes from config.checkpoint_dir; model left unchanged."""
+          tokenizer=None, batch_inputs: Callable[[list[int]], dict] | None = None) -> Adapter:
+    """Train a LoRA adapter (loss on response tokens only); resumes from config.checkpoint_dir; model left unchanged.
+    batch_inputs(example indices) -> extra forward tensors of a batch, e.g. {'pixel_values': ...} for a VLM."""
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
     hf = unwrap_model(model)
@@ -196,8 +206,9 @@ def train(model, examples: Sequence[tuple[str, str]] | Sequence[Example], *, con
         while step < config.max_steps:
             start = time.perf_counter()
             ids, mask, labels = collate(encoded, plan[step], pad_id, device)
+            extra = {k: v.to(device) for k, v in batch_inputs(plan[step]).items()} if batch_inputs else None
             loss = response_loss(hf, ids, mask, labels, share_prefix=config.share_prefix,
-                                 first_token_weight=config.first_token_weight)
+                                 first_token_weight=config.first_token_weight, extra=extra)
             loss.backward()
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
