@@ -1,4 +1,4 @@
-"""Matplotlib PNGs of directions, selection scores and belief scores, written atomically."""
+"""Matplotlib PNGs of directions, selection scores, belief scores and per-layer sweeps, written atomically."""
 
 from __future__ import annotations
 
@@ -80,6 +80,21 @@ def plot_belief_scatter(groups: Mapping[str, tuple[Sequence[float], Sequence[flo
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
     ax.set(xlabel="Δharmful (t_inst)", ylabel="Δrefuse (t_post-inst)", title=title or "Belief scores")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_layer_curves(layers: Sequence[int], curves: Mapping[str, Sequence[float]], path: str | Path, *,
+                      ylabel: str, title: str = "", ylim: tuple[float, float] | None = None,
+                      baseline: float | None = None) -> Path:
+    """One line per named series over layers (NaN = gap), with an optional dashed baseline."""
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for name, values in curves.items():
+        ax.plot(list(layers), np.asarray(values, dtype=float), marker="o", ms=3, label=name)
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", ls="--", lw=1, label="no steering")
+    ax.set(xlabel="layer", ylabel=ylabel, title=title, ylim=ylim)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _save(fig, path)
