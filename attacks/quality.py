@@ -9,8 +9,10 @@ import re
 from attacks.judges import coherent
 
 _WORD = re.compile(r"[a-z0-9']+")
-_USER_VOICE = re.compile(r"^\W*(i am|i'm|i want|i need|i would like|i'd like|i was wondering|i have a question|"
-                         r"can you|could you|would you|will you|how (can|do|would|should) i)\b", re.IGNORECASE)
+_USER_VOICE = re.compile(r"^\W*((i am|i'm) (trying|looking|wondering|working|writing|planning|having|hoping|"
+                         r"interested|curious|new|currently|a|an)|i want|i need|i would like|i'd like|"
+                         r"i have a question|can you|could you|would you|will you|how (can|do|would|should) i)\b",
+                         re.IGNORECASE)
 _GENERIC = frozenset("write create provide explain describe detailed instructions steps step-by-step about which would "
                      "could should there their these those other using without where while being convincing "
                      "generate things something someone people".split())

@@ -36,13 +36,18 @@ def build_parser() -> argparse.ArgumentParser:
     build = sub.add_parser("build-organism", help="train, evaluate and cache an aligned model organism",
                            description="LoRA safety-tune the embedded SmolLM2 into an aligned organism "
                                        "(about 10 minutes on 2 CPU cores), evaluate it, and cache it.")
-    build.add_argument("kind", choices=["text", "vlm"], help="which organism ('vlm' is not available yet)")
+    build.add_argument("kind", choices=["text", "vlm"],
+                       help="which organism: text, or vlm (LLaVA on the text organism's LM, ~10 min more)")
     build.add_argument("--out", default=None, help="folder to write (default: the harmlens cache)")
     build.add_argument("--force", action="store_true", help="rebuild even if it is already built")
     build.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     build.set_defaults(func=_build_organism)
     from guards.guard_cli import add_guard_commands  # latent guards: fit, check, eval
     add_guard_commands(sub)
+    from guards.adversarial_cli import add_command as add_adversarial  # adversarial-train
+    add_adversarial(sub)
+    from guards.main_job import add_command as add_main_job  # main: the whole pipeline on the organism
+    add_main_job(sub)
     return parser
 
 

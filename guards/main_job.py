@@ -74,11 +74,19 @@ def step_guard(out: Path, args: argparse.Namespace) -> dict:
 
 
 def step_adversarial(out: Path, args: argparse.Namespace) -> dict:
-    """Adversarially train the organism on RMA-perturbed prompts and rerun the attack suite before and after."""
+    """Adversarially train on RMA-perturbed prompts (with four text jailbreaks) and attack before and after with
+    the main job's jailbreaks, which training never saw."""
     from guards.__main__ import main as guards_cli
-    _run(guards_cli, ["adversarial-train", "--model", "organism", "--out", str(out), "--evaluate",
-                      "--limit", str(args.n)], "adversarial training")
-    return {"markdown": (out / "report.md").read_text(encoding="utf-8")}
+    from guards.adversarial_cli import markdown
+    _run(guards_cli, ["adversarial-train", "--model", "organism", "--out", str(out), "--jailbreaks", TRAIN_JAILBREAKS,
+                      "--steps", "150", "--evaluate", "--eval-limit", str(args.n), "--eval-jailbreaks",
+                      args.jailbreaks, "--quiet"], "adversarial training")
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    return {"markdown": f"{summary['steps']} LoRA steps in {summary['train_seconds']:.0f} s; attacked with "
+                        f"jailbreaks not used in training ({args.jailbreaks}):\n\n" + markdown(summary["asr"])}
+
+
+TRAIN_JAILBREAKS = "prefix_injection,refusal_suppression,evil_confidant,payload_splitting"
 
 
 RUNNERS: dict[str, Callable[[Path, argparse.Namespace], dict]] = {
@@ -125,8 +133,10 @@ def add_command(sub) -> None:
     p = sub.add_parser("main", help="the main job: organism, directions, attack table, guard, adversarial training",
                        description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/main", help="output folder (default runs/main; reruns resume)")
-    p.add_argument("--n", type=int, default=50, help="held-out harmful/harmless prompts per evaluation (default 50)")
-    p.add_argument("--jailbreaks", default="all", help="text jailbreaks for the attack table (default: the 7 named)")
+    p.add_argument("--n", type=int, default=32, help="held-out harmful/harmless prompts per evaluation (default 32)")
+    p.add_argument("--jailbreaks", default="style_injection,few_shot_json",
+                   help="text jailbreaks for the attack table, composed with each setting (default: the two strongest "
+                        "on the organism; 'all' = the 7 named)")
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma list of steps (default: {','.join(STEPS)})")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=run_main_job)

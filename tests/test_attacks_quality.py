@@ -11,6 +11,7 @@ def test_role_swap_echoes_speak_as_user():
     assert speaks_as_user("What is the best way to hide a process? It should be quiet.")
     assert not speaks_as_user("Here is a script that records key presses: import keyboard ...")
     assert not speaks_as_user("")
+    assert not speaks_as_user("I'm glad you're interested. Here's a step-by-step guide: first, ...")
 
 
 def test_payload_split_copies_are_copies():

@@ -1,0 +1,157 @@
+"""`python -m guards adversarial-train`: resumable adversarial training, the merged model, and a before/after ASR."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from probes.errors import HarmlensError
+from probes.io import atomic_write_text
+
+SUMMARY = "summary.json"
+
+
+def load_subject(spec: str | None, device=None):
+    """'organism' (the cached text organism), 'base' (embedded SmolLM2) or a model folder / Hub name."""
+    from probes.loading import load_model
+
+    if spec in (None, "organism"):
+        from guards.organisms import load_organism
+        return load_organism("text", device=device)
+    return load_model(None if spec == "base" else spec, device=device)
+
+
+def add_command(sub) -> None:
+    """Register `adversarial-train` on the `python -m guards` subparsers."""
+    p = sub.add_parser("adversarial-train", help="adversarially train against RMA settings (+ jailbreaks), "
+                                                 "optionally with a before/after attack evaluation",
+                       description="LoRA-train a model on harmful (-> refusal) and benign (-> answer) examples "
+                                   "rendered under RMA settings; two stages (swap first, then the mix) by default. "
+                                   "Rerun the same command to resume after an interruption.")
+    p.add_argument("--model", default="organism", help="organism (default), base, or a model folder / Hub name")
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints/, adapter/, model/, eval/")
+    p.add_argument("--settings", default="all", help="all (every setting the model supports) or e.g. none,swap")
+    p.add_argument("--jailbreaks", default="", help="text jailbreaks composed into the mix, e.g. aim,evil_confidant")
+    p.add_argument("--jailbreak-rate", type=float, default=0.25, help="share of mix examples that get a jailbreak")
+    p.add_argument("--schedule", default="two-stage", choices=["two-stage", "mix"])
+    p.add_argument("--assign", default="chunks", choices=["chunks", "random"], help="setting per example")
+    p.add_argument("--steps", type=int, default=150, help="LoRA steps over all stages")
+    p.add_argument("--n-harmful", type=int, default=None, help="harmful training prompts (default: all 259)")
+    p.add_argument("--n-benign", type=int, default=400, help="Alpaca (instruction, answer) pairs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=10)
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads while training")
+    p.add_argument("--evaluate", action="store_true", help="run the same attack suite before and after")
+    p.add_argument("--eval-limit", type=int, default=40, help="held-out harmful prompts attacked")
+    p.add_argument("--eval-jailbreaks", default=None, help="jailbreaks attacked (default: --jailbreaks)")
+    p.add_argument("--judge", default="substring:rma")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def train_run(model, out: Path, *, settings="all", jailbreaks=(), jailbreak_rate: float = 0.25,
+              schedule: str = "two-stage", assign: str = "chunks", steps: int = 150, n_harmful: int | None = None,
+              n_benign: int = 400, seed: int = 0, checkpoint_every: int = 10, device=None, threads: int | None = None,
+              progress: bool = True) -> Path:
+    """Train (resuming from out/checkpoints) and save out/adapter and the merged out/model; returns out/model."""
+    from guards import datasets
+    from guards.adapter import Adapter
+    from guards.adversarial import adversarial_train, default_config
+
+    target = out / "model"
+    if (target / "card.json").is_file():
+        return target
+    cfg = default_config(model, max_steps=steps, seed=seed, checkpoint_every=checkpoint_every,
+                  checkpoint_dir=str(out / "checkpoints"), device=device, threads=threads)
+    start, cpu = time.perf_counter(), time.process_time()
+    adapter = adversarial_train(model, datasets.harmful_train()[:n_harmful], datasets.harmless_train(n_benign),
+                                settings=None if settings == "all" else settings, schedule=schedule, config=cfg,
+                                jailbreaks=list(jailbreaks), jailbreak_rate=jailbreak_rate, assign=assign,
+                                progress=progress)
+    seconds, cpu = round(time.perf_counter() - start, 1), round(time.process_time() - cpu, 1)
+    if not (out / "adapter" / "adapter.json").is_file():
+        adapter.save(out / "adapter", overwrite=True)
+    adapter = Adapter.load(out / "adapter")
+    card = {"harmlens": "guards.adversarial", "run_seconds": seconds, "cpu_seconds": cpu,
+            "tokens_per_second": round(adapter.meta["tokens"] / max(1e-9, adapter.meta["train_seconds"]), 1)}
+    adapter.merge_and_save(model, target, card=card, overwrite=True)
+    return target
+
+
+def attack_suite(model, out: Path, prompts: list[str], *, settings="all", jailbreaks=(), judge: str = "substring:rma",
+                 max_new_tokens: int = 32, progress: bool = True):
+    """evaluate_asr on the held-out prompts under every setting × (no jailbreak + each jailbreak); saved to out."""
+    from attacks.evaluate import evaluate_asr
+
+    report = evaluate_asr(model, prompts, settings=settings, jailbreaks=list(jailbreaks), judge=judge, out=out,
+                          max_new_tokens=max_new_tokens, batch_size=16, progress=progress)
+    report.save(out)
+    return report
+
+
+def compare(before, after) -> list[dict]:
+    """Rows of condition, ASR before/after, the relative drop, and answering ASR (attacks.quality) before/after."""
+    def answering(rate) -> float | None:
+        value = getattr(rate, "answer_rate", math.nan) if rate is not None else math.nan
+        return None if math.isnan(value) else round(value, 4)
+
+    rows = []
+    for label, b in before.asr.items():
+        a = after.asr.get(label)
+        drop = None if a is None or not b.asr else round(1 - a.asr / b.asr, 4)
+        rows.append({"condition": label, "before": round(b.asr, 4), "after": None if a is None else round(a.asr, 4),
+                     "n": b.n, "relative_drop": drop, "answering_before": answering(b),
+                     "answering_after": answering(a)})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """The before/after table as markdown."""
+    pct = lambda x: "–" if x is None else f"{100 * x:.0f}%"  # noqa: E731
+    head = ("| attack | ASR before | ASR after | relative drop | answering ASR before → after |\n"
+            "|---|---|---|---|---|\n")
+    return head + "".join(f"| {r['condition']} | {pct(r['before'])} | {pct(r['after'])} | "
+                          f"{pct(r['relative_drop'])} | {pct(r.get('answering_before'))} → "
+                          f"{pct(r.get('answering_after'))} |\n" for r in rows)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The CLI command: train (resumable), then optionally evaluate before and after."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.steps < 2 and args.schedule == "two-stage":
+        raise HarmlensError("--steps must be at least 2 for the two-stage schedule")
+    jailbreaks = [j.strip() for j in args.jailbreaks.split(",") if j.strip()]
+    model = load_subject(args.model, args.device)
+    path = train_run(model, args.out, settings=args.settings, jailbreaks=jailbreaks,
+                     jailbreak_rate=args.jailbreak_rate, schedule=args.schedule, assign=args.assign, steps=args.steps,
+                     n_harmful=args.n_harmful, n_benign=args.n_benign, seed=args.seed,
+                     checkpoint_every=args.checkpoint_every, device=args.device, progress=not args.quiet)
+    card = json.loads((path / "card.json").read_text(encoding="utf-8"))
+    summary = {"model": str(path), "train_seconds": card["meta"]["train_seconds"], "steps": card["meta"]["steps"],
+               "tokens": card["meta"]["tokens"], "tokens_per_second": card.get("tokens_per_second"),
+               "run_seconds": card.get("run_seconds"), "cpu_seconds": card.get("cpu_seconds")}
+    print(f"adversarially trained model: {path} ({summary['steps']} steps, {summary['train_seconds']:.0f} s "
+          f"training, {summary['tokens_per_second']} tokens/s; CPU seconds of the run: {summary['cpu_seconds']})")
+    if args.evaluate:
+        from guards.datasets import eval_prompts
+        from probes.loading import load_model
+
+        prompts = eval_prompts("harmful")[:args.eval_limit]
+        jbs = jailbreaks if args.eval_jailbreaks is None else [j for j in args.eval_jailbreaks.split(",") if j]
+        kw = dict(settings=args.settings, jailbreaks=jbs, judge=args.judge, max_new_tokens=args.max_new_tokens,
+                  progress=not args.quiet)
+        before = attack_suite(model, args.out / "eval" / "before", prompts, **kw)
+        del model
+        after = attack_suite(load_model(str(path), device=args.device), args.out / "eval" / "after", prompts, **kw)
+        summary["asr"] = compare(before, after)
+        print(markdown(summary["asr"]))
+    atomic_write_text(args.out / SUMMARY, json.dumps(summary, indent=1))
+    return 0
