@@ -175,16 +175,23 @@ def _build_inner(kind: str, recipe: Recipe, path: Path, *, force: bool, device, 
         "environment": {"torch": torch.__version__, "device": str(next(hf.parameters()).device),
                         "threads": torch.get_num_threads(), "machine": platform.machine()},
     }
+    write_organism(path, merged, tok, card, replies if result is not None else None, start=start, force=force,
+                   checkpoints=ckpt_dir, say=say)
+    return path
+
+
+def write_organism(path: Path, model, preprocessor, card: dict, replies: dict | None, *, start: float, force: bool,
+                   checkpoints: str | Path, say=print) -> None:
+    """Save weights, tokenizer/processor, card and eval replies atomically, then drop the build's checkpoints."""
     with atomic_dir(path, overwrite=force, what="organism") as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        model.save_pretrained(tmp, safe_serialization=True)
+        preprocessor.save_pretrained(tmp)
         card["build_seconds"]["total"] = round(time.perf_counter() - start, 1)
         (tmp / CARD).write_text(json.dumps(card, indent=1), encoding="utf-8")
-        if result is not None:
+        if replies is not None:
             (tmp / REPLIES).write_text(json.dumps(replies, indent=1, ensure_ascii=False), encoding="utf-8")
-    shutil.rmtree(ckpt_dir, ignore_errors=True)
-    say(f"harmlens: {kind} organism built in {card['build_seconds']['total']:.0f} s -> {path}", flush=True)
-    return path
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    say(f"harmlens: {card['kind']} organism built in {card['build_seconds']['total']:.0f} s -> {path}", flush=True)
 
 
 def _by_source(replies: list) -> dict:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -79,8 +77,7 @@ def build_vlm(recipe: "Recipe", path: Path, *, text_dir: str | Path | None = Non
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from guards import datasets
-    from guards.adapter import atomic_dir
-    from guards.organisms import CARD, REPLIES, build_organism
+    from guards.organisms import build_organism, write_organism
 
     start = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
@@ -123,13 +120,6 @@ def build_vlm(recipe: "Recipe", path: Path, *, text_dir: str | Path | None = Non
         "environment": {"torch": torch.__version__, "device": str(next(merged.parameters()).device),
                         "threads": torch.get_num_threads()},
     }
-    with atomic_dir(path, overwrite=force, what="organism") as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        proc.save_pretrained(tmp)
-        card["build_seconds"]["total"] = round(time.perf_counter() - start, 1)
-        (tmp / CARD).write_text(json.dumps(card, indent=1), encoding="utf-8")
-        if replies is not None:
-            (tmp / REPLIES).write_text(json.dumps(replies, indent=1, ensure_ascii=False), encoding="utf-8")
-    shutil.rmtree(cfg.checkpoint_dir, ignore_errors=True)
-    say(f"harmlens: vlm organism built in {card['build_seconds']['total']:.0f} s -> {path}", flush=True)
+    write_organism(path, merged, proc, card, replies, start=start, force=force, checkpoints=cfg.checkpoint_dir,
+                   say=say)
     return path
