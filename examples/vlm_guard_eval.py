@@ -1,0 +1,46 @@
+"""Fit a centroid Latent Guard on the VLM organism and evaluate it on the shipped held-out sets (text-only prompts).
+
+    python examples/vlm_guard_eval.py [--out runs/vlm_guard] [--n 32]
+Fit: 128 + 128 built-in training prompts, alpha calibrated to 5% FPR; baselines: the Δrefuse rule and a keyword list.
+Writes guard.safetensors, report.{json,md} and roc.png. Image-position settings are not in these sets yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import guards  # noqa: E402
+from guards.guard_baselines import KeywordGuard, refuse_detector  # noqa: E402
+from guards.guard_eval import evaluate_guard  # noqa: E402
+from guards.guard_sets import shipped_sets  # noqa: E402
+from guards.latent_guard import LatentGuard  # noqa: E402
+from probes.data import builtin_prompts  # noqa: E402
+
+
+def main() -> None:
+    """Fit, evaluate, save and print the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/vlm_guard"))
+    parser.add_argument("--n", type=int, default=32, help="prompts per evaluation set")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    vlm = guards.load_organism("vlm")
+    guard = LatentGuard.fit(vlm, builtin_prompts("harmful", "train")[:128], builtin_prompts("harmless", "train")[:128],
+                            target_fpr=0.05, progress=False)
+    args.out.mkdir(parents=True, exist_ok=True)
+    guard.save(args.out / "guard.safetensors")
+    report = evaluate_guard(guard, shipped_sets(vlm, limit=args.n), baselines=[refuse_detector(guard), KeywordGuard()])
+    report.save(args.out)
+    print(report.to_markdown(), f"total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
