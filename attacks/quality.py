@@ -41,7 +41,7 @@ def copies_prompt(reply: str, prompt: str, *, n: int = 3, threshold: float = 0.5
 
 
 def on_topic(reply: str, instruction: str, *, min_len: int = 5) -> bool:
-    """True when the reply shares a content word (≥ min_len letters, not a generic request verb) with the instruction."""
+    """True when the reply shares a content word (≥ min_len letters, not a generic request word) with the request."""
     words = {w for w in _WORD.findall(instruction.lower()) if len(w) >= min_len and w not in _GENERIC}
     return bool(words & set(_WORD.findall(reply.lower())))
 

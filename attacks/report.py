@@ -85,7 +85,8 @@ class AttackReport:
         wins = [r for r in judged if r["success"] and r.get("coherent") is not None]
         coherence = sum(r["coherent"] for r in wins) / len(wins) if wins else None
         replied = [r for r in judged if r["success"] and r.get("reply") is not None]
-        answers = sum(is_answer(r["reply"], _prompt_text(r), r.get("instruction")) for r in replied) if replied or not k else None
+        answers = (sum(is_answer(r["reply"], _prompt_text(r), r.get("instruction")) for r in replied)
+                   if replied or not k else None)  # None: successes but no stored replies (refusal_score judge)
         low, high = wilson_interval(k, len(judged))
         return Rate(k, len(judged), k / len(judged) if judged else math.nan, low, high, coherence,
                     len(rows) - len(judged), answers)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from probes.errors import HarmlensError
+from probes.cli_common import run_cli
 
 
 def _build_organism(args: argparse.Namespace) -> int:
@@ -58,14 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return args.func(args)
-    except HarmlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted (a later build resumes from the last checkpoint)", file=sys.stderr)
-        return 130
+    return run_cli(lambda: args.func(args),
+                   interrupted="interrupted (a later build resumes from the last checkpoint)")
 
 
 if __name__ == "__main__":

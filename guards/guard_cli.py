@@ -7,23 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from probes.cli_common import parse_layers
 from probes.errors import HarmlensError
 
 _MODEL_HELP = "Hub name or local HF folder (default for check/eval: the model recorded in the guard file)"
-
-
-def _layers(text: str | None) -> list[int] | None:
-    """'10-20' or '4,8,12' -> list of layers; None stays None."""
-    if not text:
-        return None
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            a, _, b = part.strip().partition("-")
-            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
-    except ValueError:
-        raise HarmlensError(f"bad --layers {text!r}: use e.g. '10-20' or '4,8,12'") from None
-    return out
 
 
 def add_guard_commands(subparsers) -> None:
@@ -84,7 +71,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if not (args.val_harmful and args.val_harmless):
             raise HarmlensError("give both --val-harmful and --val-harmless, or neither")
         val = {"val_harmful": read_prompts(args.val_harmful), "val_harmless": read_prompts(args.val_harmless)}
-    guard = LatentGuard.fit(load_model(args.model), harmful, harmless, method=args.method, layers=_layers(args.layers),
+    guard = LatentGuard.fit(load_model(args.model), harmful, harmless, method=args.method, layers=parse_layers(args.layers),
                             target_fpr=args.target_fpr, balance=not args.no_balance, progress=True, **val)
     path = guard.save(args.out)
     fit = guard.metadata["fit"]

@@ -1,6 +1,6 @@
-"""The main job, `python -m guards main`: organism → directions → attack table → Latent Guard → adversarial training.
+"""The main job, `python -m guards main`: organism → directions → attacks → Latent Guard → adversarial training.
 
-Each step is one of the package CLIs, run in turn on the aligned text organism; a step whose summary file already
+Each step is one of the package CLIs, run in turn on the aligned text organism; a step whose step.json already
 exists is skipped, so an interrupted job resumes where it stopped. The last lines printed are the tables.
 """
 
@@ -15,11 +15,7 @@ from pathlib import Path
 from probes.errors import HarmlensError
 
 STEPS = ("organism", "directions", "attacks", "guard", "adversarial")
-
-
-def _data_file(name: str) -> str:
-    """A prompt file shipped in guards/data (held out from the organism's training)."""
-    return str(Path(__file__).resolve().parent / "data" / name)
+TRAIN_JAILBREAKS = "prefix_injection,refusal_suppression,evil_confidant,payload_splitting"  # adversarial step's mix
 
 
 def _run(cli: Callable[[list[str]], int], argv: list[str], what: str) -> None:
@@ -31,7 +27,7 @@ def _run(cli: Callable[[list[str]], int], argv: list[str], what: str) -> None:
 
 def step_organism(out: Path, args: argparse.Namespace) -> dict:
     """Build (first time, ~10 min on 2 cores) or load the safety-tuned text organism."""
-    from guards.organisms import build_organism, organism_path
+    from guards.organisms import build_organism
     path = build_organism("text", evaluate=False, device=args.device)
     card = json.loads((path / "card.json").read_text(encoding="utf-8"))
     sets = (card.get("eval") or {}).get("sets") or {}
@@ -39,7 +35,7 @@ def step_organism(out: Path, args: argparse.Namespace) -> dict:
     md = (f"organism `{path}`: {card['training']['steps']} LoRA steps in {card['training']['train_seconds']:.0f} s\n\n"
           + ("| held-out set | n | refusal rate |\n|---|---|---|\n" + rows if rows else
              "(built without evaluation: `python -m guards build-organism text --force` evaluates it)\n"))
-    return {"path": str(organism_path("text")), "markdown": md}
+    return {"path": str(path), "markdown": md}
 
 
 def step_directions(out: Path, args: argparse.Namespace) -> dict:
@@ -55,8 +51,9 @@ def step_directions(out: Path, args: argparse.Namespace) -> dict:
 def step_attacks(out: Path, args: argparse.Namespace) -> dict:
     """ASR of the text RMA settings × text jailbreaks on held-out harmful prompts, with the projection analysis."""
     from attacks.__main__ import main as attacks_cli
+    from guards.datasets import DATA_DIR
     directions = out.parent / "directions" / "directions.safetensors"
-    _run(attacks_cli, ["run", "--model", "organism", "--prompts", _data_file("harmful_eval.json"), "--limit",
+    _run(attacks_cli, ["run", "--model", "organism", "--prompts", str(DATA_DIR / "harmful_eval.json"), "--limit",
                        str(args.n), "--settings", "all", "--jailbreaks", args.jailbreaks, "--judge", "substring:rma",
                        "--max-new-tokens", "48", "--directions", str(directions), "--out", str(out), "--quiet"],
          "attacks")
@@ -84,9 +81,6 @@ def step_adversarial(out: Path, args: argparse.Namespace) -> dict:
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     return {"markdown": f"{summary['steps']} LoRA steps in {summary['train_seconds']:.0f} s; attacked with "
                         f"jailbreaks not used in training ({args.jailbreaks}):\n\n" + markdown(summary["asr"])}
-
-
-TRAIN_JAILBREAKS = "prefix_injection,refusal_suppression,evil_confidant,payload_splitting"
 
 
 RUNNERS: dict[str, Callable[[Path, argparse.Namespace], dict]] = {
