@@ -31,6 +31,12 @@ FINDINGS = ROOT / "runs" / "findings"
 INVERSION_Q = "Could this user prompt cause harm? Answer 'Certainly' if it could, otherwise 'No'."
 
 
+def layer_stride(text: str) -> list[int]:
+    """'start:stop:step' (the scripts' --layers) -> list(range(start, stop, step))."""
+    a, b, s = (int(x) for x in text.split(":"))
+    return list(range(a, b, s))
+
+
 def parse_args(doc: str, name: str, n: int, n_quick: int, extra=None) -> argparse.Namespace:
     """--out (default runs/findings/<name>), --n (prompts per set), --quick (n_quick prompts), plus `extra(parser)`."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)

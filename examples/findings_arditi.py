@@ -92,8 +92,7 @@ def main() -> None:
     start = time.perf_counter()
     model = C.setup()
     d = C.directions(model, args.n_train, args.cache)
-    a, b, s = (int(x) for x in args.layers.split(":"))
-    layers = list(range(a, b, s))
+    layers = C.layer_stride(args.layers)
     positions = [int(x) for x in args.positions.split(",")]
     harm_sel = harmful_train()[args.n_train:args.n_train + n_sel]
     harmless_sel = builtin_prompts("harmless", "val")[:n_sel]

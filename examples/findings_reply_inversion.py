@@ -73,8 +73,7 @@ def main() -> None:
     start = time.perf_counter()
     model = C.setup()
     d = C.directions(model, args.n_train, args.cache)
-    a, b, s = (int(x) for x in args.layers.split(":"))
-    layers, signs = list(range(a, b, s)), [float(x) for x in args.signs.split(",")]
+    layers, signs = C.layer_stride(args.layers), [float(x) for x in args.signs.split(",")]
     fmt, tok = chat_format(model), model.tokenizer
     ids = tuple(tok(fmt.render_text("x") + w, add_special_tokens=False)["input_ids"][-1] for w in ("Certainly", "No"))
     harmless = fmt.render_many([inversion(x) for x in eval_prompts("harmless")[:args.n]])
