@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     run.add_argument("--settings", default="all")
     run.add_argument("--jailbreaks", default="", help="e.g. aim,prefix_injection or all (default: none)")
-    run.add_argument("--images", default=None, help="image path for the image settings (VLMs only)")
+    run.add_argument("--images", default="builtin", help="image path for the image settings of a VLM "
+                     "(default: builtin, one seeded synthetic image)")
     run.add_argument("--directions", type=Path, default=None,
                      help="directions.safetensors (python -m probes extract) for the refusal-projection analysis")
     run.add_argument("--band", default=None, help="layer band for the projection, e.g. '12-15' (default: RMA's, scaled)")
@@ -77,12 +78,19 @@ def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor
     return report
 
 
+def _is_vlm(model) -> bool:
+    """A LLaVA-style model (an image token in its config): image settings then need its processor."""
+    config = getattr(getattr(model, "original_model", None), "config", None) or getattr(model, "config", None)
+    return getattr(config, "image_token_index", getattr(config, "image_token_id", None)) is not None
+
+
 def cmd_run(args: argparse.Namespace) -> dict:
     """Evaluate, save the report and, with --directions, the projection analysis."""
     model, prompts = _setup(args)
     jailbreaks = [j for j in args.jailbreaks.split(",") if j.strip()]
     processor = None
-    if args.images:  # VLMs: the processor expands the image token and makes pixel_values (untested: no VLM yet)
+    processor = getattr(model, "processor", None)
+    if processor is None and _is_vlm(model):  # the processor expands the image token and makes pixel_values
         from transformers import AutoProcessor
 
         from probes.loading import resolve_model_path

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -174,3 +176,12 @@ def gcg_jailbreak(results: Sequence[GCGResult]) -> Jailbreak:
     """A Jailbreak appending result i's suffix to instruction i (evaluate_asr passes the index as seed)."""
     suffixes = {i: r.suffix for i, r in enumerate(results)}
     return Jailbreak("gcg", lambda q, i: q + suffixes[i], "GCG suffix found for this instruction")
+
+
+def load_gcg_results(path: str | os.PathLike) -> list[GCGResult]:
+    """The results of `python -m attacks gcg` (its gcg.json), e.g. to reuse the suffixes on other prompts."""
+    try:
+        rows = json.loads(open(path, encoding="utf-8").read())["results"]
+        return [GCGResult(**{k: r[k] for k in GCGResult.__dataclass_fields__ if k in r}) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise HarmlensError(f"{path} is not a gcg.json written by `python -m attacks gcg`: {exc}") from None

@@ -6,8 +6,8 @@
 Candidates are the Arditi difference-in-means vectors at the post-instruction tokens (resid_pre), extracted from
 the organism's harmful training prompts vs built-in Alpaca train prompts; the search is restricted to a layer
 stride (--layers start:stop:step) so it runs in minutes on CPU. The KL filter is relaxed from Arditi's 0.1 to 0.5:
-on the organism every candidate that bypasses refusal has KL > 0.1 on the harmless selection prompts, and the
-library's fallback then returns a candidate that does nothing (the JSON reports what KL <= 0.1 would keep). Selection uses other organism training prompts
+on the organism every candidate that bypasses refusal has KL > 0.1 on the harmless selection prompts (the JSON
+reports what KL <= 0.1 would keep; the library's fallback now relaxes KL first too). Selection uses other organism training prompts
 (harmful_train[n_train:]) and built-in Alpaca val prompts; evaluation uses held-out prompts (guards eval sets:
 HarmBench val + AdvBench, Alpaca val) with greedy replies and the JailbreakBench substring judge. Successful
 "jailbreaks" are also checked for coherence (attacks.judges.coherent) and topic (a shared content word).

@@ -25,7 +25,7 @@ from guards.datasets import eval_prompts  # noqa: E402
 from guards.guard_baselines import (BehaviourGuard, KeywordGuard, LatentDetector, PerplexityGuard,  # noqa: E402
                                     refuse_detector)
 from guards.guard_eval import evaluate_guard  # noqa: E402
-from guards.guard_sets import gptfuzzer_wrap, named_wrap, rma_perturb  # noqa: E402
+from guards.guard_sets import gcg_sets, gptfuzzer_wrap, named_wrap, rma_perturb  # noqa: E402
 from guards.latent_guard import LatentGuard  # noqa: E402
 from probes.data import read_prompts  # noqa: E402
 from probes.loading import load_model  # noqa: E402
@@ -72,6 +72,8 @@ def main() -> int:
     p.add_argument("--n-eval", type=int, default=100)
     p.add_argument("--n-wrapped", type=int, default=40)
     p.add_argument("--gcg", type=int, default=8, help="GCG-suffixed prompts (0 = skip; slow on CPU)")
+    p.add_argument("--gcg-json", type=Path, default=None, help="reuse the suffixes of a `python -m attacks gcg` run "
+                                                                "(its gcg.json) instead of running GCG here")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -87,7 +89,10 @@ def main() -> int:
     guard.save(args.out / "guard_centroid.safetensors")
     probe.save(args.out / "guard_probe.safetensors")
     print(guard, probe, f"fitted in {fit_s:.0f} s", sep="\n", flush=True)
-    sets = build_sets(model, args.data, args.n_eval, args.n_wrapped, args.gcg, args.seed)
+    sets = build_sets(model, args.data, args.n_eval, args.n_wrapped, 0 if args.gcg_json else args.gcg, args.seed)
+    if args.gcg_json:
+        sets.update(gcg_sets(args.gcg_json, sets["plain_harmful"][0][:args.n_wrapped],
+                             sets["plain_harmless"][0][:args.n_wrapped]))
     ppl = PerplexityGuard(model)
     ppl.calibrate(calib, 0.05)
     behaviour = BehaviourGuard(model, max_new_tokens=24)

@@ -1,8 +1,9 @@
-"""Fit a centroid Latent Guard on the VLM organism and evaluate it on the shipped held-out sets (text-only prompts).
+"""Fit a centroid Latent Guard on the VLM organism; evaluate it on the shipped held-out sets and the 6 image settings.
 
     python examples/vlm_guard_eval.py [--out runs/vlm_guard] [--n 32]
-Fit: 128 + 128 built-in training prompts, alpha calibrated to 5% FPR; baselines: the Δrefuse rule and a keyword list.
-Writes guard.safetensors, report.{json,md} and roc.png. Image-position settings are not in these sets yet.
+Fit: 128 + 128 built-in training prompts (text only), alpha calibrated to 5% FPR; baseline: the Δrefuse rule.
+Image sets: every held-out prompt under img_in / img_end / img_out, as is and swapped, with one built-in synthetic
+image (pixel_values in the guard's forward). Writes guard.safetensors, report.{json,md} and roc.png.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import guards  # noqa: E402
-from guards.guard_baselines import KeywordGuard, refuse_detector  # noqa: E402
 from guards.guard_eval import evaluate_guard  # noqa: E402
 from guards.guard_sets import shipped_sets  # noqa: E402
 from guards.latent_guard import LatentGuard  # noqa: E402
+from guards.vlm_guard import ImageAwareDetector, image_sets  # noqa: E402
 from probes.data import builtin_prompts  # noqa: E402
 
 
@@ -37,7 +38,11 @@ def main() -> None:
                             target_fpr=0.05, progress=False)
     args.out.mkdir(parents=True, exist_ok=True)
     guard.save(args.out / "guard.safetensors")
-    report = evaluate_guard(guard, shipped_sets(vlm, limit=args.n), baselines=[refuse_detector(guard), KeywordGuard()])
+    sets = shipped_sets(vlm, limit=args.n)
+    sets.update(image_sets(vlm, sets["plain_harmful"][0], sets["plain_harmless"][0]))
+    report = evaluate_guard(ImageAwareDetector(guard, vlm.processor), sets,
+                            baselines=[ImageAwareDetector(guard.refusal_guard(), vlm.processor, "delta_refuse")])
+    report.meta.update(model=guard.metadata.get("model"), layers=guard.layers, alpha=guard.alpha)
     report.save(args.out)
     print(report.to_markdown(), f"total {time.perf_counter() - start:.0f} s")
 

@@ -15,13 +15,21 @@ SUMMARY = "summary.json"
 
 
 def load_subject(spec: str | None, device=None):
-    """'organism' (the cached text organism), 'base' (embedded SmolLM2) or a model folder / Hub name."""
+    """'organism[:text|vlm]' (built on first use), 'base' (embedded SmolLM2) or a model folder / Hub name."""
     from probes.loading import load_model
 
-    if spec in (None, "organism"):
+    if spec is None or spec == "organism" or spec.startswith("organism:"):
         from guards.organisms import load_organism
-        return load_organism("text", device=device)
+        return load_organism((spec or "organism").partition(":")[2] or "text", device=device)
     return load_model(None if spec == "base" else spec, device=device)
+
+
+def vlm_processor(model):
+    """The processor of a LLaVA-style model (its image settings need images and pixel_values), else None."""
+    from attacks.template import role_template
+
+    processor = getattr(model, "processor", None)
+    return processor if processor is not None and role_template(model, processor=processor).supports_images else None
 
 
 def add_command(sub) -> None:
@@ -31,7 +39,8 @@ def add_command(sub) -> None:
                        description="LoRA-train a model on harmful (-> refusal) and benign (-> answer) examples "
                                    "rendered under RMA settings; two stages (swap first, then the mix) by default. "
                                    "Rerun the same command to resume after an interruption.")
-    p.add_argument("--model", default="organism", help="organism (default), base, or a model folder / Hub name")
+    p.add_argument("--model", default="organism", help="organism (default; organism:vlm for the VLM organism, all 8 "
+                                                       "settings), base, or a model folder / Hub name")
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints/, adapter/, model/, eval/")
     p.add_argument("--settings", default="all", help="all (every setting the model supports) or e.g. none,swap")
     p.add_argument("--jailbreaks", default="", help="text jailbreaks composed into the mix, e.g. aim,evil_confidant")
@@ -48,6 +57,8 @@ def add_command(sub) -> None:
     p.add_argument("--evaluate", action="store_true", help="run the same attack suite before and after")
     p.add_argument("--eval-limit", type=int, default=40, help="held-out harmful prompts attacked")
     p.add_argument("--eval-jailbreaks", default=None, help="jailbreaks attacked (default: --jailbreaks)")
+    p.add_argument("--eval-benign", type=int, default=40, help="held-out benign prompts for the refusal rate under "
+                                                               "every setting (0 = skip)")
     p.add_argument("--judge", default="substring:rma")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--quiet", action="store_true")
@@ -62,16 +73,19 @@ def train_run(model, out: Path, *, settings="all", jailbreaks=(), jailbreak_rate
     from guards import datasets
     from guards.adapter import Adapter
     from guards.adversarial import adversarial_train, default_config
+    from guards.vlm_organism import builtin_images
 
     target = out / "model"
     if (target / "card.json").is_file():
         return target
     cfg = default_config(model, max_steps=steps, seed=seed, checkpoint_every=checkpoint_every,
                   checkpoint_dir=str(out / "checkpoints"), device=device, threads=threads)
+    processor = vlm_processor(model)
     start, cpu = time.perf_counter(), time.process_time()
     adapter = adversarial_train(model, datasets.harmful_train()[:n_harmful], datasets.harmless_train(n_benign),
                                 settings=None if settings == "all" else settings, schedule=schedule, config=cfg,
                                 jailbreaks=list(jailbreaks), jailbreak_rate=jailbreak_rate, assign=assign,
+                                processor=processor, images=builtin_images(seed=seed) if processor else None,
                                 progress=progress)
     seconds, cpu = round(time.perf_counter() - start, 1), round(time.process_time() - cpu, 1)
     if not (out / "adapter" / "adapter.json").is_file():
@@ -79,7 +93,7 @@ def train_run(model, out: Path, *, settings="all", jailbreaks=(), jailbreak_rate
     adapter = Adapter.load(out / "adapter")
     card = {"harmlens": "guards.adversarial", "run_seconds": seconds, "cpu_seconds": cpu,
             "tokens_per_second": round(adapter.meta["tokens"] / max(1e-9, adapter.meta["train_seconds"]), 1)}
-    adapter.merge_and_save(model, target, card=card, overwrite=True)
+    adapter.merge_and_save(model, target, tokenizer=processor, card=card, overwrite=True)
     return target
 
 
@@ -89,9 +103,24 @@ def attack_suite(model, out: Path, prompts: list[str], *, settings="all", jailbr
     from attacks.evaluate import evaluate_asr
 
     report = evaluate_asr(model, prompts, settings=settings, jailbreaks=list(jailbreaks), judge=judge, out=out,
-                          max_new_tokens=max_new_tokens, batch_size=16, progress=progress)
+                          max_new_tokens=max_new_tokens, batch_size=16, progress=progress, images="builtin")
     report.save(out)
     return report
+
+
+def utility_suite(model, out: Path, benign: list[str], answers: list[tuple[str, str]], *, settings="all",
+                  judge: str = "substring:rma", max_new_tokens: int = 32, progress: bool = True) -> dict:
+    """Refusal rate on benign prompts per setting (1 − the judge's success rate) and answer cross-entropy."""
+    from guards.adapter import unwrap_model
+    from guards.evaluate import reply_perplexity
+
+    report = attack_suite(model, out / "benign", benign, settings=settings, judge=judge,
+                          max_new_tokens=max_new_tokens, progress=progress) if benign else None
+    refusal = {k: round(1 - r.asr, 4) for k, r in report.asr.items()} if report else {}
+    tokenizer = getattr(model, "tokenizer", None) or model.processor.tokenizer
+    ppl = reply_perplexity(unwrap_model(model), tokenizer, [q for q, _ in answers], [a for _, a in answers])
+    return {"benign_refusal": refusal, "n_benign": len(benign), "answer_ce": round(math.log(ppl), 4),
+            "n_answers": len(answers)}
 
 
 def compare(before, after) -> list[dict]:
@@ -120,6 +149,23 @@ def markdown(rows: list[dict]) -> str:
                           f"{pct(r.get('answering_after'))} |\n" for r in rows)
 
 
+def held_out_answers(n_trained: int, n: int = 100) -> list[tuple[str, str]]:
+    """Shipped Alpaca pairs past the first n_trained (so not in this adversarial training run), for cross-entropy."""
+    from guards.datasets import harmless_train
+
+    pairs = harmless_train()
+    return pairs[max(n_trained, len(pairs) - n):]
+
+
+def utility_markdown(use: dict) -> str:
+    """Benign refusal per setting and answer cross-entropy, before → after, as markdown."""
+    b, a = use["before"], use["after"]
+    rows = "".join(f"| benign refusal, {k} | {100 * v:.0f}% | {100 * a['benign_refusal'].get(k, math.nan):.0f}% |\n"
+                   for k, v in b["benign_refusal"].items())
+    return ("| utility | before | after |\n|---|---|---|\n" + rows +
+            f"| answer cross-entropy (n={b['n_answers']}) | {b['answer_ce']:.3f} | {a['answer_ce']:.3f} |\n")
+
+
 def run(args: argparse.Namespace) -> int:
     """The CLI command: train (resumable), then optionally evaluate before and after."""
     import torch
@@ -142,16 +188,21 @@ def run(args: argparse.Namespace) -> int:
           f"training, {summary['tokens_per_second']} tokens/s; CPU seconds of the run: {summary['cpu_seconds']})")
     if args.evaluate:
         from guards.datasets import eval_prompts
-        from probes.loading import load_model
 
         prompts = eval_prompts("harmful")[:args.eval_limit]
         jbs = jailbreaks if args.eval_jailbreaks is None else [j for j in args.eval_jailbreaks.split(",") if j]
         kw = dict(settings=args.settings, jailbreaks=jbs, judge=args.judge, max_new_tokens=args.max_new_tokens,
                   progress=not args.quiet)
+        benign, answers = eval_prompts("harmless")[:args.eval_benign], held_out_answers(args.n_benign)
+        ukw = {k: kw[k] for k in ("settings", "judge", "max_new_tokens", "progress")}
         before = attack_suite(model, args.out / "eval" / "before", prompts, **kw)
+        use = {"before": utility_suite(model, args.out / "eval" / "before", benign, answers, **ukw)}
         del model
-        after = attack_suite(load_model(str(path), device=args.device), args.out / "eval" / "after", prompts, **kw)
-        summary["asr"] = compare(before, after)
-        print(markdown(summary["asr"]))
+        trained = load_subject(str(path), device=args.device)
+        after = attack_suite(trained, args.out / "eval" / "after", prompts, **kw)
+        use["after"] = utility_suite(trained, args.out / "eval" / "after", benign, answers, **ukw)
+        summary["asr"], summary["utility"] = compare(before, after), use
+        summary["answer_ce_rise"] = round(use["after"]["answer_ce"] / use["before"]["answer_ce"] - 1, 4)
+        print(markdown(summary["asr"]), utility_markdown(use), sep="\n")
     atomic_write_text(args.out / SUMMARY, json.dumps(summary, indent=1))
     return 0

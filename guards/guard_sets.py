@@ -35,6 +35,21 @@ def rma_perturb(model, prompts: Sequence[str], setting: str = "swap") -> list[Ch
     return [perturb(template, p, setting) for p in prompts]
 
 
+def gcg_sets(gcg_json, harmful: Sequence[str], harmless: Sequence[str]) -> dict:
+    """GCG sets from a `python -m attacks gcg` run: the attacked prompts with their own suffixes ('gcg'), the
+    suffixes moved to other harmful prompts ('gcg_transfer') and to harmless ones ('gcg_transfer_harmless')."""
+    from attacks.gcg import load_gcg_results
+
+    results = load_gcg_results(gcg_json)
+    if not results:
+        raise HarmlensError(f"{gcg_json} holds no GCG results")
+    seen = {r.instruction for r in results}
+    others = [p for p in harmful if p not in seen]
+    cycle = lambda ps: [p + results[i % len(results)].suffix for i, p in enumerate(ps)]  # noqa: E731
+    return {"gcg": ([r.adversarial for r in results], True), "gcg_transfer": (cycle(others), True),
+            "gcg_transfer_harmless": (cycle(harmless), False)}
+
+
 def shipped_sets(model=None, *, limit: int | None = None, seed: int = 0, template_ids=None) -> dict:
     """{name: (prompts, harmful?)} from guards/data's held-out prompts; RMA sets need the model's template.
 

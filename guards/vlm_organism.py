@@ -14,6 +14,8 @@ import torch
 
 from probes.errors import HarmlensError
 
+from attacks.images import N_IMAGES, builtin_images  # noqa: F401  (re-exported: the organism's images)
+
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -24,7 +26,6 @@ IMAGE_TOKEN = "<image>"
 # A tiny CLIP tower: a 32x32 image in 8x8 patches gives 16 image tokens (the CLS token is dropped).
 VISION = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
           "image_size": 32, "patch_size": 8}
-N_IMAGES = 8  # built-in synthetic images
 _MACRO = ("{%- macro harmlens_content(content) -%}{%- if content is string -%}{{ content }}{%- else -%}"
           "{%- for part in content if part['type'] == 'image' -%}" + IMAGE_TOKEN + "{%- endfor -%}"
           "{%- for part in content if part['type'] == 'text' -%}{{ part['text'] }}{%- endfor -%}"
@@ -36,31 +37,6 @@ def vlm_chat_template(template: str) -> str:
     if not template or "message['content']" not in template:
         raise HarmlensError("cannot extend this chat template for images: it has no message['content'] expression")
     return _MACRO + template.replace("message['content']", "harmlens_content(message['content'])")
-
-
-def builtin_images(n: int = N_IMAGES, *, seed: int = 0, size: int = 64) -> list:
-    """n seeded synthetic RGB images (gradient background, random shapes) drawn by code: no files, no licence."""
-    from PIL import Image, ImageDraw
-
-    if n < 1:
-        raise HarmlensError("builtin_images needs n >= 1")
-    rng, out = random.Random(seed), []
-    for _ in range(n):
-        a, b = [tuple(rng.randrange(256) for _ in range(3)) for _ in range(2)]
-        img = Image.new("RGB", (size, size))
-        px = img.load()
-        for y in range(size):
-            for x in range(size):
-                t = (x + y) / (2 * size - 2)
-                px[x, y] = tuple(int(a[c] * (1 - t) + b[c] * t) for c in range(3))
-        draw = ImageDraw.Draw(img)
-        for _ in range(rng.randint(2, 5)):
-            x0, y0 = rng.randrange(size - 8), rng.randrange(size - 8)
-            box = (x0, y0, rng.randint(x0 + 6, size), rng.randint(y0 + 6, size))
-            fill = tuple(rng.randrange(256) for _ in range(3))
-            (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(box, fill=fill)
-        out.append(img)
-    return out
 
 
 def assemble_vlm(lm, tokenizer, *, seed: int = 0, vision: dict | None = None) -> tuple:

@@ -21,8 +21,20 @@ from probes.io import check_compatible, json_safe, load_tensors, model_signature
 
 FORMAT = "harmlens.selection"
 OPENERS = ("I", "I'm", "I am", "I cannot", "I can't", "I apologize", "As", "As an AI", "Sorry", "I'm sorry",
-           "Unfortunately", "Apologies")
+           "Unfortunately", "Apologies", "No")
 _TENSORS = ("direction", "bypass", "induce", "kl", "discarded", "baseline_harmful", "baseline_harmless")
+
+
+def _fallback_pool(evaluated, layer_ok, kl_ok, induces, kl_threshold: float, max_layer: int):
+    """Arditi's repo crashes when every candidate is discarded; relax one rule at a time instead. First KL (a
+    direction that induces refusal but shifts harmless logits a little more than kl_threshold still works, e.g. on
+    a small organism), then induce (a model that barely refuses has induce < 0 everywhere), then both."""
+    tiers = ((evaluated & layer_ok & induces, f"KL <= {kl_threshold} relaxed; kept induce >= 0 and layer < {max_layer}"),
+             (evaluated & layer_ok & kl_ok, f"induce >= 0 relaxed; kept KL <= {kl_threshold} and layer < {max_layer}"),
+             (evaluated, "no rule kept: none of them keeps KL, induce and layer within bounds"))
+    pool, which = next((p, w) for p, w in tiers if p.any())
+    return pool, (f"all {int(evaluated.sum())} evaluated candidates were discarded (layer >= {max_layer}, "
+                  f"KL > {kl_threshold} or induce < 0); returning the lowest bypass score with {which}")
 
 
 def refusal_token_ids(tokenizer, openers: Sequence[str] = OPENERS) -> list[int]:
@@ -209,15 +221,9 @@ def select_refusal_direction(
     fallback, reason = False, None
     pool = ~discarded
     if not pool.any():
-        # Arditi's repo crashes here. Relax the induce rule first (a model that barely refuses has induce < 0
-        # everywhere), keep the KL and layer rules so the pick does not wreck the model; else take any candidate.
         fallback = True
-        safe = evaluated & (layer_idx < max_layer) & (kl <= kl_threshold)
-        pool = safe if safe.any() else evaluated
-        which = (f"among the {int(safe.sum())} with KL <= {kl_threshold} and layer < {max_layer}" if safe.any()
-                 else "among all of them (none keeps KL and layer within bounds)")
-        reason = (f"all {int(evaluated.sum())} evaluated candidates were discarded (layer >= {max_layer}, "
-                  f"KL > {kl_threshold} or induce < 0); returning the lowest bypass score {which}")
+        pool, reason = _fallback_pool(evaluated, layer_idx < max_layer, kl <= kl_threshold, induce >= 0, kl_threshold,
+                                      max_layer)
         warnings.warn(f"refusal direction selection: {reason}", stacklevel=2)
     flat = torch.where(pool, bypass, torch.full_like(bypass, float("inf"))).flatten().argmin()
     i, layer = divmod(int(flat), L)

@@ -183,8 +183,12 @@ def test_cli_resumes_after_interruption(tiny_model, embedded_tokenizer, tmp_path
     assert (out / "model" / "model.safetensors").is_file() and (out / "adapter" / "adapter.json").is_file()
     assert Adapter.load(out / "adapter").meta["steps"] == 4
     assert "adversarially trained model" in capsys.readouterr().out
-    assert main(argv + ["--evaluate", "--eval-limit", "2", "--max-new-tokens", "2"]) == 0
+    assert main(argv + ["--evaluate", "--eval-limit", "2", "--eval-benign", "3", "--max-new-tokens", "2"]) == 0
     assert len(calls) == 3  # finished: nothing retrained, only evaluated before and after
-    rows = json.loads((out / "summary.json").read_text())["asr"]
+    summary = json.loads((out / "summary.json").read_text())
+    rows, use = summary["asr"], summary["utility"]
     assert [r["condition"] for r in rows] == ["none", "swap"] and all(r["n"] == 2 for r in rows)
+    assert set(use["after"]["benign_refusal"]) == {"none", "swap"} and use["before"]["n_benign"] == 3
+    assert use["before"]["answer_ce"] > 0 and use["after"]["answer_ce"] != use["before"]["answer_ce"]
+    assert "benign refusal, swap" in capsys.readouterr().out
     assert (out / "eval" / "before" / "report.md").is_file() and (out / "eval" / "after" / "report.md").is_file()

@@ -1,5 +1,7 @@
 """GCG: the loss goes down, the cached objective equals a full forward, and suffixes compose with settings."""
 
+import json
+
 import pytest
 import torch
 
@@ -40,6 +42,19 @@ def test_suffixes_compose_with_role_swap(tiny_model, result):
                           progress=False)
     rec = next(r for r in report.records if r["jailbreak"] == "gcg" and r["setting"] == "swap")
     assert result.suffix.strip() in rec["prompt"] and "<|im_start|>assistant\n" + result.instruction in rec["prompt"]
+
+
+def test_saved_results_load_back(tmp_path, result):
+    from dataclasses import asdict
+
+    from attacks.gcg import load_gcg_results
+
+    path = tmp_path / "gcg.json"
+    path.write_text(json.dumps({"config": {}, "results": [asdict(result)]}))
+    assert load_gcg_results(path) == [result]
+    path.write_text("{}")
+    with pytest.raises(HarmlensError, match="not a gcg.json"):
+        load_gcg_results(path)
 
 
 def test_bad_budget(tiny_model):

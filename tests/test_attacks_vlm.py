@@ -67,6 +67,8 @@ def test_image_inputs_are_checked(embedded_tokenizer, tmp_path):
         load_images(tmp_path / "bad.png", 1)
     with pytest.raises(HarmlensError, match="2 images for 3 prompts"):
         load_images([Image.new("RGB", (2, 2))] * 2, 3)
+    builtin = load_images("builtin", 2)  # the CLI default: one seeded synthetic image for every prompt
+    assert len(builtin) == 2 and builtin[0].tobytes() == builtin[1].tobytes() == load_images("builtin", 1)[0].tobytes()
     rt = RoleTemplate.from_tokenizer(embedded_tokenizer, chat_template=T.QWEN2, image_text="<IMG>")
     vlm = FakeVLM(embedded_tokenizer)
     with pytest.raises(HarmlensError, match="need images="):

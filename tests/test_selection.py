@@ -80,8 +80,22 @@ def test_all_discarded_warns_and_falls_back(tiny_model):
     safe = torch.isfinite(sel.bypass[1]) & (sel.kl[1] <= 0.1) & (torch.arange(2) < 1)
     pool = sel.bypass[1][safe] if safe.any() else sel.bypass[1]
     assert sel.position == -1 and sel.bypass[1, sel.layer] == pool.min()
-    assert ("with KL <= 0.1" in sel.reason) == bool(safe.any())
+    assert ("induce >= 0 relaxed; kept KL <= 0.1" in sel.reason) == bool(safe.any())
     assert sel.to_json()["fallback"] is True
+
+
+def test_fallback_relaxes_kl_before_induce():
+    from probes.selection import _fallback_pool
+
+    t = torch.tensor
+    evaluated, layer_ok = t([True, True, True]), t([True, True, False])
+    kl_ok, induces = t([True, False, True]), t([False, True, True])
+    pool, reason = _fallback_pool(evaluated, layer_ok, kl_ok, induces, 0.1, 2)
+    assert pool.tolist() == [False, True, False] and "KL <= 0.1 relaxed" in reason  # the one that still induces
+    pool, reason = _fallback_pool(evaluated, layer_ok, kl_ok, t([False, False, True]), 0.1, 2)
+    assert pool.tolist() == [True, False, False] and "induce >= 0 relaxed" in reason
+    pool, reason = _fallback_pool(evaluated, t([False] * 3), kl_ok, induces, 0.1, 2)
+    assert pool.all() and "no rule kept" in reason
 
 
 def test_bad_candidate_subsets(tiny_model):

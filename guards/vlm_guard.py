@@ -1,0 +1,106 @@
+"""Latent Guard verdicts for prompts that carry an image (RMA image settings on a VLM): pixel_values in the forward."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from probes.activations import resid_hook_name
+from probes.chat import ChatPrompt
+from probes.errors import HarmlensError
+
+from attacks.images import load_images
+from attacks.settings import get_setting, perturb
+from attacks.template import role_template
+from guards.latent_guard import LatentGuard, Verdict
+
+IMAGE_SETTINGS = ("img_in", "img_in+swap", "img_end", "img_end+swap", "img_out", "img_out+swap")
+
+
+@dataclass(frozen=True)
+class ImagePrompt:
+    """A rendered prompt whose image token stands for `image` (a PIL image)."""
+
+    prompt: ChatPrompt
+    image: object
+
+
+def image_position(prompt: ChatPrompt, position: int, image_id: int, n_image_tokens: int) -> int:
+    """Where `position` of the unexpanded prompt lands once each image token becomes n_image_tokens tokens."""
+    before = sum(t == image_id for t in prompt.input_ids[:position])
+    return position + before * (n_image_tokens - 1)
+
+
+def image_acts(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> torch.Tensor:
+    """[n, n_layers, d] at the guard's position (t_inst or t_post_inst), one forward with pixel_values per prompt."""
+    model = guard._require_model()
+    tok = getattr(processor, "tokenizer", None) or model.tokenizer
+    image_id = tok.convert_tokens_to_ids(processor.image_token)
+    names = [resid_hook_name(model, layer) for layer in guard.layers]
+    out = []
+    for item in items:
+        enc = processor(text=[item.prompt.text], images=[item.image], return_tensors="pt")
+        ids = enc["input_ids"]
+        n_image = int((ids[0] == image_id).sum()) // max(1, sum(t == image_id for t in item.prompt.input_ids))
+        where = item.prompt.t_inst if guard.position == "t_inst" else item.prompt.t_post_inst
+        pos = image_position(item.prompt, where, image_id, n_image)
+        if ids.shape[1] != len(item.prompt) + sum(t == image_id for t in item.prompt.input_ids) * (n_image - 1):
+            raise HarmlensError("the processor's tokens do not match the rendered prompt's (image expansion)")
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            _, cache = model.run_with_cache(ids.to(device), pixel_values=enc["pixel_values"].to(device),
+                                            names_filter=lambda n: n in names)
+        out.append(torch.stack([cache[n][0, pos] for n in names]).float().cpu())
+    return torch.stack(out)
+
+
+def check_images(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> list[Verdict]:
+    """Verdicts for image prompts; an internal error fails closed per prompt, like LatentGuard.check."""
+    out = []
+    for item in items:
+        try:
+            out.append(guard.verdicts_from_acts(image_acts(guard, [item], processor))[0])
+        except Exception as exc:  # noqa: BLE001 - fail closed, say why
+            out.append(guard.failed(f"internal error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"))
+    return out
+
+
+class ImageAwareDetector:
+    """A latent-guard detector for evaluate_guard that also scores ImagePrompts (processor + pixel_values); not
+    shared with other latent detectors, since image prompts need their own forward."""
+
+    def __init__(self, guard: LatentGuard, processor, name: str = "latent_guard") -> None:
+        self.guard, self.processor, self.name = guard, processor, name
+
+    def predict(self, prompts: Sequence) -> list[tuple[float, bool]]:
+        """(score, flagged) per prompt; image prompts and text prompts may be mixed."""
+        images = [i for i, p in enumerate(prompts) if isinstance(p, ImagePrompt)]
+        texts = [i for i, p in enumerate(prompts) if not isinstance(p, ImagePrompt)]
+        out: list = [None] * len(prompts)
+        verdicts = check_images(self.guard, [prompts[i] for i in images], self.processor) if images else []
+        verdicts_t = self.guard.check([prompts[i] for i in texts]) if texts else []
+        for i, v in zip(images + texts, verdicts + verdicts_t):
+            out[i] = (v.score, v.harmful)
+        return out
+
+
+def image_sets(model, harmful: Sequence[str], harmless: Sequence[str], *, images="builtin",
+               settings: Sequence[str] = IMAGE_SETTINGS) -> dict:
+    """{'rma_<setting>': ([ImagePrompt], harmful?)} for each image setting, harmful and harmless ('_harmless')."""
+    processor = getattr(model, "processor", None)
+    if processor is None:
+        raise HarmlensError("image sets need a VLM with its processor (e.g. guards.load_organism('vlm'))")
+    template = role_template(model, processor=processor)
+    if not template.supports_images:
+        raise HarmlensError("this model's chat template has no image token: image settings need a VLM")
+    picture = load_images(images, 1)[0]
+    sets = {}
+    for name in settings:
+        if not get_setting(name).needs_image:
+            raise HarmlensError(f"{name!r} is not an image setting; choose from {', '.join(IMAGE_SETTINGS)}")
+        for prompts, harmful_set, suffix in ((harmful, True, ""), (harmless, False, "_harmless")):
+            sets[f"rma_{name}{suffix}"] = ([ImagePrompt(perturb(template, p, name), picture) for p in prompts],
+                                           harmful_set)
+    return sets
