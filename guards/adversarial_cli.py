@@ -49,7 +49,8 @@ def add_command(sub) -> None:
     p.add_argument("--assign", default="chunks", choices=["chunks", "random"], help="setting per example")
     p.add_argument("--steps", type=int, default=150, help="LoRA steps over all stages")
     p.add_argument("--n-harmful", type=int, default=None, help="harmful training prompts (default: all 259)")
-    p.add_argument("--n-benign", type=int, default=400, help="Alpaca (instruction, answer) pairs")
+    p.add_argument("--n-benign", type=int, default=800, help="Alpaca (instruction, answer) pairs (800 keeps "
+                                                            "swapped benign refusal at 5%% on the organism; 400: 8%%)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint-every", type=int, default=10)
     p.add_argument("--device", default=None)
@@ -67,7 +68,7 @@ def add_command(sub) -> None:
 
 def train_run(model, out: Path, *, settings="all", jailbreaks=(), jailbreak_rate: float = 0.25,
               schedule: str = "two-stage", assign: str = "chunks", steps: int = 150, n_harmful: int | None = None,
-              n_benign: int = 400, seed: int = 0, checkpoint_every: int = 10, device=None, threads: int | None = None,
+              n_benign: int = 800, seed: int = 0, checkpoint_every: int = 10, device=None, threads: int | None = None,
               progress: bool = True) -> Path:
     """Train (resuming from out/checkpoints) and save out/adapter and the merged out/model; returns out/model."""
     from guards import datasets

@@ -74,13 +74,14 @@ def step_adversarial(out: Path, args: argparse.Namespace) -> dict:
     """Adversarially train on RMA-perturbed prompts (with four text jailbreaks) and attack before and after with
     the main job's jailbreaks, which training never saw."""
     from guards.__main__ import main as guards_cli
-    from guards.adversarial_cli import markdown
+    from guards.adversarial_cli import markdown, utility_markdown
     _run(guards_cli, ["adversarial-train", "--model", "organism", "--out", str(out), "--jailbreaks", TRAIN_JAILBREAKS,
                       "--steps", "150", "--evaluate", "--eval-limit", str(args.n), "--eval-jailbreaks",
-                      args.jailbreaks, "--quiet"], "adversarial training")
+                      args.jailbreaks, "--eval-benign", "100", "--quiet"], "adversarial training")
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     return {"markdown": f"{summary['steps']} LoRA steps in {summary['train_seconds']:.0f} s; attacked with "
-                        f"jailbreaks not used in training ({args.jailbreaks}):\n\n" + markdown(summary["asr"])}
+                        f"jailbreaks not used in training ({args.jailbreaks}):\n\n" + markdown(summary["asr"]) + "\n"
+                        + utility_markdown(summary["utility"])}
 
 
 RUNNERS: dict[str, Callable[[Path, argparse.Namespace], dict]] = {
