@@ -1,6 +1,6 @@
 """What else was tried for the Latent Guard's weak spot, named text jailbreaks: rule, fit data and read position.
 
-    OMP_NUM_THREADS=1 python examples/guard_variants.py [--out runs/guard_variants] [--n 40]
+    python examples/guard_variants.py [--out runs/guard_variants] [--n 40] [--threads 1]
 
 Four guards on the text organism, each calibrated to 5% FPR on 200 shipped Alpaca prompts outside every fit:
   centroid      the default (Zhao's centroid rule at t_inst, layers chosen on held-out data)
@@ -64,8 +64,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/guard_variants"))
     p.add_argument("--n", type=int, default=40, help="prompts per held-out set (XSTest: 2n)")
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
     model = load_organism("text")
     harmful = datasets.harmful_train()
