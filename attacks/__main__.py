@@ -88,7 +88,6 @@ def cmd_run(args: argparse.Namespace) -> dict:
     """Evaluate, save the report and, with --directions, the projection analysis."""
     model, prompts = _setup(args)
     jailbreaks = [j for j in args.jailbreaks.split(",") if j.strip()]
-    processor = None
     processor = getattr(model, "processor", None)
     if processor is None and _is_vlm(model):  # the processor expands the image token and makes pixel_values
         from transformers import AutoProcessor

@@ -10,11 +10,12 @@ import torch
 from probes.activations import resid_hook_name
 from probes.chat import ChatPrompt
 from probes.errors import HarmlensError
+from probes.loading import model_device
 
 from attacks.images import load_images
 from attacks.settings import get_setting, perturb
 from attacks.template import role_template
-from guards.latent_guard import LatentGuard, Verdict
+from guards.latent_guard import LatentGuard, Verdict, _one_line
 
 IMAGE_SETTINGS = ("img_in", "img_in+swap", "img_end", "img_end+swap", "img_out", "img_out+swap")
 
@@ -39,16 +40,15 @@ def image_acts(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> t
     tok = getattr(processor, "tokenizer", None) or model.tokenizer
     image_id = tok.convert_tokens_to_ids(processor.image_token)
     names = [resid_hook_name(model, layer) for layer in guard.layers]
-    out = []
+    device, out = model_device(model), []
     for item in items:
         enc = processor(text=[item.prompt.text], images=[item.image], return_tensors="pt")
-        ids = enc["input_ids"]
-        n_image = int((ids[0] == image_id).sum()) // max(1, sum(t == image_id for t in item.prompt.input_ids))
+        ids, n_images = enc["input_ids"], sum(t == image_id for t in item.prompt.input_ids)
+        n_image = int((ids[0] == image_id).sum()) // max(1, n_images)
+        if ids.shape[1] != image_position(item.prompt, len(item.prompt), image_id, n_image):
+            raise HarmlensError("the processor's tokens do not match the rendered prompt's (image expansion)")
         where = item.prompt.t_inst if guard.position == "t_inst" else item.prompt.t_post_inst
         pos = image_position(item.prompt, where, image_id, n_image)
-        if ids.shape[1] != len(item.prompt) + sum(t == image_id for t in item.prompt.input_ids) * (n_image - 1):
-            raise HarmlensError("the processor's tokens do not match the rendered prompt's (image expansion)")
-        device = next(model.parameters()).device
         with torch.no_grad():
             _, cache = model.run_with_cache(ids.to(device), pixel_values=enc["pixel_values"].to(device),
                                             names_filter=lambda n: n in names)
@@ -63,7 +63,7 @@ def check_images(guard: LatentGuard, items: Sequence[ImagePrompt], processor) ->
         try:
             out.append(guard.verdicts_from_acts(image_acts(guard, [item], processor))[0])
         except Exception as exc:  # noqa: BLE001 - fail closed, say why
-            out.append(guard.failed(f"internal error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"))
+            out.append(guard.failed(f"internal error: {_one_line(exc)}"))
     return out
 
 
