@@ -6,7 +6,8 @@
    unembedding) of the same prompts                                   target <= (last layer read + 1) / n_layers
 
 Run: python benchmarks/guard_perf.py [--model PATH] [--guard guard.safetensors] [--gen-prompts 16] [--new-tokens 32]
-     [--n 32] [--repeats 5]. Without --guard, guards are fitted on 16 + 16 built-in prompts at a few layer choices.
+     [--n 32] [--repeats 5]. Without --guard, guards are fitted on 16 + 16 built-in prompts at a few layer choices,
+     and a span guard (read='span': every token up to t_inst, default layers).
 """
 
 from __future__ import annotations
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         n = int(model.cfg.n_layers)
         choices = {"early": range(2, n // 3 + 1), "middle": range(n // 3, 2 * n // 3), "all": range(n + 1)}
         guards = {name: LatentGuard.fit(model, fit_h, fit_l, layers=list(layers)) for name, layers in choices.items()}
+        guards["span"] = LatentGuard.fit(model, fit_h, fit_l, method="probe", read="span", wrappers=["aim"])
     result = {"model": str(getattr(model, "harmlens_name", "?")), "threads": torch.get_num_threads(),
               "generation": {}, "standalone": {}}
     for name, guard in guards.items():

@@ -154,9 +154,10 @@ def predict_shared(detectors: Sequence[LatentDetector], prompts: Sequence[Prompt
 
 
 def can_share(detectors: Sequence) -> bool:
-    """Whether these latent detectors read the same model with the same prompt format (one pass serves all)."""
+    """Whether these latent detectors read the same model with the same prompt format (one pass serves all);
+    span guards read every token up to t_inst and run on their own."""
     guards = [d.guard for d in detectors if isinstance(d, LatentDetector)]
-    return len(guards) > 1 and all(g.model is guards[0].model and g.metadata.get("system") ==
+    return len(guards) > 1 and all(g.position != "span" and g.model is guards[0].model and g.metadata.get("system") ==
                                    guards[0].metadata.get("system") and g.max_length == guards[0].max_length
                                    for g in guards)
 

@@ -22,7 +22,14 @@ def add_guard_commands(subparsers) -> None:
     fit.add_argument("--harmless", default=None, help="same, default builtin:harmless:train")
     fit.add_argument("--val-harmful", default=None, help="held-out harmful prompts for layer choice / calibration")
     fit.add_argument("--val-harmless", default=None, help="held-out harmless prompts (default: 25%% of the fit sets)")
-    fit.add_argument("--method", choices=["centroid", "probe"], default="centroid")
+    fit.add_argument("--method", choices=["centroid", "probe"], default=None,
+                     help="centroid (default for --read t_inst) or probe (the only one for --read span)")
+    fit.add_argument("--read", choices=["t_inst", "span"], default="t_inst",
+                     help="t_inst (Zhao's rule) or span: token-level probes read at every token up to t_inst, fitted "
+                          "on the prompts also wrapped in jailbreaks; catches wrappers that end in constant text")
+    fit.add_argument("--wrappers", default="default",
+                     help="--read span: jailbreaks the fit wraps prompts in, comma list, groups split by ';' "
+                          "(default: four named + half of GPTFuzzer's templates; 'none': plain prompts only)")
     fit.add_argument("--layers", default=None, help="e.g. '10-20' (default: chosen on held-out data)")
     fit.add_argument("--target-fpr", type=float, default=None, help="calibrate alpha to this held-out FPR")
     fit.add_argument("--limit", type=int, default=None, help="first N prompts of each fit set")
@@ -41,6 +48,9 @@ def add_guard_commands(subparsers) -> None:
     ev.add_argument("--set", action="append", default=[], metavar="NAME=PATH:harmful|harmless",
                     help="an evaluation set (repeatable); default: the held-out sets shipped in guards/data")
     ev.add_argument("--model", default=None, help=_MODEL_HELP)
+    ev.add_argument("--compare", action="append", default=[], metavar="NAME=GUARD",
+                    help="another guard file of the same model, scored side by side (repeatable); the shipped "
+                         "jailbreak sets then leave out every compared guard's fit wrappers")
     ev.add_argument("--baselines", default="keyword,perplexity,delta_refuse,behaviour",
                     help="comma list of keyword, perplexity, delta_refuse, behaviour ('' = none)")
     ev.add_argument("--calibrate", default=None, help="harmless prompts to calibrate the perplexity threshold at 5%% "
@@ -71,11 +81,19 @@ def cmd_fit(args: argparse.Namespace) -> int:
         if not (args.val_harmful and args.val_harmless):
             raise HarmlensError("give both --val-harmful and --val-harmless, or neither")
         val = {"val_harmful": read_prompts(args.val_harmful), "val_harmless": read_prompts(args.val_harmless)}
-    guard = LatentGuard.fit(load_model(args.model), harmful, harmless, method=args.method, layers=parse_layers(args.layers),
-                            target_fpr=args.target_fpr, balance=not args.no_balance, progress=True, **val)
+    if args.read == "span":
+        wrappers = (None if args.wrappers == "none" else args.wrappers if args.wrappers == "default" else
+                    [[w.strip() for w in g.split(",") if w.strip()] for g in args.wrappers.split(";") if g.strip()])
+        extra = {"read": "span", "wrappers": wrappers, "balance": not args.no_balance}
+    else:
+        extra = {"balance": not args.no_balance}
+    method = args.method or ("probe" if args.read == "span" else "centroid")
+    guard = LatentGuard.fit(load_model(args.model), harmful, harmless, method=method, layers=parse_layers(args.layers),
+                            target_fpr=args.target_fpr, progress=True, **extra, **val)
     path = guard.save(args.out)
     fit = guard.metadata["fit"]
-    print(json.dumps({"guard": str(path), "method": guard.method, "layers": guard.layers, "alpha": guard.alpha,
+    print(json.dumps({"guard": str(path), "method": guard.method, "read": guard.position, "layers": guard.layers,
+                      "alpha": guard.alpha,
                       "val_auroc": fit.get("val_auroc"), "n_harmful": fit["n_harmful"],
                       "n_harmless": fit["n_harmless"]}))
     return 0
@@ -123,7 +141,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from guards.guard_baselines import BehaviourGuard, KeywordGuard, PerplexityGuard, refuse_detector
     from guards.guard_eval import evaluate_guard
     from probes.data import read_prompts
+    from guards.guard_baselines import LatentDetector
+    from guards.latent_guard import LatentGuard
     guard = _load(args)
+    compared = []
+    for spec in args.compare:
+        name, _, path = spec.rpartition("=")
+        if not name or not path:
+            raise HarmlensError(f"bad --compare {spec!r}: use NAME=GUARD_FILE")
+        compared.append(LatentDetector(LatentGuard.load(path, guard.model), name))
     sets = {}
     for spec in args.set:
         name, _, rest = spec.partition("=")
@@ -132,15 +158,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise HarmlensError(f"bad --set {spec!r}: use NAME=PATH:harmful or NAME=PATH:harmless")
         sets[name] = (read_prompts(path, limit=args.limit), label == "harmful")
     if not sets:
-        from guards.guard_sets import shipped_sets
-        sets = shipped_sets(guard.model, limit=args.limit)
+        from guards.guard_sets import fit_wrappers, shipped_sets
+        exclude = set().union(*(fit_wrappers(g) for g in [guard] + [d.guard for d in compared]))
+        sets = shipped_sets(guard.model, limit=args.limit, exclude=exclude)
     make = {"keyword": KeywordGuard, "perplexity": lambda: PerplexityGuard(guard.model),
             "delta_refuse": lambda: refuse_detector(guard), "behaviour": lambda: BehaviourGuard(guard.model)}
     wanted = [b.strip() for b in args.baselines.split(",") if b.strip()]
     unknown = [b for b in wanted if b not in make]
     if unknown:
         raise HarmlensError(f"unknown baseline(s) {unknown}; choose from {', '.join(make)}")
-    baselines = [make[b]() for b in wanted]
+    baselines = compared + [make[b]() for b in wanted]
     for b in baselines:
         if args.calibrate and b.name == "perplexity":
             b.calibrate(read_prompts(args.calibrate), 0.05)

@@ -50,21 +50,33 @@ def gcg_sets(gcg_json, harmful: Sequence[str], harmless: Sequence[str]) -> dict:
             "gcg_transfer_harmless": (cycle(harmless), False)}
 
 
-def shipped_sets(model=None, *, limit: int | None = None, seed: int = 0, template_ids=None) -> dict:
+def fit_wrappers(guard) -> set[str]:
+    """Names of the jailbreaks a guard was fitted on (a span guard's wrappers; empty for a t_inst guard)."""
+    return {w for group in guard.metadata.get("fit", {}).get("wrappers") or [] for w in group}
+
+
+def shipped_sets(model=None, *, limit: int | None = None, seed: int = 0, template_ids=None,
+                 exclude: set[str] | frozenset = frozenset()) -> dict:
     """{name: (prompts, harmful?)} from guards/data's held-out prompts; RMA sets need the model's template.
 
     Harmless prompts wrapped in the same jailbreaks are controls: a guard that flags the wrapper fails them.
+    `exclude`: jailbreak names ('aim', 'gptfuzzer:12') a guard was fitted on, left out of the jailbreak sets.
     """
     from guards.datasets import eval_prompts
     harmful, harmless = eval_prompts("harmful")[:limit], eval_prompts("harmless")[:limit]
+    named = [n for n in NAMED if n not in exclude]
+    ids = [i for i in (template_ids if template_ids is not None else gptfuzzer_templates())
+           if f"gptfuzzer:{i}" not in exclude]
     sets = {
         "plain_harmful": (harmful, True), "plain_harmless": (harmless, False),
         "xstest_safe": (eval_prompts("xstest")[:limit], False),
-        "gptfuzzer": (gptfuzzer_wrap(harmful, template_ids, seed), True),
-        "gptfuzzer_harmless": (gptfuzzer_wrap(harmless, template_ids, seed), False),
-        "text_jailbreaks": (named_wrap(harmful), True),
-        "text_jailbreaks_harmless": (named_wrap(harmless), False),
     }
+    if ids:
+        sets |= {"gptfuzzer": (gptfuzzer_wrap(harmful, ids, seed), True),
+                 "gptfuzzer_harmless": (gptfuzzer_wrap(harmless, ids, seed), False)}
+    if named:
+        sets |= {"text_jailbreaks": (named_wrap(harmful, named), True),
+                 "text_jailbreaks_harmless": (named_wrap(harmless, named), False)}
     if model is not None:
         sets["rma_swap"] = (rma_perturb(model, harmful), True)
         sets["rma_swap_harmless"] = (rma_perturb(model, harmless), False)

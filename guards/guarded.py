@@ -62,7 +62,8 @@ class _Reader:
         self.store[name] = x[self.rows, self.pos].detach().float()
         if name == self.last:
             try:
-                acts = torch.stack([self.store[n] for n in self.names], dim=1)
+                acts = torch.stack([self.store[n] for n in self.names], dim=1)  # [batch, n_layers, width, d]
+                acts = acts if self.guard.position == "span" else acts[:, :, 0]
                 self.verdicts = self.guard.verdicts_from_acts(acts, self.truncated)
             except Exception as exc:  # noqa: BLE001 - fail closed, say why
                 self.verdicts = [self.guard.failed(f"internal error: {_one_line(exc)}", t) for t in self.truncated]
@@ -148,8 +149,9 @@ class GuardedModel:
         """One left-padded batch: generate, reading the guard's activations from the prefill."""
         device = model_device(self.model)
         batch = pad_batch(prompts, kwargs["pad_token_id"], padding_side="left", device=device)
-        pos = torch.tensor([self.guard.select(p)[0] for p in prompts], device=device) + batch.offsets
-        reader = _Reader(self.guard, torch.arange(len(prompts), device=device), pos, truncated, self.block)
+        width = self.guard.width(prompts)
+        pos = torch.tensor([self.guard.select(p, width) for p in prompts], device=device) + batch.offsets[:, None]
+        reader = _Reader(self.guard, torch.arange(len(prompts), device=device)[:, None], pos, truncated, self.block)
         width = batch.input_ids.shape[1]
         hooks = [(n, reader.hook_for(n)) for n in dict.fromkeys(reader.names)]
         with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):

@@ -21,7 +21,7 @@ from probes.io import check_compatible, load_tensors, save_tensors
 FORMAT = "harmlens.latent_guard"
 VERSION = 1
 METHODS = ("centroid", "probe")
-POSITIONS = ("t_inst", "t_post_inst")
+POSITIONS = ("t_inst", "t_post_inst", "span")  # span: every token up to t_inst, keeping the top score
 _PROBE = ("probe_weight", "probe_bias", "probe_mean")
 
 
@@ -83,7 +83,8 @@ class LatentGuard:
             self.attach(model)
 
     method = property(lambda self: self.metadata["method"], doc="'centroid' or 'probe'.")
-    position = property(lambda self: self.metadata.get("position", "t_inst"), doc="Token read: t_inst or t_post_inst.")
+    position = property(lambda self: self.metadata.get("position", "t_inst"),
+                        doc="Token(s) read: t_inst, t_post_inst, or span (max over the tokens up to t_inst).")
     layers = property(lambda self: [int(x) for x in self.metadata["layers"]], doc="Absolute layers read.")
 
     @property
@@ -104,13 +105,23 @@ class LatentGuard:
 
     @classmethod
     def fit(cls, model, harmful: Sequence[str], harmless: Sequence[str], *, method: str = "centroid",
-            layers: Sequence[int] | None = None, target_fpr: float | None = None, **kwargs) -> "LatentGuard":
+            layers: Sequence[int] | None = None, target_fpr: float | None = None, read: str = "t_inst",
+            **kwargs) -> "LatentGuard":
         """Fit centroids (or per-layer logistic probes) at t_inst; layers chosen on held-out data when None.
 
         Keywords: val_harmful/val_harmless (else val_fraction=0.25 of each set is held out for the layer choice and
         the alpha calibration), balance=True, system=None, batch_size=16, seed=0, progress=False,
         and the guard's own fail_closed/batch_size/max_length. See guards.latent_fit.fit_guard.
+        read='span' (method='probe'): token-level probes scored at every token up to t_inst, keeping the top score,
+        fitted on the prompts plain and wrapped in jailbreaks (wrappers=...); catches requests inside jailbreak
+        wrappers that end in constant text. See guards.span_fit.fit_span_guard.
         """
+        if read == "span":
+            from guards.span_fit import fit_span_guard
+            return fit_span_guard(cls, model, harmful, harmless, method=method, layers=layers, target_fpr=target_fpr,
+                                  **kwargs)
+        if read != "t_inst":
+            raise HarmlensError(f"read must be 't_inst' or 'span', got {read!r}")
         from guards.latent_fit import fit_guard
         return fit_guard(cls, model, harmful, harmless, method=method, layers=layers, target_fpr=target_fpr, **kwargs)
 
@@ -126,8 +137,16 @@ class LatentGuard:
         return self.model
 
     def score_acts(self, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(score [n], per-layer scores [n, n_layers]) from activations [n, n_layers, d_model] at the read position."""
+        """(score [n], per-layer scores [n, n_layers]) from activations [n, n_layers, d_model] at the read position;
+        given [n, n_layers, n_pos, d_model] (a span read), the position with the highest score speaks for the prompt."""
         acts = acts.detach().float().cpu()
+        if acts.dim() == 4:
+            score, per_layer = self.score_acts(acts.permute(0, 2, 1, 3).flatten(0, 1))
+            n, n_pos = acts.shape[0], acts.shape[2]
+            score, per_layer = score.view(n, n_pos), per_layer.view(n, n_pos, -1)
+            top = score.argmax(1)
+            rows = torch.arange(len(acts))
+            return score[rows, top], per_layer[rows, top]
         if self.method == "centroid":
             return delta_scores(acts, self.tensors["harmful"], self.tensors["harmless"])
         from guards.latent_fit import probe_features
@@ -139,11 +158,12 @@ class LatentGuard:
         """Verdicts for a batch of activations; rows with NaN/inf fail closed (harmful unless fail_closed=False)."""
         truncated = truncated or [False] * len(acts)
         finite = torch.isfinite(acts).flatten(1).all(-1)
+        layer_ok = torch.isfinite(acts).flatten(2).all(-1)  # [n, n_layers]
         score, per_layer = self.score_acts(torch.where(torch.isfinite(acts), acts, torch.zeros_like(acts)))
         out = []
         for i in range(len(acts)):
             if not finite[i] or not math.isfinite(float(score[i])):
-                bad = [l for l, ok in zip(self.layers, torch.isfinite(acts[i]).all(-1).tolist()) if not ok]
+                bad = [l for l, ok in zip(self.layers, layer_ok[i].tolist()) if not ok]
                 out.append(self.failed(f"non-finite activations (nan/inf) at layer(s) {bad or '?'}", truncated[i]))
             else:
                 s = float(score[i])
@@ -163,9 +183,16 @@ class LatentGuard:
         limit = self.max_length if self.max_length is not None else self._fmt.max_length
         return render_prompt(self._fmt, prompt, limit)
 
-    def select(self, prompt: ChatPrompt) -> tuple[int]:
-        """Position selector: t_inst (or t_post_inst for a Δrefuse guard)."""
+    def select(self, prompt: ChatPrompt, width: int = 1) -> tuple[int, ...]:
+        """Positions read: t_inst, t_post_inst (a Δrefuse guard) or, for a span guard, every token up to t_inst,
+        padded to `width` by repeating t_inst (a repeat never changes the maximum)."""
+        if self.position == "span":
+            return tuple(range(prompt.t_inst + 1)) + (prompt.t_inst,) * max(0, width - prompt.t_inst - 1)
         return (prompt.t_inst,) if self.position == "t_inst" else (prompt.t_post_inst,)
+
+    def width(self, prompts: Sequence[ChatPrompt]) -> int:
+        """Positions read per prompt in a batch of these prompts."""
+        return max(p.t_inst + 1 for p in prompts) if self.position == "span" else 1
 
     def check(self, prompts: Sequence[str | ChatPrompt]) -> list[Verdict]:
         """Verdicts for a list, batched by length; bad prompts and internal errors give per-prompt failed verdicts."""
@@ -181,9 +208,11 @@ class LatentGuard:
         for start in range(0, len(ready), self.batch_size):
             chunk = ready[start:start + self.batch_size]
             try:
-                _, acts = next(iter_resid_batches(model, [r[1] for r in chunk], self.select, layers=self.layers,
-                                                  batch_size=len(chunk), progress=False))
-                verdicts = self.verdicts_from_acts(acts[:, :, 0], [r[2] for r in chunk])
+                width = self.width([r[1] for r in chunk])
+                _, acts = next(iter_resid_batches(model, [r[1] for r in chunk], lambda p: self.select(p, width),
+                                                  layers=self.layers, batch_size=len(chunk), progress=False))
+                verdicts = self.verdicts_from_acts(acts if self.position == "span" else acts[:, :, 0],
+                                                   [r[2] for r in chunk])
             except Exception as exc:  # noqa: BLE001 - fail closed, say why
                 verdicts = [self.failed(f"internal error: {_one_line(exc)}", r[2]) for r in chunk]
             for (i, _, _), verdict in zip(chunk, verdicts):

@@ -61,12 +61,15 @@ def step_attacks(out: Path, args: argparse.Namespace) -> dict:
 
 
 def step_guard(out: Path, args: argparse.Namespace) -> dict:
-    """Fit a centroid Latent Guard at 5% calibrated FPR and evaluate it against baselines on jailbreak sets."""
+    """Fit a centroid Latent Guard and a span guard at 5% calibrated FPR and evaluate them against baselines on
+    jailbreak sets (the span guard's fit wrappers are left out of them)."""
     from guards.__main__ import main as guards_cli
-    guard = out / "guard.safetensors"
+    guard, span = out / "guard.safetensors", out / "guard_span.safetensors"
     _run(guards_cli, ["fit", "--model", "organism", "--target-fpr", "0.05", "--out", str(guard)], "guard fit")
-    _run(guards_cli, ["eval", str(guard), "--model", "organism", "--limit", str(args.n), "--baselines",
-                      "keyword,delta_refuse", "--out", str(out)], "guard eval")
+    _run(guards_cli, ["fit", "--model", "organism", "--read", "span", "--target-fpr", "0.05", "--out", str(span)],
+         "span guard fit")
+    _run(guards_cli, ["eval", str(guard), "--model", "organism", "--limit", str(args.n), "--compare",
+                      f"latent_span={span}", "--baselines", "keyword,delta_refuse", "--out", str(out)], "guard eval")
     return {"markdown": (out / "report.md").read_text(encoding="utf-8")}
 
 

@@ -37,6 +37,8 @@ def image_position(prompt: ChatPrompt, position: int, image_id: int, n_image_tok
 def image_acts(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> torch.Tensor:
     """[n, n_layers, d] at the guard's position (t_inst or t_post_inst), one forward with pixel_values per prompt."""
     model = guard._require_model()
+    if guard.position == "span":
+        raise HarmlensError("span guards do not read image prompts yet: fit a t_inst guard for the VLM")
     tok = getattr(processor, "tokenizer", None) or model.tokenizer
     image_id = tok.convert_tokens_to_ids(processor.image_token)
     names = [resid_hook_name(model, layer) for layer in guard.layers]
