@@ -118,7 +118,8 @@ def evaluate_guard(guard, sets: Mapping[str, tuple[Sequence[Prompt], bool]], *, 
     scores: dict[str, dict[str, list[float]]] = {d.name: {} for d in detectors}
     flags: dict[str, dict[str, list[bool]]] = {d.name: {} for d in detectors}
     timing: dict[str, float] = {}
-    shared = [d for d in detectors if isinstance(d, LatentDetector)] if can_share(detectors) else []
+    pointwise = [d for d in detectors if isinstance(d, LatentDetector) and d.guard.position != "span"]
+    shared = pointwise if can_share(pointwise) else []  # one forward for every single-position latent detector
     groups = ([shared] if shared else []) + [[d] for d in detectors if d not in shared]
     for group in groups:
         label, start = "+".join(d.name for d in group), time.perf_counter()
