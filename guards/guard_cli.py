@@ -93,8 +93,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     path = guard.save(args.out)
     fit = guard.metadata["fit"]
     print(json.dumps({"guard": str(path), "method": guard.method, "read": guard.position, "layers": guard.layers,
-                      "alpha": guard.alpha,
-                      "val_auroc": fit.get("val_auroc"), "n_harmful": fit["n_harmful"],
+                      "alpha": guard.alpha, "val_auroc": fit.get("val_auroc"), "n_harmful": fit["n_harmful"],
                       "n_harmless": fit["n_harmless"]}))
     return 0
 
@@ -138,11 +137,10 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the guard and baselines; write report.json, report.md and roc.png; print the markdown."""
-    from guards.guard_baselines import BehaviourGuard, KeywordGuard, PerplexityGuard, refuse_detector
+    from guards.guard_baselines import BehaviourGuard, KeywordGuard, LatentDetector, PerplexityGuard, refuse_detector
     from guards.guard_eval import evaluate_guard
-    from probes.data import read_prompts
-    from guards.guard_baselines import LatentDetector
     from guards.latent_guard import LatentGuard
+    from probes.data import read_prompts
     guard = _load(args)
     compared = []
     for spec in args.compare:

@@ -149,8 +149,8 @@ class GuardedModel:
         """One left-padded batch: generate, reading the guard's activations from the prefill."""
         device = model_device(self.model)
         batch = pad_batch(prompts, kwargs["pad_token_id"], padding_side="left", device=device)
-        width = self.guard.width(prompts)
-        pos = torch.tensor([self.guard.select(p, width) for p in prompts], device=device) + batch.offsets[:, None]
+        read = self.guard.width(prompts)  # positions read per prompt (1, or the span's longest)
+        pos = torch.tensor([self.guard.select(p, read) for p in prompts], device=device) + batch.offsets[:, None]
         reader = _Reader(self.guard, torch.arange(len(prompts), device=device)[:, None], pos, truncated, self.block)
         width = batch.input_ids.shape[1]
         hooks = [(n, reader.hook_for(n)) for n in dict.fromkeys(reader.names)]
