@@ -12,7 +12,8 @@ Five guards on the text organism, each calibrated to 5% FPR on --n-cal shipped A
                 of GPTFuzzer's templates, scored at every token up to t_inst, keeping the maximum
 Evaluated (held out from every fit) on plain prompts, the three other named jailbreaks (prefix_injection,
 style_injection, few_shot_json: never in a fit) and the other half of GPTFuzzer's templates, each with its harmless
-control, and XSTest safe prompts. A guard that flags the wrapper, not the request, fails the controls. Writes OUT/variants.{json,md}.
+control, and XSTest safe prompts. A guard that flags the wrapper, not the request, fails the controls.
+Writes OUT/variants.{json,md} (and OUT/span_guard.safetensors).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def eval_sets(n: int) -> dict[str, tuple[list[str], bool]]:
     return {"plain harmful": (harmful, True), "plain harmless": (harmless, False),
             "held-out jailbreaks": (named_wrap(harmful, HELD_OUT_JAILBREAKS), True),
             "held-out jailbreaks, harmless": (named_wrap(harmless, HELD_OUT_JAILBREAKS), False),
-            "GPTFuzzer": (gptfuzzer_wrap(harmful, ids), True), "GPTFuzzer, harmless": (gptfuzzer_wrap(harmless, ids), False),
+            "GPTFuzzer": (gptfuzzer_wrap(harmful, ids), True),
+            "GPTFuzzer, harmless": (gptfuzzer_wrap(harmless, ids), False),
             "XSTest safe": (datasets.eval_prompts("xstest")[:2 * n], False)}
 
 
@@ -65,7 +67,7 @@ def max_over_instruction(guard: LatentGuard, prompts: list[str]) -> torch.Tensor
 
 
 def main() -> int:
-    """Fit the four guards, score every set, print and save the table."""
+    """Fit the chosen guards, score every set, print and save the table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("runs/guard_variants"))
     p.add_argument("--n", type=int, default=40, help="prompts per held-out set (XSTest: 2n)")
@@ -92,14 +94,14 @@ def main() -> int:
     guards = {k: fits[k]() for k in fits if k in wanted or (k == "probe" and "probe-max" in wanted)}
     for g in guards.values():
         g.calibrate(calibration, 0.05)
+    alphas = {k: g.alpha for k, g in guards.items()}
     if "probe-max" in wanted:
-        alpha_max = float(torch.quantile(max_over_instruction(guards["probe"], calibration), 0.95))
+        alphas["probe-max"] = float(torch.quantile(max_over_instruction(guards["probe"], calibration), 0.95))
     sets, rows = eval_sets(args.n), []
     for name, (prompts, harmful_set) in sets.items():
         scores = {k: torch.tensor([v.score for v in g.check(prompts)]) for k, g in guards.items() if k in wanted}
-        alphas = {k: g.alpha for k, g in guards.items()}
         if "probe-max" in wanted:
-            scores["probe-max"], alphas["probe-max"] = max_over_instruction(guards["probe"], prompts), alpha_max
+            scores["probe-max"] = max_over_instruction(guards["probe"], prompts)
         rows.append({"set": name, "harmful": harmful_set, "n": len(prompts),
                      "flagged": {k: round(float((s >= alphas[k]).float().mean()), 4) for k, s in scores.items()},
                      "scores": {k: s.tolist() for k, s in scores.items()}})

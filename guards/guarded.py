@@ -63,7 +63,6 @@ class _Reader:
         if name == self.last:
             try:
                 acts = torch.stack([self.store[n] for n in self.names], dim=1)  # [batch, n_layers, width, d]
-                acts = acts if self.guard.position == "span" else acts[:, :, 0]
                 self.verdicts = self.guard.verdicts_from_acts(acts, self.truncated)
             except Exception as exc:  # noqa: BLE001 - fail closed, say why
                 self.verdicts = [self.guard.failed(f"internal error: {_one_line(exc)}", t) for t in self.truncated]

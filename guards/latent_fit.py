@@ -82,6 +82,26 @@ def _split(prompts: list, fraction: float, rng: random.Random) -> tuple[list, li
     return [p for i, p in enumerate(prompts) if i not in held], [p for i, p in enumerate(prompts) if i in held]
 
 
+def hold_out(harmful: list, harmless: list, val_harmful, val_harmless, *, val_fraction: float, rng: random.Random,
+             target_fpr: float | None, split: bool = True) -> tuple[list, list, list | None, list | None]:
+    """(fit harmful, fit harmless, validation harmful, validation harmless): the given validation sets, else (when
+    `split`) a seeded val_fraction of each fit set; HarmlensError when calibration needs held-out prompts and has
+    none."""
+    if val_harmful is not None or val_harmless is not None:
+        return harmful, harmless, _check_set("validation harmful", val_harmful), _check_set("validation harmless",
+                                                                                          val_harmless)
+    if not split:
+        return harmful, harmless, None, None
+    fit_h, val_h = _split(harmful, val_fraction, rng)
+    fit_l, val_l = _split(harmless, val_fraction, rng)
+    if val_h and val_l:
+        return fit_h, fit_l, val_h, val_l
+    if target_fpr is not None:
+        raise HarmlensError(f"calibrating to target_fpr needs at least {MIN_VAL} held-out prompts per class "
+                            f"(pass val_harmful/val_harmless or more prompts)")
+    return harmful, harmless, val_h, val_l
+
+
 def _acts(model, fmt, prompts, layers, batch_size, progress, what) -> torch.Tensor:
     """[n, n_layers, 2 (t_inst, t_post_inst), d] float32 on CPU."""
     rendered = []
@@ -176,19 +196,9 @@ def fit_guard(cls, model, harmful, harmless, *, method: str = "centroid", layers
     harmful, harmless = _check_set("harmful", harmful), _check_set("harmless", harmless)
     if target_fpr is not None and not 0 <= target_fpr < 1:
         raise HarmlensError(f"target_fpr must be in [0, 1), got {target_fpr}")
-    has_val = val_harmful is not None or val_harmless is not None
-    if has_val:
-        val_harmful, val_harmless = _check_set("validation harmful", val_harmful), _check_set("validation harmless",
-                                                                                            val_harmless)
-    elif layers is None or target_fpr is not None:
-        rng = random.Random(seed)
-        fit_h, val_harmful = _split(harmful, val_fraction, rng)
-        fit_l, val_harmless = _split(harmless, val_fraction, rng)
-        if val_harmful and val_harmless:
-            harmful, harmless = fit_h, fit_l
-        elif target_fpr is not None:
-            raise HarmlensError(f"calibrating to target_fpr needs at least {MIN_VAL} held-out prompts per class "
-                                f"(pass val_harmful/val_harmless or more prompts)")
+    harmful, harmless, val_harmful, val_harmless = hold_out(
+        harmful, harmless, val_harmful, val_harmless, val_fraction=val_fraction, rng=random.Random(seed),
+        target_fpr=target_fpr, split=layers is None or target_fpr is not None)
     fmt = chat_format(model, system=system)
     rows = check_layers(model, layers)
 

@@ -43,6 +43,11 @@ class Verdict:
                 "truncated": self.truncated, "per_layer": {str(k): round(v, 6) for k, v in self.per_layer.items()}}
 
 
+def span_positions(prompt: ChatPrompt, width: int) -> tuple[int, ...]:
+    """Every token up to t_inst, padded to `width` by repeating t_inst (a repeat never changes a maximum)."""
+    return tuple(range(prompt.t_inst + 1)) + (prompt.t_inst,) * max(0, width - prompt.t_inst - 1)
+
+
 def render_prompt(fmt: ChatFormat, prompt: str | ChatPrompt, max_length: int | None) -> tuple[ChatPrompt, bool]:
     """(rendered prompt, truncated): an over-long instruction loses tokens from its left until the prompt fits."""
     if isinstance(prompt, ChatPrompt):
@@ -138,7 +143,7 @@ class LatentGuard:
 
     def score_acts(self, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(score [n], per-layer scores [n, n_layers]) from activations [n, n_layers, d_model] at the read position;
-        given [n, n_layers, n_pos, d_model] (a span read), the position with the highest score speaks for the prompt."""
+        given [n, n_layers, n_pos, d_model] (the positions `select` reads), the highest-scoring one speaks."""
         acts = acts.detach().float().cpu()
         if acts.dim() == 4:
             score, per_layer = self.score_acts(acts.permute(0, 2, 1, 3).flatten(0, 1))
@@ -187,7 +192,7 @@ class LatentGuard:
         """Positions read: t_inst, t_post_inst (a Δrefuse guard) or, for a span guard, every token up to t_inst,
         padded to `width` by repeating t_inst (a repeat never changes the maximum)."""
         if self.position == "span":
-            return tuple(range(prompt.t_inst + 1)) + (prompt.t_inst,) * max(0, width - prompt.t_inst - 1)
+            return span_positions(prompt, width)
         return (prompt.t_inst,) if self.position == "t_inst" else (prompt.t_post_inst,)
 
     def width(self, prompts: Sequence[ChatPrompt]) -> int:
@@ -211,8 +216,7 @@ class LatentGuard:
                 width = self.width([r[1] for r in chunk])
                 _, acts = next(iter_resid_batches(model, [r[1] for r in chunk], lambda p: self.select(p, width),
                                                   layers=self.layers, batch_size=len(chunk), progress=False))
-                verdicts = self.verdicts_from_acts(acts if self.position == "span" else acts[:, :, 0],
-                                                   [r[2] for r in chunk])
+                verdicts = self.verdicts_from_acts(acts, [r[2] for r in chunk])
             except Exception as exc:  # noqa: BLE001 - fail closed, say why
                 verdicts = [self.failed(f"internal error: {_one_line(exc)}", r[2]) for r in chunk]
             for (i, _, _), verdict in zip(chunk, verdicts):

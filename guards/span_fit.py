@@ -22,8 +22,8 @@ from probes.directions import data_hash
 from probes.errors import HarmlensError
 from probes.io import model_signature
 
-from guards.latent_guard import FORMAT, VERSION
-from guards.latent_fit import _check_set, _split, auroc, balanced_variants, threshold_for_fpr, train_probes
+from guards.latent_guard import FORMAT, VERSION, span_positions
+from guards.latent_fit import _check_set, auroc, balanced_variants, hold_out, threshold_for_fpr, train_probes
 
 FIT_NAMED = ("aim", "refusal_suppression", "evil_confidant", "payload_splitting")
 NEGATIVES_PER_PROMPT = 32
@@ -71,11 +71,12 @@ def _groups(wrappers) -> list[list[Jailbreak]]:
         return []
     if isinstance(wrappers, (str, Jailbreak)):
         wrappers = [wrappers]
-    groups = [[w] if isinstance(w, (str, Jailbreak)) else list(w) for w in wrappers]
+    single = lambda w: isinstance(w, (str, Jailbreak))  # noqa: E731
+    if all(map(single, wrappers)):  # a flat list of names is one group
+        wrappers = [wrappers]
+    groups = [[w] if single(w) else list(w) for w in wrappers]
     if any(not g for g in groups):
         raise HarmlensError("an empty wrapper group")
-    if all(len(g) == 1 for g in groups) and len(groups) > 1:  # a flat list of names is one group
-        groups = [[g[0] for g in groups]]
     return [[get_jailbreak(w) for w in g] for g in groups]
 
 
@@ -117,7 +118,7 @@ def _gather(model, examples, layers, batch_size: int, progress: bool) -> tuple[t
     for idx in tqdm(chunks, desc="span guard: caching", disable=not progress, unit="batch"):
         prompts = [examples[i][0] for i in idx]
         width = max(p.t_inst + 1 for p in prompts)
-        sel = lambda p: list(range(p.t_inst + 1)) + [p.t_inst] * (width - p.t_inst - 1) + [p.t_post_inst]  # noqa: E731
+        sel = lambda p: span_positions(p, width) + (p.t_post_inst,)  # noqa: E731
         _, acts = next(iter_resid_batches(model, prompts, sel, layers=layers, batch_size=len(idx), progress=False))
         acts = acts.cpu()
         for row, i in enumerate(idx):
@@ -145,16 +146,8 @@ def fit_span_guard(cls, model, harmful, harmless, *, method: str = "probe", laye
     if any(not isinstance(p, str) for p in harmful + harmless):
         raise HarmlensError("a span guard is fitted on plain-text prompts (it wraps them itself)")
     rng = random.Random(seed)
-    if val_harmful is None and val_harmless is None:
-        fit_h, val_harmful = _split(harmful, val_fraction, rng)
-        fit_l, val_harmless = _split(harmless, val_fraction, rng)
-        if val_harmful and val_harmless:
-            harmful, harmless = fit_h, fit_l
-        elif target_fpr is not None:
-            raise HarmlensError("calibrating to target_fpr needs held-out prompts (pass val_harmful/val_harmless)")
-    else:
-        val_harmful, val_harmless = _check_set("validation harmful", val_harmful), _check_set("validation harmless",
-                                                                                            val_harmless)
+    harmful, harmless, val_harmful, val_harmless = hold_out(harmful, harmless, val_harmful, val_harmless,
+                                                            val_fraction=val_fraction, rng=rng, target_fpr=target_fpr)
     fmt = chat_format(model, system=system)
     rows = check_layers(model, span_layers(model) if layers is None else layers)
     groups = _groups(default_wrappers(seed) if wrappers == "default" else wrappers)

@@ -16,7 +16,8 @@ from probes.errors import HarmlensError
 from guards import LatentGuard
 from guards.guard_cli import main
 from guards.guard_sets import fit_wrappers, gptfuzzer_wrap, shipped_sets
-from guards.span_fit import _examples, default_wrappers, fit_gptfuzzer_ids, held_out_gptfuzzer_ids, request_tokens, span_layers
+from guards.span_fit import (_examples, _groups, default_wrappers, fit_gptfuzzer_ids, held_out_gptfuzzer_ids,
+                             request_tokens, span_layers)
 
 from tests.test_latent_guard import HARMFUL, HARMLESS, PROMPTS
 
@@ -133,3 +134,11 @@ def test_fit_examples_contrast_the_request_inside_the_same_wrapper(tiny_model):
     assert wrapped_h[1] == [last] and max(wrapped_h[2]) < first and len(wrapped_h[2]) == 4
     first, last = request_tokens(wrapped_l[0], HARMLESS[0], tok)
     assert set(range(first, last + 1)) <= set(wrapped_l[2]) and len(wrapped_l[2]) == last - first + 1 + 4
+
+
+def test_wrapper_groups():
+    assert [[w.name for w in g] for g in _groups(["aim", "evil_confidant"])] == [["aim", "evil_confidant"]]
+    assert [[w.name for w in g] for g in _groups([["aim"], ["evil_confidant"]])] == [["aim"], ["evil_confidant"]]
+    assert [[w.name for w in g] for g in _groups("aim")] == [["aim"]] and _groups(None) == []
+    with pytest.raises(HarmlensError, match="empty wrapper group"):
+        _groups([["aim"], []])
