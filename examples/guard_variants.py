@@ -9,7 +9,8 @@ Five guards on the text organism, each calibrated to 5% FPR on --n-cal shipped A
                 (aim, refusal_suppression, evil_confidant, payload_splitting)
   probe-max     `probe` scored at every instruction token, keeping the maximum (reads the request inside a wrapper)
   span          LatentGuard.fit(read="span"): token-level probes fitted on the same four named jailbreaks plus half
-                of GPTFuzzer's templates, scored at every token up to t_inst, keeping the maximum
+                of GPTFuzzer's templates, scored at every token up to t_inst, keeping the maximum, plus a t_inst
+                probe on the plain prompts (the larger part, each scaled on held-out harmless prompts, decides)
 Evaluated (held out from every fit) on plain prompts, the three other named jailbreaks (prefix_injection,
 style_injection, few_shot_json: never in a fit) and the other half of GPTFuzzer's templates, each with its harmless
 control, and XSTest safe prompts. A guard that flags the wrapper, not the request, fails the controls.

@@ -26,7 +26,8 @@ def add_guard_commands(subparsers) -> None:
                      help="centroid (default for --read t_inst) or probe (the only one for --read span)")
     fit.add_argument("--read", choices=["t_inst", "span"], default="t_inst",
                      help="t_inst (Zhao's rule) or span: token-level probes read at every token up to t_inst, fitted "
-                          "on the prompts also wrapped in jailbreaks; catches wrappers that end in constant text")
+                          "on the prompts also wrapped in jailbreaks (plus a t_inst probe; the larger scaled part "
+                          "decides); catches wrappers that end in constant text")
     fit.add_argument("--wrappers", default="default",
                      help="--read span: jailbreaks the fit wraps prompts in, comma list, groups split by ';' "
                           "(default: four named + half of GPTFuzzer's templates; 'none': plain prompts only)")

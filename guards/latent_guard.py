@@ -23,6 +23,7 @@ VERSION = 1
 METHODS = ("centroid", "probe")
 POSITIONS = ("t_inst", "t_post_inst", "span")  # span: every token up to t_inst, keeping the top score
 _PROBE = ("probe_weight", "probe_bias", "probe_mean")
+_TINST_PROBE = ("tinst_probe_weight", "tinst_probe_bias", "tinst_probe_mean")
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,8 @@ class LatentGuard:
         and the guard's own fail_closed/batch_size/max_length. See guards.latent_fit.fit_guard.
         read='span' (method='probe'): token-level probes scored at every token up to t_inst, keeping the top score,
         fitted on the prompts plain and wrapped in jailbreaks (wrappers=...); catches requests inside jailbreak
-        wrappers that end in constant text. See guards.span_fit.fit_span_guard.
+        wrappers that end in constant text; two_part=True (default) also reads a t_inst probe fitted on the plain
+        prompts, the larger scaled part deciding. See guards.span_fit.fit_span_guard.
         """
         if read == "span":
             from guards.span_fit import fit_span_guard
@@ -143,21 +145,39 @@ class LatentGuard:
 
     def score_acts(self, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(score [n], per-layer scores [n, n_layers]) from activations [n, n_layers, d_model] at the read position;
-        given [n, n_layers, n_pos, d_model] (the positions `select` reads), the highest-scoring one speaks."""
+        given a span read [n, n_layers, n_pos, d_model], the top token's probe score, or, when the guard has `scales`,
+        the larger of its parts (top token, t_inst probe), each as (raw - center) / width from harmless prompts."""
         acts = acts.detach().float().cpu()
         if acts.dim() == 4:
-            score, per_layer = self.score_acts(acts.permute(0, 2, 1, 3).flatten(0, 1))
-            n, n_pos = acts.shape[0], acts.shape[2]
-            score, per_layer = score.view(n, n_pos), per_layer.view(n, n_pos, -1)
-            top = score.argmax(1)
-            rows = torch.arange(len(acts))
-            return score[rows, top], per_layer[rows, top]
+            parts = self.part_scores(acts)
+            scales = self.metadata.get("scales")
+            if not scales:  # a span guard without a t_inst part: the top token speaks
+                return parts["span"]
+            z = {k: ((parts[k][1] - c) / w) for k, (c, w) in scales.items()}  # per layer, in units of the spread
+            best = torch.stack([z[k].mean(-1) for k in scales]).argmax(0)
+            per_layer = torch.stack([z[k] for k in scales])[best, torch.arange(len(acts))]
+            return per_layer.mean(-1), per_layer
         if self.method == "centroid":
             return delta_scores(acts, self.tensors["harmful"], self.tensors["harmless"])
+        return self._probe(acts, "probe")
+
+    def _probe(self, acts: torch.Tensor, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
         from guards.latent_fit import probe_features
-        x = probe_features(acts) - self.tensors["probe_mean"].double()
-        per_layer = (x * self.tensors["probe_weight"].double()).sum(-1) + self.tensors["probe_bias"].double()
+        x = probe_features(acts) - self.tensors[f"{prefix}_mean"].double()
+        per_layer = (x * self.tensors[f"{prefix}_weight"].double()).sum(-1) + self.tensors[f"{prefix}_bias"].double()
         return per_layer.mean(-1).float(), per_layer.float()
+
+    def part_scores(self, acts: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Raw (score [n], per-layer [n, n_layers]) of each part of a span read [n, n_layers, n_pos, d]: 'span', the
+        token probe's top token, and, when fitted, 't_inst', the t_inst probe at the last position (always t_inst)."""
+        n, n_pos = acts.shape[0], acts.shape[2]
+        score, per_layer = self._probe(acts.permute(0, 2, 1, 3).flatten(0, 1), "probe")
+        score, per_layer = score.view(n, n_pos), per_layer.view(n, n_pos, -1)
+        top, rows = score.argmax(1), torch.arange(n)
+        parts = {"span": (score[rows, top], per_layer[rows, top])}
+        if "tinst_probe_weight" in self.tensors:
+            parts["t_inst"] = self._probe(acts[:, :, -1], "tinst_probe")
+        return parts
 
     def verdicts_from_acts(self, acts: torch.Tensor, truncated: Sequence[bool] | None = None) -> list[Verdict]:
         """Verdicts for a batch of activations; rows with NaN/inf fail closed (harmful unless fail_closed=False)."""
@@ -271,7 +291,10 @@ class LatentGuard:
         if missing:
             raise HarmlensError(f"{path} lacks tensors: {', '.join(missing)}")
         want = (len(meta.get("layers") or []), meta.get("d_model"))
-        for key in ("harmful", "harmless", "refuse", "accept", "probe_weight", "probe_mean"):
+        if meta.get("scales") and "t_inst" in meta["scales"] and not all(k in tensors for k in _TINST_PROBE):
+            raise HarmlensError(f"{path} lacks the t_inst probe its scales name")
+        for key in ("harmful", "harmless", "refuse", "accept", "probe_weight", "probe_mean", "tinst_probe_weight",
+                    "tinst_probe_mean"):
             if key in tensors and tuple(tensors[key].shape) != want:
                 raise HarmlensError(f"{path}: tensor {key} has shape {tuple(tensors[key].shape)}, metadata says {want}")
         return cls(tensors, meta, model, **kwargs)

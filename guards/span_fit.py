@@ -1,10 +1,13 @@
-"""Fitting a span LatentGuard: token-level probes read at every token up to t_inst, keeping the top score.
+"""Fitting a span LatentGuard: token-level probes read at every token up to t_inst (top score), plus a t_inst probe.
 
 Why: a jailbreak wrapper that ends in constant text moves t_inst off the request, so the t_inst rule misses it, but
 the request's own last token still carries the model's harmfulness belief. The probes learn it from prompts wrapped
 in a few jailbreaks (the fit wrappers): positive at the request's last token (and at t_inst of plain harmful prompts),
 negative at every token of harmless prompts, plain or wrapped, and at the wrapper's own tokens before a harmful
 request. Evaluate on wrappers outside the fit (`held_out_gptfuzzer_ids`, the other named jailbreaks).
+Two parts by default: the top token's score misses some plain requests (the max over many harmless tokens needs a
+high threshold), so a second probe, fitted at t_inst of the plain prompts only, reads t_inst; each part is scaled on
+held-out harmless prompts (fit_scales) and the larger one speaks.
 """
 
 from __future__ import annotations
@@ -130,14 +133,36 @@ def _gather(model, examples, layers, batch_size: int, progress: bool) -> tuple[t
     return torch.stack(pos), torch.stack(neg), post
 
 
+def fit_scales(guard, harmless: Sequence[str], batch_size: int = 8) -> dict:
+    """Set a two-part span guard's scales: per part, center = the 95th percentile of its raw scores on these harmless
+    prompts and width = that minus their median, so both parts flag about 5% of them at score 0."""
+    raw: dict[str, list] = {}
+    rendered = [guard.prepare(p)[0] for p in harmless]
+    for start in range(0, len(rendered), batch_size):
+        chunk = rendered[start:start + batch_size]
+        width = guard.width(chunk)
+        _, acts = next(iter_resid_batches(guard.model, chunk, lambda p: guard.select(p, width), layers=guard.layers,
+                                          batch_size=len(chunk), progress=False))
+        for k, (score, _) in guard.part_scores(acts.float().cpu()).items():
+            raw.setdefault(k, []).append(score)
+    scales = {}
+    for k, scores in raw.items():
+        s = torch.cat(scores).double()
+        center, median = float(torch.quantile(s, 0.95)), float(torch.quantile(s, 0.5))
+        scales[k] = [center, max(center - median, 1e-6)]
+    guard.metadata["scales"] = scales
+    return scales
+
+
 def fit_span_guard(cls, model, harmful, harmless, *, method: str = "probe", layers=None, target_fpr=None,
                    wrappers="default", val_harmful=None, val_harmless=None, val_fraction: float = 0.25,
                    negatives_per_prompt: int | None = NEGATIVES_PER_PROMPT, system: str | None = None,
                    batch_size: int = 8, seed: int = 0, progress: bool = False, balance: bool = True,
-                   **guard_kwargs):
+                   two_part: bool = True, **guard_kwargs):
     """See LatentGuard.fit(read='span'). `wrappers`: jailbreak names or groups of them ('default': default_wrappers,
     None: plain prompts only), each group wrapping every fit prompt once, cycling through its jailbreaks; `balance`:
-    plain prompts are read with three endings (see balanced_variants)."""
+    plain prompts are read with three endings (see balanced_variants); `two_part`: also fit a logistic probe at t_inst
+    of the plain prompts and score max(top token, t_inst probe), each scaled on harmless prompts (see fit_scales)."""
     if method != "probe":
         raise HarmlensError("read='span' needs method='probe' (a centroid rule has no token-level training)")
     harmful, harmless = _check_set("harmful", harmful), _check_set("harmless", harmless)
@@ -155,9 +180,10 @@ def fit_span_guard(cls, model, harmful, harmless, *, method: str = "probe", laye
     pos, neg, post = _gather(model, examples, rows, batch_size, progress)
     if not torch.isfinite(pos).all() or not torch.isfinite(neg).all():
         raise HarmlensError("non-finite activations (nan/inf) while fitting: check the model's weights/dtype")
-    centroid = lambda label, k: torch.stack([a[k] for a in post[label]]).mean(0)  # noqa: E731
-    tensors = {"harmful": centroid(True, 0), "harmless": centroid(False, 0), **train_probes(pos, neg),
-               "refuse": centroid(True, 1), "accept": centroid(False, 1)}
+    plain = lambda label, k: torch.stack([a[k] for a in post[label]])  # noqa: E731
+    tinst = {f"tinst_{k}": v for k, v in train_probes(plain(True, 0), plain(False, 0)).items()} if two_part else {}
+    tensors = {"harmful": plain(True, 0).mean(0), "harmless": plain(False, 0).mean(0), **train_probes(pos, neg),
+               **tinst, "refuse": plain(True, 1).mean(0), "accept": plain(False, 1).mean(0)}
     meta = {"format": FORMAT, "version": VERSION, **model_signature(model), "method": "probe",
             "position": "span", "layers": rows, "alpha": 0.0, "alpha_refuse": 0.0, "target_fpr": target_fpr,
             "system": system, "fit": {"n_harmful": len(harmful), "n_harmless": len(harmless),
@@ -165,6 +191,9 @@ def fit_span_guard(cls, model, harmful, harmless, *, method: str = "probe", laye
                                       "wrappers": [[w.name for w in g] for g in groups],
                                       "data_sha256": data_hash(harmful, harmless)}}
     guard = cls(tensors, meta, model, **guard_kwargs)
+    if two_part:
+        fit_scales(guard, val_harmless or harmless, batch_size)
+        guard.metadata["fit"]["scales_on"] = "validation harmless" if val_harmless else "fit harmless"
     if val_harmful and val_harmless:
         sp = torch.tensor([v.score for v in guard.check(val_harmful)])
         sn = torch.tensor([v.score for v in guard.check(val_harmless)])

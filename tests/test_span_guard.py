@@ -37,19 +37,41 @@ def test_fit_records_span_and_wrappers(span_guard):
     assert fit["n_negative_tokens"] > 10 * fit["n_harmless"]  # every token of harmless prompts, and wrapper tokens
 
 
-def test_span_score_is_the_max_over_tokens_up_to_t_inst(tiny_model, span_guard):
-    fmt = chat_format(tiny_model)
+def _raw_parts(model, guard, text):
+    """Per-token probe scores up to t_inst (max: the span part) and the t_inst probe's score, computed by hand."""
+    prompt = chat_format(model).render(text)
+    acts = cache_resid(model, [prompt], lambda p: range(p.t_inst + 1), layers=guard.layers, progress=False)[0]
+    per_token, _ = guard.score_acts(acts.transpose(0, 1))  # each token as its own row: the token probe
+    at_t_inst = guard._probe(acts[:, -1][None], "tinst_probe")[0] if "tinst_probe_weight" in guard.tensors else None
+    return per_token, at_t_inst
+
+
+def test_two_part_score_is_the_larger_scaled_part(tiny_model, span_guard):
+    scales = span_guard.metadata["scales"]
+    assert list(scales) == ["span", "t_inst"] and all(w > 0 for _, w in scales.values())
+    assert span_guard.metadata["fit"]["scales_on"] == "validation harmless"
     for text in PROMPTS[:3]:
-        prompt = fmt.render(text)
-        acts = cache_resid(tiny_model, [prompt], lambda p: range(p.t_inst + 1), layers=[1, 2], progress=False)[0]
-        per_token, _ = span_guard.score_acts(acts.transpose(0, 1))  # each token as its own row
+        per_token, at_t_inst = _raw_parts(tiny_model, span_guard, text)
+        z_span = (float(per_token.max()) - scales["span"][0]) / scales["span"][1]
+        z_t = (float(at_t_inst[0]) - scales["t_inst"][0]) / scales["t_inst"][1]
         verdict = span_guard(text)
-        assert verdict.score == pytest.approx(float(per_token.max()), abs=1e-5)
-        assert verdict.per_layer[1] + verdict.per_layer[2] == pytest.approx(2 * verdict.score, abs=1e-5)
+        assert verdict.score == pytest.approx(max(z_span, z_t), abs=1e-4)
+        assert sum(verdict.per_layer.values()) == pytest.approx(2 * verdict.score, abs=1e-4)
     span_guard.batch_size = 2  # padding a batch with repeats of t_inst must not change any score
     batched = [v.score for v in span_guard(PROMPTS)]
     span_guard.batch_size = 16
     assert batched == pytest.approx([span_guard(p).score for p in PROMPTS], abs=1e-5)
+
+
+def test_one_part_span_score_is_the_max_over_tokens_up_to_t_inst(tiny_model):
+    guard = LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, method="probe", read="span", layers=[1, 2],
+                            wrappers=None, two_part=False)
+    assert "scales" not in guard.metadata and "tinst_probe_weight" not in guard.tensors
+    for text in PROMPTS[:3]:
+        per_token, _ = _raw_parts(tiny_model, guard, text)
+        verdict = guard(text)
+        assert verdict.score == pytest.approx(float(per_token.max()), abs=1e-5)
+        assert verdict.per_layer[1] + verdict.per_layer[2] == pytest.approx(2 * verdict.score, abs=1e-5)
 
 
 def test_guarded_generation_reads_the_same_span(tiny_model, span_guard):
