@@ -149,10 +149,10 @@ class LatentGuard:
         the larger of its parts (top token, t_inst probe), each as (raw - center) / width from harmless prompts."""
         acts = acts.detach().float().cpu()
         if acts.dim() == 4:
+            scales = self.metadata.get("scales") if self.position == "span" else None
+            if not scales:  # one position, or a span guard without a t_inst part: the top position speaks
+                return self._top_position(acts)
             parts = self.part_scores(acts)
-            scales = self.metadata.get("scales")
-            if not scales:  # a span guard without a t_inst part: the top token speaks
-                return parts["span"]
             z = {k: ((parts[k][1] - c) / w) for k, (c, w) in scales.items()}  # per layer, in units of the spread
             best = torch.stack([z[k].mean(-1) for k in scales]).argmax(0)
             per_layer = torch.stack([z[k] for k in scales])[best, torch.arange(len(acts))]
@@ -160,6 +160,13 @@ class LatentGuard:
         if self.method == "centroid":
             return delta_scores(acts, self.tensors["harmful"], self.tensors["harmless"])
         return self._probe(acts, "probe")
+
+    def _top_position(self, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, n_pos = acts.shape[0], acts.shape[2]
+        score, per_layer = self.score_acts(acts.permute(0, 2, 1, 3).flatten(0, 1))
+        score, per_layer = score.view(n, n_pos), per_layer.view(n, n_pos, -1)
+        top, rows = score.argmax(1), torch.arange(n)
+        return score[rows, top], per_layer[rows, top]
 
     def _probe(self, acts: torch.Tensor, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
         from guards.latent_fit import probe_features
@@ -170,11 +177,7 @@ class LatentGuard:
     def part_scores(self, acts: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Raw (score [n], per-layer [n, n_layers]) of each part of a span read [n, n_layers, n_pos, d]: 'span', the
         token probe's top token, and, when fitted, 't_inst', the t_inst probe at the last position (always t_inst)."""
-        n, n_pos = acts.shape[0], acts.shape[2]
-        score, per_layer = self._probe(acts.permute(0, 2, 1, 3).flatten(0, 1), "probe")
-        score, per_layer = score.view(n, n_pos), per_layer.view(n, n_pos, -1)
-        top, rows = score.argmax(1), torch.arange(n)
-        parts = {"span": (score[rows, top], per_layer[rows, top])}
+        parts = {"span": self._top_position(acts)}
         if "tinst_probe_weight" in self.tensors:
             parts["t_inst"] = self._probe(acts[:, :, -1], "tinst_probe")
         return parts
