@@ -222,9 +222,16 @@ class LatentGuard:
         """Positions read per prompt in a batch of these prompts."""
         return max(p.t_inst + 1 for p in prompts) if self.position == "span" else 1
 
+    def read(self, prompts: Sequence[ChatPrompt]) -> torch.Tensor:
+        """Activations [n, n_layers, positions, d_model] this guard reads from rendered prompts, in one forward."""
+        width = self.width(prompts)
+        _, acts = next(iter_resid_batches(self._require_model(), prompts, lambda p: self.select(p, width),
+                                          layers=self.layers, batch_size=len(prompts), progress=False))
+        return acts
+
     def check(self, prompts: Sequence[str | ChatPrompt]) -> list[Verdict]:
         """Verdicts for a list, batched by length; bad prompts and internal errors give per-prompt failed verdicts."""
-        model = self._require_model()
+        self._require_model()  # no model: raise, do not fail every prompt closed
         out: list[Verdict | None] = [None] * len(prompts)
         ready = []
         for i, prompt in enumerate(prompts):
@@ -236,10 +243,7 @@ class LatentGuard:
         for start in range(0, len(ready), self.batch_size):
             chunk = ready[start:start + self.batch_size]
             try:
-                width = self.width([r[1] for r in chunk])
-                _, acts = next(iter_resid_batches(model, [r[1] for r in chunk], lambda p: self.select(p, width),
-                                                  layers=self.layers, batch_size=len(chunk), progress=False))
-                verdicts = self.verdicts_from_acts(acts, [r[2] for r in chunk])
+                verdicts = self.verdicts_from_acts(self.read([r[1] for r in chunk]), [r[2] for r in chunk])
             except Exception as exc:  # noqa: BLE001 - fail closed, say why
                 verdicts = [self.failed(f"internal error: {_one_line(exc)}", r[2]) for r in chunk]
             for (i, _, _), verdict in zip(chunk, verdicts):

@@ -139,11 +139,8 @@ def fit_scales(guard, harmless: Sequence[str], batch_size: int = 8) -> dict:
     raw: dict[str, list] = {}
     rendered = [guard.prepare(p)[0] for p in harmless]
     for start in range(0, len(rendered), batch_size):
-        chunk = rendered[start:start + batch_size]
-        width = guard.width(chunk)
-        _, acts = next(iter_resid_batches(guard.model, chunk, lambda p: guard.select(p, width), layers=guard.layers,
-                                          batch_size=len(chunk), progress=False))
-        for k, (score, _) in guard.part_scores(acts.float().cpu()).items():
+        acts = guard.read(rendered[start:start + batch_size]).float().cpu()
+        for k, (score, _) in guard.part_scores(acts).items():
             raw.setdefault(k, []).append(score)
     scales = {}
     for k, scores in raw.items():
