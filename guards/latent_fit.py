@@ -15,6 +15,7 @@ from probes.errors import HarmlensError
 from probes.io import model_signature
 
 from guards.latent_guard import FORMAT, METHODS, VERSION
+from guards.span_scoring import probe_features, probe_scores
 
 _ENDINGS = ("", ".", "?")
 MIN_VAL = 4  # per class, to hold out for layer choice / calibration
@@ -121,11 +122,6 @@ def _acts(model, fmt, prompts, layers, batch_size, progress, what) -> torch.Tens
     return acts
 
 
-def probe_features(acts: torch.Tensor) -> torch.Tensor:
-    """Activations [.., d] scaled to norm √d (float64): the probes' input before centring."""
-    return torch.nn.functional.normalize(acts.double(), dim=-1) * acts.shape[-1] ** 0.5
-
-
 def train_probes(pos: torch.Tensor, neg: torch.Tensor, l2: float = 1e-2, steps: int = 100) -> dict[str, torch.Tensor]:
     """One L2-regularised logistic probe per layer on centred activations [n, n_layers, d] scaled to norm √d."""
     x = probe_features(torch.cat([pos, neg]))
@@ -161,8 +157,7 @@ def _params(method: str, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torc
 def _per_layer(method: str, params: dict, acts: torch.Tensor) -> torch.Tensor:
     if method == "centroid":
         return delta_scores(acts, params["harmful"], params["harmless"])[1]
-    x = probe_features(acts) - params["probe_mean"].double()
-    return ((x * params["probe_weight"].double()).sum(-1) + params["probe_bias"].double()).float()
+    return probe_scores(params, acts)[1]
 
 
 def candidate_windows(n_rows: int) -> list[tuple[int, int]]:

@@ -18,6 +18,8 @@ from probes.directions import layer_span
 from probes.errors import HarmlensError
 from probes.io import check_compatible, load_tensors, save_tensors
 
+from guards.span_scoring import probe_scores, scaled_max, span_parts, top_position
+
 FORMAT = "harmlens.latent_guard"
 VERSION = 1
 METHODS = ("centroid", "probe")
@@ -145,42 +147,17 @@ class LatentGuard:
 
     def score_acts(self, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(score [n], per-layer scores [n, n_layers]) from activations [n, n_layers, d_model] at the read position;
-        given a span read [n, n_layers, n_pos, d_model], the top token's probe score, or, when the guard has `scales`,
-        the larger of its parts (top token, t_inst probe), each as (raw - center) / width from harmless prompts."""
+        given a span read [n, n_layers, n_pos, d_model], the top token's score, or, when the guard has `scales`, the
+        larger scaled part (see guards.span_scoring)."""
         acts = acts.detach().float().cpu()
         if acts.dim() == 4:
             scales = self.metadata.get("scales") if self.position == "span" else None
             if not scales:  # one position, or a span guard without a t_inst part: the top position speaks
-                return self._top_position(acts)
-            parts = self.part_scores(acts)
-            z = {k: ((parts[k][1] - c) / w) for k, (c, w) in scales.items()}  # per layer, in units of the spread
-            best = torch.stack([z[k].mean(-1) for k in scales]).argmax(0)
-            per_layer = torch.stack([z[k] for k in scales])[best, torch.arange(len(acts))]
-            return per_layer.mean(-1), per_layer
+                return top_position(self.score_acts, acts)
+            return scaled_max(span_parts(self.score_acts, self.tensors, acts), scales)
         if self.method == "centroid":
             return delta_scores(acts, self.tensors["harmful"], self.tensors["harmless"])
-        return self._probe(acts, "probe")
-
-    def _top_position(self, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n, n_pos = acts.shape[0], acts.shape[2]
-        score, per_layer = self.score_acts(acts.permute(0, 2, 1, 3).flatten(0, 1))
-        score, per_layer = score.view(n, n_pos), per_layer.view(n, n_pos, -1)
-        top, rows = score.argmax(1), torch.arange(n)
-        return score[rows, top], per_layer[rows, top]
-
-    def _probe(self, acts: torch.Tensor, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
-        from guards.latent_fit import probe_features
-        x = probe_features(acts) - self.tensors[f"{prefix}_mean"].double()
-        per_layer = (x * self.tensors[f"{prefix}_weight"].double()).sum(-1) + self.tensors[f"{prefix}_bias"].double()
-        return per_layer.mean(-1).float(), per_layer.float()
-
-    def part_scores(self, acts: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Raw (score [n], per-layer [n, n_layers]) of each part of a span read [n, n_layers, n_pos, d]: 'span', the
-        token probe's top token, and, when fitted, 't_inst', the t_inst probe at the last position (always t_inst)."""
-        parts = {"span": self._top_position(acts)}
-        if "tinst_probe_weight" in self.tensors:
-            parts["t_inst"] = self._probe(acts[:, :, -1], "tinst_probe")
-        return parts
+        return probe_scores(self.tensors, acts)
 
     def verdicts_from_acts(self, acts: torch.Tensor, truncated: Sequence[bool] | None = None) -> list[Verdict]:
         """Verdicts for a batch of activations; rows with NaN/inf fail closed (harmful unless fail_closed=False)."""

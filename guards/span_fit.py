@@ -26,6 +26,7 @@ from probes.errors import HarmlensError
 from probes.io import model_signature
 
 from guards.latent_guard import FORMAT, VERSION, span_positions
+from guards.span_scoring import scaled_max, scales_from, span_parts
 from guards.latent_fit import _check_set, auroc, balanced_variants, hold_out, threshold_for_fpr, train_probes
 
 FIT_NAMED = ("aim", "refusal_suppression", "evil_confidant", "payload_splitting")
@@ -133,22 +134,14 @@ def _gather(model, examples, layers, batch_size: int, progress: bool) -> tuple[t
     return torch.stack(pos), torch.stack(neg), post
 
 
-def fit_scales(guard, harmless: Sequence[str], batch_size: int = 8) -> dict:
-    """Set a two-part span guard's scales: per part, center = the 95th percentile of its raw scores on these harmless
-    prompts and width = that minus their median, so both parts flag about 5% of them at score 0."""
-    raw: dict[str, list] = {}
+def fit_scales(guard, harmless: Sequence[str], batch_size: int = 8) -> torch.Tensor:
+    """Set a two-part span guard's scales from these harmless prompts (span_scoring.scales_from: each part flags about
+    5% of them at score 0); returns their combined scores, so calibration needs no second forward pass."""
     rendered = [guard.prepare(p)[0] for p in harmless]
-    for start in range(0, len(rendered), batch_size):
-        acts = guard.read(rendered[start:start + batch_size]).float().cpu()
-        for k, (score, _) in guard.part_scores(acts).items():
-            raw.setdefault(k, []).append(score)
-    scales = {}
-    for k, scores in raw.items():
-        s = torch.cat(scores).double()
-        center, median = float(torch.quantile(s, 0.95)), float(torch.quantile(s, 0.5))
-        scales[k] = [center, max(center - median, 1e-6)]
-    guard.metadata["scales"] = scales
-    return scales
+    parts = [span_parts(guard.score_acts, guard.tensors, guard.read(rendered[s:s + batch_size]).float().cpu())
+             for s in range(0, len(rendered), batch_size)]
+    guard.metadata["scales"] = scales_from(parts)
+    return torch.cat([scaled_max(p, guard.metadata["scales"])[0] for p in parts])
 
 
 def fit_span_guard(cls, model, harmful, harmless, *, method: str = "probe", layers=None, target_fpr=None,
@@ -188,12 +181,14 @@ def fit_span_guard(cls, model, harmful, harmless, *, method: str = "probe", laye
                                       "wrappers": [[w.name for w in g] for g in groups],
                                       "data_sha256": data_hash(harmful, harmless)}}
     guard = cls(tensors, meta, model, **guard_kwargs)
+    sn = None
     if two_part:
-        fit_scales(guard, val_harmless or harmless, batch_size)
+        scaled = fit_scales(guard, val_harmless or harmless, batch_size)
+        sn = scaled if val_harmless else None
         guard.metadata["fit"]["scales_on"] = "validation harmless" if val_harmless else "fit harmless"
     if val_harmful and val_harmless:
         sp = torch.tensor([v.score for v in guard.check(val_harmful)])
-        sn = torch.tensor([v.score for v in guard.check(val_harmless)])
+        sn = torch.tensor([v.score for v in guard.check(val_harmless)]) if sn is None else sn
         guard.metadata["fit"].update(n_val_harmful=len(val_harmful), n_val_harmless=len(val_harmless),
                                      val_auroc=auroc(sp, sn))
         if target_fpr is not None:

@@ -17,7 +17,8 @@ from guards import LatentGuard
 from guards.guard_cli import main
 from guards.guard_sets import fit_wrappers, gptfuzzer_wrap, shipped_sets
 from guards.span_fit import (_examples, _groups, default_wrappers, fit_gptfuzzer_ids, held_out_gptfuzzer_ids,
-                             request_tokens, span_layers)
+                             fit_scales, request_tokens, span_layers)
+from guards.span_scoring import probe_scores
 
 from tests.test_latent_guard import HARMFUL, HARMLESS, PROMPTS
 
@@ -42,7 +43,7 @@ def _raw_parts(model, guard, text):
     prompt = chat_format(model).render(text)
     acts = cache_resid(model, [prompt], lambda p: range(p.t_inst + 1), layers=guard.layers, progress=False)[0]
     per_token, _ = guard.score_acts(acts.transpose(0, 1))  # each token as its own row: the token probe
-    at_t_inst = guard._probe(acts[:, -1][None], "tinst_probe")[0] if "tinst_probe_weight" in guard.tensors else None
+    at_t_inst = probe_scores(guard.tensors, acts[:, -1][None], "tinst_probe")[0] if "tinst_probe_weight" in guard.tensors else None
     return per_token, at_t_inst
 
 
@@ -61,6 +62,13 @@ def test_two_part_score_is_the_larger_scaled_part(tiny_model, span_guard):
     batched = [v.score for v in span_guard(PROMPTS)]
     span_guard.batch_size = 16
     assert batched == pytest.approx([span_guard(p).score for p in PROMPTS], abs=1e-5)
+
+
+def test_fit_scales_returns_the_scores_check_gives(tiny_model, span_guard):
+    guard = LatentGuard(span_guard.tensors, span_guard.metadata, tiny_model)
+    scaled = fit_scales(guard, PROMPTS, batch_size=3)
+    assert scaled.tolist() == pytest.approx([v.score for v in guard(PROMPTS)], abs=1e-4)
+    assert int((scaled >= 0).sum()) <= 2  # each part's center is its 95th percentile: only its top prompt is above
 
 
 def test_one_part_span_score_is_the_max_over_tokens_up_to_t_inst(tiny_model):
