@@ -171,8 +171,9 @@ def fit_span_guard(cls, model, harmful, harmless, *, method: str = "probe", laye
     if not torch.isfinite(pos).all() or not torch.isfinite(neg).all():
         raise HarmlensError("non-finite activations (nan/inf) while fitting: check the model's weights/dtype")
     plain = lambda label, k: torch.stack([a[k] for a in post[label]])  # noqa: E731
-    tinst = {f"tinst_{k}": v for k, v in train_probes(plain(True, 0), plain(False, 0)).items()} if two_part else {}
-    tensors = {"harmful": plain(True, 0).mean(0), "harmless": plain(False, 0).mean(0), **train_probes(pos, neg),
+    at_harmful, at_harmless = plain(True, 0), plain(False, 0)  # t_inst of the plain prompts
+    tinst = {f"tinst_{k}": v for k, v in train_probes(at_harmful, at_harmless).items()} if two_part else {}
+    tensors = {"harmful": at_harmful.mean(0), "harmless": at_harmless.mean(0), **train_probes(pos, neg),
                **tinst, "refuse": plain(True, 1).mean(0), "accept": plain(False, 1).mean(0)}
     meta = {"format": FORMAT, "version": VERSION, **model_signature(model), "method": "probe",
             "position": "span", "layers": rows, "alpha": 0.0, "alpha_refuse": 0.0, "target_fpr": target_fpr,
@@ -181,14 +182,12 @@ def fit_span_guard(cls, model, harmful, harmless, *, method: str = "probe", laye
                                       "wrappers": [[w.name for w in g] for g in groups],
                                       "data_sha256": data_hash(harmful, harmless)}}
     guard = cls(tensors, meta, model, **guard_kwargs)
-    sn = None
     if two_part:
-        scaled = fit_scales(guard, val_harmless or harmless, batch_size)
-        sn = scaled if val_harmless else None
+        scaled = fit_scales(guard, val_harmless or harmless, batch_size)  # = the validation harmless scores
         guard.metadata["fit"]["scales_on"] = "validation harmless" if val_harmless else "fit harmless"
     if val_harmful and val_harmless:
         sp = torch.tensor([v.score for v in guard.check(val_harmful)])
-        sn = torch.tensor([v.score for v in guard.check(val_harmless)]) if sn is None else sn
+        sn = scaled if two_part else torch.tensor([v.score for v in guard.check(val_harmless)])
         guard.metadata["fit"].update(n_val_harmful=len(val_harmful), n_val_harmless=len(val_harmless),
                                      val_auroc=auroc(sp, sn))
         if target_fpr is not None:

@@ -43,7 +43,9 @@ def _raw_parts(model, guard, text):
     prompt = chat_format(model).render(text)
     acts = cache_resid(model, [prompt], lambda p: range(p.t_inst + 1), layers=guard.layers, progress=False)[0]
     per_token, _ = guard.score_acts(acts.transpose(0, 1))  # each token as its own row: the token probe
-    at_t_inst = probe_scores(guard.tensors, acts[:, -1][None], "tinst_probe")[0] if "tinst_probe_weight" in guard.tensors else None
+    at_t_inst = None
+    if "tinst_probe_weight" in guard.tensors:
+        at_t_inst = probe_scores(guard.tensors, acts[:, -1][None], "tinst_probe")[0]
     return per_token, at_t_inst
 
 

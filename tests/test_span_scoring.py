@@ -45,5 +45,6 @@ def test_span_parts_reads_the_t_inst_probe_at_the_last_position():
     acts = torch.randn(3, 2, 5, 4, generator=g)
     parts = span_parts(_mean_score, tensors, acts)
     assert list(parts) == ["span", "t_inst"]
-    assert parts["t_inst"][0].tolist() == pytest.approx(probe_scores(tensors, acts[:, :, -1], "tinst_probe")[0].tolist())
+    expected = probe_scores(tensors, acts[:, :, -1], "tinst_probe")[0]
+    assert parts["t_inst"][0].tolist() == pytest.approx(expected.tolist())
     assert list(span_parts(_mean_score, {}, acts)) == ["span"]
