@@ -2,15 +2,17 @@
 
     python examples/guard_variants.py [--out runs/guard_variants] [--n 40] [--threads 1] [--variants centroid,span]
 
-Five guards on the text organism, each calibrated to 5% FPR on --n-cal shipped Alpaca prompts outside every fit:
+Six guards on the text organism, each calibrated to 5% FPR on --n-cal shipped Alpaca prompts outside every fit:
   centroid      the default (Zhao's centroid rule at t_inst, layers chosen on held-out data)
   probe         logistic probes at t_inst, layers 12-30
   probe+jb      the same, fitted on plain prompts plus their versions wrapped in four named jailbreaks
                 (aim, refusal_suppression, evil_confidant, payload_splitting)
   probe-max     `probe` scored at every instruction token, keeping the maximum (reads the request inside a wrapper)
-  span          LatentGuard.fit(read="span"): token-level probes fitted on the same four named jailbreaks plus half
-                of GPTFuzzer's templates, scored at every token up to t_inst, keeping the maximum, plus a t_inst
-                probe on the plain prompts (the larger part, each scaled on held-out harmless prompts, decides)
+  span          LatentGuard.fit(read="span"): a token probe (a small MLP over the layers) fitted on the same four
+                named jailbreaks plus half of GPTFuzzer's templates, scored at every token up to t_inst, keeping the
+                maximum
+  span-linear   the same with a logistic probe per layer (token_probe="linear"), plus a t_inst probe on the plain
+                prompts (the larger part, each scaled on held-out harmless prompts, decides)
 Evaluated (held out from every fit) on plain prompts, the three other named jailbreaks (prefix_injection,
 style_injection, few_shot_json: never in a fit) and the other half of GPTFuzzer's templates, each with its harmless
 control, and XSTest safe prompts. A guard that flags the wrapper, not the request, fails the controls.
@@ -39,7 +41,7 @@ from probes.activations import cache_resid  # noqa: E402
 from probes.chat import chat_format  # noqa: E402
 
 FIT_JAILBREAKS = FIT_NAMED
-VARIANTS = ("centroid", "probe", "probe+jb", "probe-max", "span")
+VARIANTS = ("centroid", "probe", "probe+jb", "probe-max", "span", "span-linear")
 HELD_OUT_JAILBREAKS = ("prefix_injection", "style_injection", "few_shot_json")
 
 
@@ -91,7 +93,9 @@ def main() -> int:
             "probe": lambda: LatentGuard.fit(model, harmful, harmless, method="probe", layers=probe_layers),
             "probe+jb": lambda: LatentGuard.fit(model, harmful + wrapped[0], harmless + wrapped[1], method="probe",
                                                 layers=probe_layers),
-            "span": lambda: LatentGuard.fit(model, harmful, harmless, method="probe", read="span", progress=True)}
+            "span": lambda: LatentGuard.fit(model, harmful, harmless, method="probe", read="span", progress=True),
+            "span-linear": lambda: LatentGuard.fit(model, harmful, harmless, method="probe", read="span",
+                                                   token_probe="linear", progress=True)}
     guards = {k: fits[k]() for k in fits if k in wanted or (k == "probe" and "probe-max" in wanted)}
     for g in guards.values():
         g.calibrate(calibration, 0.05)

@@ -25,9 +25,12 @@ def add_guard_commands(subparsers) -> None:
     fit.add_argument("--method", choices=["centroid", "probe"], default=None,
                      help="centroid (default for --read t_inst) or probe (the only one for --read span)")
     fit.add_argument("--read", choices=["t_inst", "span"], default="t_inst",
-                     help="t_inst (Zhao's rule) or span: token-level probes read at every token up to t_inst, fitted "
-                          "on the prompts also wrapped in jailbreaks (plus a t_inst probe; the larger scaled part "
-                          "decides); catches wrappers that end in constant text")
+                     help="t_inst (Zhao's rule) or span: a token probe read at every token up to t_inst, the top "
+                          "token deciding, fitted on the prompts also wrapped in jailbreaks; catches wrappers that "
+                          "end in constant text")
+    fit.add_argument("--token-probe", choices=["mlp", "linear"], default="mlp",
+                     help="--read span: one small MLP over the layers (default) or a logistic probe per layer (plus "
+                          "a t_inst probe, the larger scaled part deciding)")
     fit.add_argument("--wrappers", default="default",
                      help="--read span: jailbreaks the fit wraps prompts in, comma list, groups split by ';' "
                           "(default: four named + half of GPTFuzzer's templates; 'none': plain prompts only)")
@@ -85,7 +88,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.read == "span":
         wrappers = (None if args.wrappers == "none" else args.wrappers if args.wrappers == "default" else
                     [[w.strip() for w in g.split(",") if w.strip()] for g in args.wrappers.split(";") if g.strip()])
-        extra = {"read": "span", "wrappers": wrappers, "balance": not args.no_balance}
+        extra = {"read": "span", "wrappers": wrappers, "balance": not args.no_balance, "token_probe": args.token_probe}
     else:
         extra = {"balance": not args.no_balance}
     method = args.method or ("probe" if args.read == "span" else "centroid")

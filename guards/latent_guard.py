@@ -18,6 +18,7 @@ from probes.directions import layer_span
 from probes.errors import HarmlensError
 from probes.io import check_compatible, load_tensors, save_tensors
 
+from guards.mlp_probe import MLP_KEYS, mlp_scores
 from guards.span_scoring import probe_scores, scaled_max, span_parts, top_position
 
 FORMAT = "harmlens.latent_guard"
@@ -122,8 +123,9 @@ class LatentGuard:
         and the guard's own fail_closed/batch_size/max_length. See guards.latent_fit.fit_guard.
         read='span' (method='probe'): token-level probes scored at every token up to t_inst, keeping the top score,
         fitted on the prompts plain and wrapped in jailbreaks (wrappers=...); catches requests inside jailbreak
-        wrappers that end in constant text; two_part=True (default) also reads a t_inst probe fitted on the plain
-        prompts, the larger scaled part deciding. See guards.span_fit.fit_span_guard.
+        wrappers that end in constant text; token_probe='mlp' (default, guards.mlp_probe) or 'linear'; two_part
+        (default for 'linear') also reads a t_inst probe, the larger scaled part deciding. See
+        guards.span_fit.fit_span_guard.
         """
         if read == "span":
             from guards.span_fit import fit_span_guard
@@ -157,7 +159,7 @@ class LatentGuard:
             return scaled_max(span_parts(self.score_acts, self.tensors, acts), scales)
         if self.method == "centroid":
             return delta_scores(acts, self.tensors["harmful"], self.tensors["harmless"])
-        return probe_scores(self.tensors, acts)
+        return mlp_scores(self.tensors, acts) if "mlp_w1" in self.tensors else probe_scores(self.tensors, acts)
 
     def verdicts_from_acts(self, acts: torch.Tensor, truncated: Sequence[bool] | None = None) -> list[Verdict]:
         """Verdicts for a batch of activations; rows with NaN/inf fail closed (harmful unless fail_closed=False)."""
@@ -270,7 +272,8 @@ class LatentGuard:
             raise HarmlensError(f"{path} is not a harmlens latent-guard file (format {meta.get('format')!r})")
         if int(meta.get("version", 0)) > VERSION:
             raise HarmlensError(f"{path} was written by a newer harmlens (guard format v{meta.get('version')})")
-        need = ("harmful", "harmless") + (_PROBE if meta.get("method") == "probe" else ())
+        probe = MLP_KEYS if meta.get("token_probe") == "mlp" else _PROBE
+        need = ("harmful", "harmless") + (probe if meta.get("method") == "probe" else ())
         missing = [k for k in need if k not in tensors]
         if missing:
             raise HarmlensError(f"{path} lacks tensors: {', '.join(missing)}")
@@ -278,8 +281,9 @@ class LatentGuard:
         if meta.get("scales") and "t_inst" in meta["scales"] and not all(k in tensors for k in _TINST_PROBE):
             raise HarmlensError(f"{path} lacks the t_inst probe its scales name")
         for key in ("harmful", "harmless", "refuse", "accept", "probe_weight", "probe_mean", "tinst_probe_weight",
-                    "tinst_probe_mean"):
-            if key in tensors and tuple(tensors[key].shape) != want:
+                    "tinst_probe_mean", "mlp_mean", "mlp_std", "mlp_w1"):
+            shape = tuple(tensors[key].shape)[key == "mlp_w1":] if key in tensors else want  # w1: [hidden, L, d]
+            if shape != want:
                 raise HarmlensError(f"{path}: tensor {key} has shape {tuple(tensors[key].shape)}, metadata says {want}")
         return cls(tensors, meta, model, **kwargs)
 

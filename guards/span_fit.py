@@ -5,9 +5,10 @@ the request's own last token still carries the model's harmfulness belief. The p
 in a few jailbreaks (the fit wrappers): positive at the request's last token (and at t_inst of plain harmful prompts),
 negative at every token of harmless prompts, plain or wrapped, and at the wrapper's own tokens before a harmful
 request. Evaluate on wrappers outside the fit (`held_out_gptfuzzer_ids`, the other named jailbreaks).
-Two parts by default: the top token's score misses some plain requests (the max over many harmless tokens needs a
-high threshold), so a second probe, fitted at t_inst of the plain prompts only, reads t_inst; each part is scaled on
-held-out harmless prompts (fit_scales) and the larger one speaks.
+The token probe is a small MLP over all read layers by default (guards.mlp_probe); token_probe='linear' fits one
+logistic probe per layer instead. A linear token probe misses some plain requests (the max over many harmless tokens
+needs a high threshold), so it comes with a second part by default: a probe fitted at t_inst of the plain prompts only,
+each part scaled on held-out harmless prompts (fit_scales), the larger one speaking.
 """
 
 from __future__ import annotations
@@ -26,10 +27,12 @@ from probes.errors import HarmlensError
 from probes.io import model_signature
 
 from guards.latent_guard import FORMAT, VERSION, span_positions
+from guards.mlp_probe import MLPProbeConfig, train_mlp_probe
 from guards.span_scoring import scaled_max, scales_from, span_parts
 from guards.latent_fit import _check_set, auroc, balanced_variants, hold_out, threshold_for_fpr, train_probes
 
 FIT_NAMED = ("aim", "refusal_suppression", "evil_confidant", "payload_splitting")
+TOKEN_PROBES = ("mlp", "linear")
 NEGATIVES_PER_PROMPT = 32
 
 
@@ -148,13 +151,19 @@ def fit_span_guard(cls, model, harmful, harmless, *, method: str = "probe", laye
                    wrappers="default", val_harmful=None, val_harmless=None, val_fraction: float = 0.25,
                    negatives_per_prompt: int | None = NEGATIVES_PER_PROMPT, system: str | None = None,
                    batch_size: int = 8, seed: int = 0, progress: bool = False, balance: bool = True,
-                   two_part: bool = True, **guard_kwargs):
+                   token_probe: str = "mlp", mlp: MLPProbeConfig | None = None, two_part: bool | None = None,
+                   **guard_kwargs):
     """See LatentGuard.fit(read='span'). `wrappers`: jailbreak names or groups of them ('default': default_wrappers,
     None: plain prompts only), each group wrapping every fit prompt once, cycling through its jailbreaks; `balance`:
-    plain prompts are read with three endings (see balanced_variants); `two_part`: also fit a logistic probe at t_inst
-    of the plain prompts and score max(top token, t_inst probe), each scaled on harmless prompts (see fit_scales)."""
+    plain prompts are read with three endings (see balanced_variants); `token_probe`: 'mlp' (one small MLP over the
+    layers, settings `mlp`) or 'linear' (a logistic probe per layer); `two_part` (default: for a linear token probe
+    only): also fit a logistic probe at t_inst of the plain prompts and score max(top token, t_inst probe), each
+    scaled on harmless prompts (see fit_scales)."""
     if method != "probe":
         raise HarmlensError("read='span' needs method='probe' (a centroid rule has no token-level training)")
+    if token_probe not in TOKEN_PROBES:
+        raise HarmlensError(f"token_probe must be one of {TOKEN_PROBES}, got {token_probe!r}")
+    two_part = token_probe == "linear" if two_part is None else two_part
     harmful, harmless = _check_set("harmful", harmful), _check_set("harmless", harmless)
     if target_fpr is not None and not 0 <= target_fpr < 1:
         raise HarmlensError(f"target_fpr must be in [0, 1), got {target_fpr}")
@@ -173,14 +182,18 @@ def fit_span_guard(cls, model, harmful, harmless, *, method: str = "probe", laye
     plain = lambda label, k: torch.stack([a[k] for a in post[label]])  # noqa: E731
     at_harmful, at_harmless = plain(True, 0), plain(False, 0)  # t_inst of the plain prompts
     tinst = {f"tinst_{k}": v for k, v in train_probes(at_harmful, at_harmless).items()} if two_part else {}
-    tensors = {"harmful": at_harmful.mean(0), "harmless": at_harmless.mean(0), **train_probes(pos, neg),
+    mlp = mlp or MLPProbeConfig(seed=seed)
+    tokens = train_mlp_probe(pos, neg, mlp, progress) if token_probe == "mlp" else train_probes(pos, neg)
+    tensors = {"harmful": at_harmful.mean(0), "harmless": at_harmless.mean(0), **tokens,
                **tinst, "refuse": plain(True, 1).mean(0), "accept": plain(False, 1).mean(0)}
-    meta = {"format": FORMAT, "version": VERSION, **model_signature(model), "method": "probe",
-            "position": "span", "layers": rows, "alpha": 0.0, "alpha_refuse": 0.0, "target_fpr": target_fpr,
-            "system": system, "fit": {"n_harmful": len(harmful), "n_harmless": len(harmless),
-                                      "n_positive_tokens": len(pos), "n_negative_tokens": len(neg),
-                                      "wrappers": [[w.name for w in g] for g in groups],
-                                      "data_sha256": data_hash(harmful, harmless)}}
+    fit = {"n_harmful": len(harmful), "n_harmless": len(harmless), "n_positive_tokens": len(pos),
+           "n_negative_tokens": len(neg), "wrappers": [[w.name for w in g] for g in groups],
+           "data_sha256": data_hash(harmful, harmless)}
+    meta = {"format": FORMAT, "version": VERSION, **model_signature(model), "method": "probe", "position": "span",
+            "token_probe": token_probe, "layers": rows, "alpha": 0.0, "alpha_refuse": 0.0, "target_fpr": target_fpr,
+            "system": system, "fit": fit}
+    if token_probe == "mlp":
+        meta["mlp"] = mlp.to_dict()
     guard = cls(tensors, meta, model, **guard_kwargs)
     if two_part:
         scaled = fit_scales(guard, val_harmless or harmless, batch_size)  # = the validation harmless scores

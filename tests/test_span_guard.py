@@ -12,12 +12,14 @@ from attacks.jailbreaks import NAMED
 from probes.activations import cache_resid
 from probes.chat import chat_format
 from probes.errors import HarmlensError
+from probes.io import save_tensors
 
 from guards import LatentGuard
 from guards.guard_cli import main
 from guards.guard_sets import fit_wrappers, gptfuzzer_wrap, shipped_sets
 from guards.span_fit import (_examples, _groups, default_wrappers, fit_gptfuzzer_ids, held_out_gptfuzzer_ids,
                              fit_scales, request_tokens, span_layers)
+from guards.mlp_probe import MLP_KEYS, MLPProbeConfig
 from guards.span_scoring import probe_scores
 
 from tests.test_latent_guard import HARMFUL, HARMLESS, PROMPTS
@@ -26,7 +28,13 @@ from tests.test_latent_guard import HARMFUL, HARMLESS, PROMPTS
 @pytest.fixture(scope="module")
 def span_guard(tiny_model):
     return LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, method="probe", read="span", layers=[1, 2],
-                           wrappers=[["aim", "style_injection"]])
+                           wrappers=[["aim", "style_injection"]], token_probe="linear")
+
+
+@pytest.fixture(scope="module")
+def mlp_guard(tiny_model):
+    return LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, method="probe", read="span", layers=[1, 2],
+                           wrappers=[["aim"]], mlp=MLPProbeConfig(hidden=8, epochs=2))
 
 
 def test_fit_records_span_and_wrappers(span_guard):
@@ -73,9 +81,30 @@ def test_fit_scales_returns_the_scores_check_gives(tiny_model, span_guard):
     assert int((scaled >= 0).sum()) <= 2  # each part's center is its 95th percentile: only its top prompt is above
 
 
+def test_mlp_token_probe_is_the_default_and_one_part(tiny_model, mlp_guard, tmp_path):
+    assert mlp_guard.metadata["token_probe"] == "mlp" and mlp_guard.metadata["mlp"]["hidden"] == 8
+    assert "scales" not in mlp_guard.metadata and all(k in mlp_guard.tensors for k in MLP_KEYS)
+    assert "probe_weight" not in mlp_guard.tensors and "tinst_probe_weight" not in mlp_guard.tensors
+    for text in PROMPTS[:3]:
+        per_token, _ = _raw_parts(tiny_model, mlp_guard, text)
+        verdict = mlp_guard(text)
+        assert verdict.score == pytest.approx(float(per_token.max()), abs=1e-4)
+        assert sum(verdict.per_layer.values()) == pytest.approx(2 * verdict.score, abs=1e-4)  # mean = the logit
+    loaded = LatentGuard.load(mlp_guard.save(tmp_path / "mlp.safetensors"), tiny_model)
+    assert [v.score for v in loaded(PROMPTS)] == pytest.approx([v.score for v in mlp_guard(PROMPTS)], abs=1e-5)
+    replies = mlp_guard.wrap(refusal="no").generate(PROMPTS[:2], max_new_tokens=2)
+    assert [r.verdict.score for r in replies] == pytest.approx([v.score for v in mlp_guard(PROMPTS[:2])], abs=1e-4)
+    tensors = {k: v for k, v in mlp_guard.tensors.items() if k != "mlp_w2"}
+    save_tensors(tmp_path / "broken.safetensors", tensors, mlp_guard.metadata)
+    with pytest.raises(HarmlensError, match="lacks tensors: mlp_w2"):
+        LatentGuard.load(tmp_path / "broken.safetensors", tiny_model)
+    with pytest.raises(HarmlensError, match="token_probe must be"):
+        LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, method="probe", read="span", token_probe="svm")
+
+
 def test_one_part_span_score_is_the_max_over_tokens_up_to_t_inst(tiny_model):
     guard = LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, method="probe", read="span", layers=[1, 2],
-                            wrappers=None, two_part=False)
+                            wrappers=None, token_probe="linear", two_part=False)
     assert "scales" not in guard.metadata and "tinst_probe_weight" not in guard.tensors
     for text in PROMPTS[:3]:
         per_token, _ = _raw_parts(tiny_model, guard, text)
