@@ -23,6 +23,7 @@ from guards.span_scoring import probe_scores, scaled_max, span_parts, top_positi
 
 FORMAT = "harmlens.latent_guard"
 VERSION = 1
+MLP_VERSION = 2  # guard files with an MLP token probe: older readers refuse them with "written by a newer harmlens"
 METHODS = ("centroid", "probe")
 POSITIONS = ("t_inst", "t_post_inst", "span")  # span: every token up to t_inst, keeping the top score
 _PROBE = ("probe_weight", "probe_bias", "probe_mean")
@@ -270,7 +271,7 @@ class LatentGuard:
         tensors, meta = load_tensors(path)
         if meta.get("format") != FORMAT:
             raise HarmlensError(f"{path} is not a harmlens latent-guard file (format {meta.get('format')!r})")
-        if int(meta.get("version", 0)) > VERSION:
+        if int(meta.get("version", 0)) > MLP_VERSION:
             raise HarmlensError(f"{path} was written by a newer harmlens (guard format v{meta.get('version')})")
         probe = MLP_KEYS if meta.get("token_probe") == "mlp" else _PROBE
         need = ("harmful", "harmless") + (probe if meta.get("method") == "probe" else ())

@@ -26,7 +26,7 @@ from probes.directions import data_hash
 from probes.errors import HarmlensError
 from probes.io import model_signature
 
-from guards.latent_guard import FORMAT, VERSION, span_positions
+from guards.latent_guard import FORMAT, MLP_VERSION, VERSION, span_positions
 from guards.mlp_probe import MLPProbeConfig, train_mlp_probe
 from guards.span_scoring import scaled_max, scales_from, span_parts
 from guards.latent_fit import _check_set, auroc, balanced_variants, hold_out, threshold_for_fpr, train_probes
@@ -189,7 +189,8 @@ def fit_span_guard(cls, model, harmful, harmless, *, method: str = "probe", laye
     fit = {"n_harmful": len(harmful), "n_harmless": len(harmless), "n_positive_tokens": len(pos),
            "n_negative_tokens": len(neg), "wrappers": [[w.name for w in g] for g in groups],
            "data_sha256": data_hash(harmful, harmless)}
-    meta = {"format": FORMAT, "version": VERSION, **model_signature(model), "method": "probe", "position": "span",
+    version = MLP_VERSION if token_probe == "mlp" else VERSION
+    meta = {"format": FORMAT, "version": version, **model_signature(model), "method": "probe", "position": "span",
             "token_probe": token_probe, "layers": rows, "alpha": 0.0, "alpha_refuse": 0.0, "target_fpr": target_fpr,
             "system": system, "fit": fit}
     if token_probe == "mlp":

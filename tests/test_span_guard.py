@@ -83,6 +83,7 @@ def test_fit_scales_returns_the_scores_check_gives(tiny_model, span_guard):
 
 def test_mlp_token_probe_is_the_default_and_one_part(tiny_model, mlp_guard, tmp_path):
     assert mlp_guard.metadata["token_probe"] == "mlp" and mlp_guard.metadata["mlp"]["hidden"] == 8
+    assert mlp_guard.metadata["version"] == 2
     assert "scales" not in mlp_guard.metadata and all(k in mlp_guard.tensors for k in MLP_KEYS)
     assert "probe_weight" not in mlp_guard.tensors and "tinst_probe_weight" not in mlp_guard.tensors
     for text in PROMPTS[:3]:
@@ -98,6 +99,9 @@ def test_mlp_token_probe_is_the_default_and_one_part(tiny_model, mlp_guard, tmp_
     save_tensors(tmp_path / "broken.safetensors", tensors, mlp_guard.metadata)
     with pytest.raises(HarmlensError, match="lacks tensors: mlp_w2"):
         LatentGuard.load(tmp_path / "broken.safetensors", tiny_model)
+    save_tensors(tmp_path / "future.safetensors", mlp_guard.tensors, {**mlp_guard.metadata, "version": 3})
+    with pytest.raises(HarmlensError, match="newer harmlens"):
+        LatentGuard.load(tmp_path / "future.safetensors", tiny_model)
     with pytest.raises(HarmlensError, match="token_probe must be"):
         LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, method="probe", read="span", token_probe="svm")
 
