@@ -283,8 +283,10 @@ class LatentGuard:
             raise HarmlensError(f"{path} lacks the t_inst probe its scales name")
         for key in ("harmful", "harmless", "refuse", "accept", "probe_weight", "probe_mean", "tinst_probe_weight",
                     "tinst_probe_mean", "mlp_mean", "mlp_std", "mlp_w1"):
-            shape = tuple(tensors[key].shape)[key == "mlp_w1":] if key in tensors else want  # w1: [hidden, L, d]
-            if shape != want:
+            if key not in tensors:
+                continue
+            shape = tuple(tensors[key].shape)
+            if (shape[1:] if key == "mlp_w1" else shape) != want:  # mlp_w1: [hidden, n_layers, d_model]
                 raise HarmlensError(f"{path}: tensor {key} has shape {tuple(tensors[key].shape)}, metadata says {want}")
         return cls(tensors, meta, model, **kwargs)
 

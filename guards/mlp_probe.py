@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 
 from probes.errors import HarmlensError
 
+from guards.span_scoring import probe_features
+
 MLP_KEYS = ("mlp_mean", "mlp_std", "mlp_w1", "mlp_b1", "mlp_w2", "mlp_b2")
 
 
@@ -36,11 +38,6 @@ class MLPProbeConfig:
         return asdict(self)
 
 
-def mlp_features(acts: torch.Tensor) -> torch.Tensor:
-    """Activations [.., n_layers, d] scaled to norm √d per layer (float32), before standardising."""
-    return torch.nn.functional.normalize(acts.float(), dim=-1) * acts.shape[-1] ** 0.5
-
-
 def train_mlp_probe(pos: torch.Tensor, neg: torch.Tensor, config: MLPProbeConfig | None = None,
                     progress: bool = False) -> dict[str, torch.Tensor]:
     """Fit the probe on activations [n, n_layers, d] at positive and negative tokens; returns its tensors."""
@@ -48,7 +45,7 @@ def train_mlp_probe(pos: torch.Tensor, neg: torch.Tensor, config: MLPProbeConfig
     if len(pos) == 0 or len(neg) == 0:
         raise HarmlensError("an MLP probe needs positive and negative tokens")
     generator = torch.Generator().manual_seed(config.seed)
-    x = mlp_features(torch.cat([pos, neg]))
+    x = probe_features(torch.cat([pos, neg]), torch.float32)
     mean, std = x.mean(0), x.std(0) + 1e-3
     x = ((x - mean) / std).flatten(1)
     y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))])
@@ -87,7 +84,7 @@ def mlp_scores(tensors: dict[str, torch.Tensor], acts: torch.Tensor, chunk: int 
     n_layers = w1.shape[1]
     scores, per_layer = [], []
     for start in range(0, len(acts), chunk):
-        x = (mlp_features(acts[start:start + chunk]) - tensors["mlp_mean"]) / tensors["mlp_std"]
+        x = (probe_features(acts[start:start + chunk], torch.float32) - tensors["mlp_mean"]) / tensors["mlp_std"]
         z = torch.einsum("nld,hld->nlh", x, w1) + b1 / n_layers  # each layer's share of the pre-activation
         gate = w2 * torch.special.ndtr(z.sum(1))  # w2_h·Φ(pre_h)
         share = torch.einsum("nlh,nh->nl", z, gate) + b2 / n_layers

@@ -10,9 +10,10 @@ import torch
 Scores = tuple[torch.Tensor, torch.Tensor]  # (score [n], per-layer scores [n, n_layers])
 
 
-def probe_features(acts: torch.Tensor) -> torch.Tensor:
-    """Activations [.., d] scaled to norm √d (float64): the probes' input before centring."""
-    return torch.nn.functional.normalize(acts.double(), dim=-1) * acts.shape[-1] ** 0.5
+def probe_features(acts: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Activations [.., d] scaled to norm √d (float64 for the logistic probes, float32 for the MLP): the probes' input
+    before centring."""
+    return torch.nn.functional.normalize(acts.to(dtype), dim=-1) * acts.shape[-1] ** 0.5
 
 
 def probe_scores(tensors: Mapping[str, torch.Tensor], acts: torch.Tensor, prefix: str = "probe") -> Scores:

@@ -8,8 +8,8 @@ import torch
 from probes.errors import HarmlensError
 
 from guards.latent_fit import auroc, train_probes
-from guards.mlp_probe import MLPProbeConfig, mlp_features, mlp_scores, train_mlp_probe
-from guards.span_scoring import probe_scores
+from guards.mlp_probe import MLPProbeConfig, mlp_scores, train_mlp_probe
+from guards.span_scoring import probe_features, probe_scores
 
 
 def _xor(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,7 +27,7 @@ def test_per_layer_shares_average_to_the_networks_logit():
                "mlp_w1": torch.randn(hidden, n_layers, d, generator=g), "mlp_b1": torch.randn(hidden, generator=g),
                "mlp_w2": torch.randn(hidden, generator=g), "mlp_b2": torch.randn(1, generator=g)}
     acts = torch.randn(7, n_layers, d, generator=g) * 3
-    x = ((mlp_features(acts) - tensors["mlp_mean"]) / tensors["mlp_std"]).flatten(1)
+    x = ((probe_features(acts, torch.float32) - tensors["mlp_mean"]) / tensors["mlp_std"]).flatten(1)
     pre = x @ tensors["mlp_w1"].flatten(1).T + tensors["mlp_b1"]
     logit = torch.nn.functional.gelu(pre) @ tensors["mlp_w2"] + tensors["mlp_b2"]
     score, per_layer = mlp_scores(tensors, acts, chunk=3)
