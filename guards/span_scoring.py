@@ -11,8 +11,7 @@ Scores = tuple[torch.Tensor, torch.Tensor]  # (score [n], per-layer scores [n, n
 
 
 def probe_features(acts: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Activations [.., d] scaled to norm √d (float64 for the logistic probes, float32 for the MLP): the probes' input
-    before centring."""
+    """Activations [.., d] scaled to norm √d in `dtype` (float64: logistic probes; float32: MLP), before centring."""
     return torch.nn.functional.normalize(acts.to(dtype), dim=-1) * acts.shape[-1] ** 0.5
 
 
