@@ -98,7 +98,7 @@ class PerplexityGuard:
         return [max((x for x in (h, t) if not math.isnan(x)), default=0.0) for h, t in zip(heads, tails)]
 
     def calibrate(self, harmless: Sequence[Prompt], target_fpr: float = 0.05) -> float:
-        """Set the threshold so at most target_fpr of these harmless prompts are flagged."""
+        """Set the threshold so the expected FPR on new harmless prompts is ≤ target_fpr (the conformal rule)."""
         from guards.latent_fit import threshold_for_fpr
         self.threshold = threshold_for_fpr(torch.tensor(self.scores(harmless)), target_fpr)
         return self.threshold

@@ -35,7 +35,8 @@ def add_guard_commands(subparsers) -> None:
                      help="--read span: jailbreaks the fit wraps prompts in, comma list, groups split by ';' "
                           "(default: four named + half of GPTFuzzer's templates; 'none': plain prompts only)")
     fit.add_argument("--layers", default=None, help="e.g. '10-20' (default: chosen on held-out data)")
-    fit.add_argument("--target-fpr", type=float, default=None, help="calibrate alpha to this held-out FPR")
+    fit.add_argument("--target-fpr", type=float, default=None,
+                     help="calibrate alpha: expected FPR on new harmless prompts at most this (conformal)")
     fit.add_argument("--limit", type=int, default=None, help="first N prompts of each fit set")
     fit.add_argument("--no-balance", action="store_true", help="do not balance the instructions' final punctuation")
     fit.add_argument("--out", required=True, type=Path, help="guard file to write (.safetensors)")
@@ -97,8 +98,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     path = guard.save(args.out)
     fit = guard.metadata["fit"]
     print(json.dumps({"guard": str(path), "method": guard.method, "read": guard.position, "layers": guard.layers,
-                      "alpha": guard.alpha, "val_auroc": fit.get("val_auroc"), "n_harmful": fit["n_harmful"],
-                      "n_harmless": fit["n_harmless"]}))
+                      "alpha": guard.alpha, "calibration": fit.get("calibration"), "val_auroc": fit.get("val_auroc"),
+                      "n_harmful": fit["n_harmful"], "n_harmless": fit["n_harmless"]}))
     return 0
 
 

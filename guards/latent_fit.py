@@ -42,15 +42,41 @@ def _average_ranks(x: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def threshold_for_fpr(harmless_scores: torch.Tensor, target_fpr: float) -> float:
-    """An α at which at most target_fpr of these harmless scores are ≥ α (midway to the next higher score)."""
+CALIBRATION_RULES = ("conformal", "empirical")
+
+
+def flagged_allowed(n: int, target_fpr: float, rule: str = "conformal") -> int:
+    """How many of n calibration harmless prompts α may flag: 'empirical' = ⌊target·n⌋; 'conformal' = k =
+    ⌊target·(n+1)⌋ − 1 (at least 0), so a new prompt from the same distribution is flagged with probability
+    ≤ (k+1)/(n+1) ≤ target (when n ≥ 1/target − 1; fewer cannot promise it, fpr_bound says what they do)."""
+    if rule not in CALIBRATION_RULES:
+        raise HarmlensError(f"calibration rule must be one of {CALIBRATION_RULES}, got {rule!r}")
+    if rule == "empirical":
+        return int(target_fpr * n + 1e-9)
+    return max(0, int(target_fpr * (n + 1) + 1e-9) - 1)
+
+
+def fpr_bound(n: int, target_fpr: float, rule: str = "conformal") -> float:
+    """The expected FPR bound on new prompts that a calibration on n harmless ones guarantees: (k+1)/(n+1)."""
+    return (flagged_allowed(n, target_fpr, rule) + 1) / (n + 1)
+
+
+def calibration_record(n: int, target_fpr: float, rule: str = "conformal") -> dict:
+    """What a guard's metadata keeps of its α calibration: rule, n harmless prompts and the FPR bound it gives."""
+    return {"rule": rule, "target_fpr": target_fpr, "n_harmless": int(n), "fpr_bound": round(fpr_bound(n, target_fpr,
+                                                                                                      rule), 4)}
+
+
+def threshold_for_fpr(harmless_scores: torch.Tensor, target_fpr: float, rule: str = "conformal") -> float:
+    """An α (midway to the next higher score) flagging at most flagged_allowed(n, target_fpr, rule) of these harmless
+    scores; the default conformal rule bounds the expected FPR on new prompts, not just on these."""
     if not 0 <= target_fpr < 1:
         raise HarmlensError(f"target_fpr must be in [0, 1), got {target_fpr}")
     s = torch.as_tensor(harmless_scores).double().flatten()
     s = torch.sort(s[torch.isfinite(s)], descending=True).values
     if not len(s):
         raise HarmlensError("no harmless scores to calibrate on")
-    k = int(target_fpr * len(s) + 1e-9)  # flagged harmless allowed
+    k = flagged_allowed(len(s), target_fpr, rule)
     if k >= len(s):
         return float(s[-1])
     above = s[s > s[k]]  # ties with s[k] stay below α, so at most k are flagged
@@ -222,6 +248,7 @@ def fit_guard(cls, model, harmful, harmless, *, method: str = "centroid", layers
             alpha = threshold_for_fpr(sn[:, keep].mean(1), target_fpr)
             rn = _per_layer("centroid", refuse, vn[:, :, 1])[:, keep].mean(1)
             alpha_refuse = threshold_for_fpr(rn, target_fpr)
+            fit_info["calibration"] = calibration_record(len(sn), target_fpr)
         rows, params = rows[keep], {k: v[keep] for k, v in params.items()}
         refuse = {k: v[keep] for k, v in refuse.items()}
     meta = {"format": FORMAT, "version": VERSION, **model_signature(model), "method": method, "position": "t_inst",

@@ -120,8 +120,9 @@ class LatentGuard:
         """Fit centroids (or per-layer logistic probes) at t_inst; layers chosen on held-out data when None.
 
         Keywords: val_harmful/val_harmless (else val_fraction=0.25 of each set is held out for the layer choice and
-        the alpha calibration), balance=True, system=None, batch_size=16, seed=0, progress=False,
-        and the guard's own fail_closed/batch_size/max_length. See guards.latent_fit.fit_guard.
+        the alpha calibration; target_fpr sets alpha by the conformal rule, see latent_fit.flagged_allowed, so the
+        expected FPR on new harmless prompts is ≤ target_fpr), balance=True, system=None, batch_size=16, seed=0,
+        progress=False, and the guard's own fail_closed/batch_size/max_length. See guards.latent_fit.fit_guard.
         read='span' (method='probe'): token-level probes scored at every token up to t_inst, keeping the top score,
         fitted on the prompts plain and wrapped in jailbreaks (wrappers=...); catches requests inside jailbreak
         wrappers that end in constant text; token_probe='mlp' (default, guards.mlp_probe) or 'linear'; two_part
@@ -238,12 +239,13 @@ class LatentGuard:
             raise HarmlensError(f"prompts must be a string or a list, got {type(prompts).__name__}")
         return self.check(list(prompts))
 
-    def calibrate(self, harmless: Sequence[str | ChatPrompt], target_fpr: float) -> float:
-        """Set alpha so at most target_fpr of these held-out harmless prompts are flagged; returns alpha."""
-        from guards.latent_fit import threshold_for_fpr
+    def calibrate(self, harmless: Sequence[str | ChatPrompt], target_fpr: float, rule: str = "conformal") -> float:
+        """Set alpha from these held-out harmless prompts so the expected FPR on new ones is ≤ target_fpr (rule
+        'conformal'; 'empirical': at most target_fpr of these are flagged); returns alpha."""
+        from guards.latent_fit import calibration_record, threshold_for_fpr
         scores = torch.tensor([v.score for v in self.check(list(harmless)) if v.error is None])
-        self.alpha = threshold_for_fpr(scores, target_fpr)
-        self.metadata["calibration"] = {"target_fpr": target_fpr, "n_harmless": int(len(scores))}
+        self.alpha = threshold_for_fpr(scores, target_fpr, rule)
+        self.metadata["calibration"] = calibration_record(len(scores), target_fpr, rule)
         return self.alpha
 
     def refusal_guard(self) -> "LatentGuard":

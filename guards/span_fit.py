@@ -29,7 +29,8 @@ from probes.io import model_signature
 from guards.latent_guard import FORMAT, MLP_VERSION, VERSION, span_positions
 from guards.mlp_probe import MLPProbeConfig, train_mlp_probe
 from guards.span_scoring import scaled_max, scales_from, span_parts
-from guards.latent_fit import _check_set, auroc, balanced_variants, hold_out, threshold_for_fpr, train_probes
+from guards.latent_fit import (_check_set, auroc, balanced_variants, calibration_record, hold_out, threshold_for_fpr,
+                               train_probes)
 
 FIT_NAMED = ("aim", "refusal_suppression", "evil_confidant", "payload_splitting")
 TOKEN_PROBES = ("mlp", "linear")
@@ -208,4 +209,5 @@ def fit_span_guard(cls, model, harmful, harmless, *, method: str = "probe", laye
             guard.alpha = threshold_for_fpr(sn, target_fpr)
             refuse = torch.tensor([v.score for v in guard.refusal_guard().check(val_harmless)])
             guard.metadata["alpha_refuse"] = threshold_for_fpr(refuse, target_fpr)
+            guard.metadata["fit"]["calibration"] = calibration_record(len(sn), target_fpr)
     return guard
