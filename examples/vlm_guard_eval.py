@@ -1,7 +1,9 @@
-"""Fit a centroid Latent Guard on the VLM organism; evaluate it on the shipped held-out sets and the 6 image settings.
+"""Fit a Latent Guard on the VLM organism; evaluate it on the shipped held-out sets and the 6 image settings.
 
-    python examples/vlm_guard_eval.py [--out runs/vlm_guard] [--n 32]
-Fit: 128 + 128 built-in training prompts (text only), alpha calibrated to 5% FPR; baseline: the Δrefuse rule.
+    python examples/vlm_guard_eval.py [--out runs/vlm_guard] [--n 32] [--read t_inst|span]
+Fit: 128 + 128 built-in training prompts (text only), alpha calibrated to 5% FPR (conformal); `--read t_inst` (default)
+is the centroid rule, `--read span` the span guard (MLP token probe, its fit wrappers left out of the jailbreak sets);
+baseline: the Δrefuse rule.
 Image sets: every held-out prompt under img_in / img_end / img_out, as is and swapped, with one built-in synthetic
 image (pixel_values in the guard's forward). Writes guard.safetensors, report.{json,md} and roc.png.
 """
@@ -19,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import guards  # noqa: E402
 from guards.guard_eval import evaluate_guard  # noqa: E402
-from guards.guard_sets import shipped_sets  # noqa: E402
+from guards.guard_sets import fit_wrappers, shipped_sets  # noqa: E402
 from guards.latent_guard import LatentGuard  # noqa: E402
 from guards.vlm_guard import ImageAwareDetector, image_sets  # noqa: E402
 from probes.data import builtin_prompts  # noqa: E402
@@ -30,15 +32,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/vlm_guard"))
     parser.add_argument("--n", type=int, default=32, help="prompts per evaluation set")
+    parser.add_argument("--read", choices=("t_inst", "span"), default="t_inst", help="the guard's read")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
     vlm = guards.load_organism("vlm")
+    kind = {"method": "probe", "read": "span"} if args.read == "span" else {}
     guard = LatentGuard.fit(vlm, builtin_prompts("harmful", "train")[:128], builtin_prompts("harmless", "train")[:128],
-                            target_fpr=0.05, progress=False)
+                            target_fpr=0.05, progress=args.read == "span", **kind)
     args.out.mkdir(parents=True, exist_ok=True)
     guard.save(args.out / "guard.safetensors")
-    sets = shipped_sets(vlm, limit=args.n)
+    print(f"fitted in {time.perf_counter() - start:.0f} s: layers {guard.layers}, alpha {guard.alpha:.4g}", flush=True)
+    sets = shipped_sets(vlm, limit=args.n, exclude=fit_wrappers(guard))
     sets.update(image_sets(vlm, sets["plain_harmful"][0], sets["plain_harmless"][0]))
     report = evaluate_guard(ImageAwareDetector(guard, vlm.processor), sets,
                             baselines=[ImageAwareDetector(guard.refusal_guard(), vlm.processor, "delta_refuse")])

@@ -34,11 +34,20 @@ def image_position(prompt: ChatPrompt, position: int, image_id: int, n_image_tok
     return position + before * (n_image_tokens - 1)
 
 
+def read_positions(guard: LatentGuard, prompt: ChatPrompt, image_id: int, n_image: int) -> list[int]:
+    """Positions of the expanded prompt the guard reads: t_inst or t_post_inst mapped past the image tokens, or for a
+    span guard every text token up to t_inst (the image's own tokens are not text and are skipped)."""
+    if guard.position != "span":
+        where = prompt.t_inst if guard.position == "t_inst" else prompt.t_post_inst
+        return [image_position(prompt, where, image_id, n_image)]
+    return [image_position(prompt, p, image_id, n_image) for p in range(prompt.t_inst + 1)
+            if prompt.input_ids[p] != image_id]
+
+
 def image_acts(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> torch.Tensor:
-    """[n, n_layers, d] at the guard's position (t_inst or t_post_inst), one forward with pixel_values per prompt."""
+    """[n, n_layers, d] at the guard's position (t_inst or t_post_inst), or [n, n_layers, n_pos, d] for a span guard
+    (padded by repeating t_inst), one forward with pixel_values per prompt."""
     model = guard._require_model()
-    if guard.position == "span":
-        raise HarmlensError("span guards do not read image prompts yet: fit a t_inst guard for the VLM")
     tok = getattr(processor, "tokenizer", None) or model.tokenizer
     image_id = tok.convert_tokens_to_ids(processor.image_token)
     names = [resid_hook_name(model, layer) for layer in guard.layers]
@@ -49,13 +58,14 @@ def image_acts(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> t
         n_image = int((ids[0] == image_id).sum()) // max(1, n_images)
         if ids.shape[1] != image_position(item.prompt, len(item.prompt), image_id, n_image):
             raise HarmlensError("the processor's tokens do not match the rendered prompt's (image expansion)")
-        where = item.prompt.t_inst if guard.position == "t_inst" else item.prompt.t_post_inst
-        pos = image_position(item.prompt, where, image_id, n_image)
+        pos = read_positions(guard, item.prompt, image_id, n_image)
         with torch.no_grad():
             _, cache = model.run_with_cache(ids.to(device), pixel_values=enc["pixel_values"].to(device),
                                             names_filter=lambda n: n in names)
-        out.append(torch.stack([cache[n][0, pos] for n in names]).float().cpu())
-    return torch.stack(out)
+        out.append(torch.stack([cache[n][0, pos] for n in names]).float().cpu())  # [n_layers, n_pos, d]
+    width = max(a.shape[1] for a in out)
+    out = [torch.cat([a, a[:, -1:].expand(-1, width - a.shape[1], -1)], 1) for a in out]
+    return torch.stack(out) if guard.position == "span" else torch.stack(out)[:, :, 0]
 
 
 def check_images(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> list[Verdict]:
