@@ -1,7 +1,7 @@
 """Fit a Latent Guard on the VLM organism; evaluate it on the shipped held-out sets and the 6 image settings.
 
     python examples/vlm_guard_eval.py [--out runs/vlm_guard] [--n 32] [--read t_inst|span]
-Fit: 128 + 128 built-in training prompts (text only), alpha calibrated to 5% FPR (conformal); `--read t_inst` (default)
+Fit: --n-fit (128) + 128 built-in training prompts (text only), alpha calibrated to 5% FPR (conformal); `--read t_inst` (default)
 is the centroid rule, `--read span` the span guard (MLP token probe, its fit wrappers left out of the jailbreak sets);
 baseline: the Δrefuse rule.
 Image sets: every held-out prompt under img_in / img_end / img_out, as is and swapped, with one built-in synthetic
@@ -33,12 +33,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/vlm_guard"))
     parser.add_argument("--n", type=int, default=32, help="prompts per evaluation set")
     parser.add_argument("--read", choices=("t_inst", "span"), default="t_inst", help="the guard's read")
+    parser.add_argument("--n-fit", type=int, default=128, help="built-in training prompts per class (at most 259/300)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
     vlm = guards.load_organism("vlm")
     kind = {"method": "probe", "read": "span"} if args.read == "span" else {}
-    guard = LatentGuard.fit(vlm, builtin_prompts("harmful", "train")[:128], builtin_prompts("harmless", "train")[:128],
+    guard = LatentGuard.fit(vlm, builtin_prompts("harmful", "train")[:args.n_fit],
+                            builtin_prompts("harmless", "train")[:args.n_fit],
                             target_fpr=0.05, progress=args.read == "span", **kind)
     args.out.mkdir(parents=True, exist_ok=True)
     guard.save(args.out / "guard.safetensors")
