@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from guards.datasets import harmless_train  # noqa: E402
 from guards.guard_sets import fit_wrappers, shipped_sets  # noqa: E402
-from guards.latent_fit import CALIBRATION_RULES, fpr_bound, hold_out, threshold_for_fpr  # noqa: E402
+from guards.latent_fit import CALIBRATION_RULES, calibration_record, hold_out, threshold_for_fpr  # noqa: E402
 from guards.latent_guard import LatentGuard  # noqa: E402
 from probes.data import builtin_prompts  # noqa: E402
 from probes.loading import load_model  # noqa: E402
@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
         for rule in CALIBRATION_RULES:
             alpha = threshold_for_fpr(scores[pool], TARGET, rule)
             flagged = {k: sum(s >= alpha for s in v) / len(v) for k, v in scores.items()}
-            columns.append({"pool": pool, "rule": rule, "alpha": alpha, "flagged": flagged,
-                            "fpr_bound": fpr_bound(len(scores[pool]), TARGET, rule) if rule == "conformal" else None})
-    head = "| set (n) | " + " | ".join(f"{c['pool']} ({len(scores[c['pool']])}), {c['rule']} (α = {c['alpha']:.2f})" for c in columns) + " |"
+            columns.append({"pool": pool, "alpha": alpha, "flagged": flagged,
+                            **calibration_record(len(scores[pool]), TARGET, rule)})
+    head = "| set (n) | " + " | ".join(f"{c['pool']} ({c['n_harmless']}), {c['rule']} (α = {c['alpha']:.2f})"
+                                      for c in columns) + " |"
     rows = [f"| {k} ({len(scores[k])}) | " + " | ".join(f"{100 * c['flagged'][k]:.1f}%" for c in columns) + " |"
             for k in scores]
     md = "\n".join([f"Share flagged by `{args.guard}` at α calibrated for {TARGET:.0%} FPR:", "", head,

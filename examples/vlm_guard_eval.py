@@ -1,9 +1,9 @@
 """Fit a Latent Guard on the VLM organism; evaluate it on the shipped held-out sets and the 6 image settings.
 
-    python examples/vlm_guard_eval.py [--out runs/vlm_guard] [--n 32] [--read t_inst|span]
-Fit: --n-fit (128) + 128 built-in training prompts (text only), alpha calibrated to 5% FPR (conformal); `--read t_inst` (default)
-is the centroid rule, `--read span` the span guard (MLP token probe, its fit wrappers left out of the jailbreak sets);
-baseline: the Δrefuse rule.
+    python examples/vlm_guard_eval.py [--out runs/vlm_guard] [--n 32] [--read t_inst|span] [--n-fit 128]
+Fit: the first --n-fit built-in training prompts per class (text only), alpha calibrated to 5% FPR (conformal);
+`--read t_inst` (default) is the centroid rule, `--read span` the span guard (MLP token probe, its fit wrappers left
+out of the jailbreak sets); baseline: the Δrefuse rule.
 Image sets: every held-out prompt under img_in / img_end / img_out, as is and swapped, with one built-in synthetic
 image (pixel_values in the guard's forward). Writes guard.safetensors, report.{json,md} and roc.png.
 """

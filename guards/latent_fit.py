@@ -63,8 +63,8 @@ def fpr_bound(n: int, target_fpr: float, rule: str = "conformal") -> float:
 
 def calibration_record(n: int, target_fpr: float, rule: str = "conformal") -> dict:
     """What a guard's metadata keeps of its α calibration: rule, n harmless prompts and the FPR bound it gives."""
-    return {"rule": rule, "target_fpr": target_fpr, "n_harmless": int(n), "fpr_bound": round(fpr_bound(n, target_fpr,
-                                                                                                      rule), 4)}
+    bound = fpr_bound(n, target_fpr, rule)
+    return {"rule": rule, "target_fpr": target_fpr, "n_harmless": int(n), "fpr_bound": round(bound, 4)}
 
 
 def threshold_for_fpr(harmless_scores: torch.Tensor, target_fpr: float, rule: str = "conformal") -> float:

@@ -35,13 +35,12 @@ def image_position(prompt: ChatPrompt, position: int, image_id: int, n_image_tok
 
 
 def read_positions(guard: LatentGuard, prompt: ChatPrompt, image_id: int, n_image: int) -> list[int]:
-    """Positions of the expanded prompt the guard reads: t_inst or t_post_inst mapped past the image tokens, or for a
-    span guard every text token up to t_inst (the image's own tokens are not text and are skipped)."""
-    if guard.position != "span":
-        where = prompt.t_inst if guard.position == "t_inst" else prompt.t_post_inst
-        return [image_position(prompt, where, image_id, n_image)]
-    return [image_position(prompt, p, image_id, n_image) for p in range(prompt.t_inst + 1)
-            if prompt.input_ids[p] != image_id]
+    """The guard's positions (LatentGuard.select) mapped past the image tokens; a span guard skips the image's own
+    tokens, which are not text."""
+    positions = guard.select(prompt)
+    if guard.position == "span":
+        positions = [p for p in positions if prompt.input_ids[p] != image_id]
+    return [image_position(prompt, p, image_id, n_image) for p in positions]
 
 
 def image_acts(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> torch.Tensor:
