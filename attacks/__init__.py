@@ -1,21 +1,51 @@
 """harmlens.attacks: role-modality perturbations, text jailbreaks, GCG, judges, ASR evaluation and refusal projections."""
 
-from attacks.evaluate import evaluate_asr, rejudge
-from attacks.gcg import GCGConfig, GCGResult, gcg_attack, gcg_jailbreak, gcg_many
-from attacks.jailbreaks import NAMED as JAILBREAKS
-from attacks.jailbreaks import Jailbreak, get_jailbreak, gptfuzzer, gptfuzzer_templates
-from attacks.judges import Judge, JudgeItem, RefusalScoreJudge, SubstringJudge, coherent, get_judge
-from attacks.model_judge import ModelJudge
-from attacks.projection import ProjectionResult, default_band, projection_analysis
-from attacks.quality import is_answer
-from attacks.report import AttackReport, Rate, wilson_interval
-from attacks.settings import SETTINGS, TEXT_SETTINGS, Setting, get_setting, perturb, perturb_many, perturb_text
-from attacks.template import RoleTemplate, role_template
+from harmlens.attacks.evaluate import evaluate_asr, rejudge
+from harmlens.attacks.gcg import GCGConfig, GCGResult, gcg_attack, gcg_jailbreak, gcg_many
+from harmlens.attacks.jailbreaks import NAMED as JAILBREAKS
+from harmlens.attacks.jailbreaks import Jailbreak, get_jailbreak, gptfuzzer, gptfuzzer_templates
+from harmlens.attacks.judges import Judge, JudgeItem, RefusalScoreJudge, SubstringJudge, coherent, get_judge
+from harmlens.attacks.model_judge import ModelJudge
+from harmlens.attacks.projection import ProjectionResult, default_band, projection_analysis
+from harmlens.attacks.quality import is_answer
+from harmlens.attacks.report import AttackReport, Rate, wilson_interval
+from harmlens.attacks.settings import SETTINGS, TEXT_SETTINGS, Setting, get_setting, perturb, perturb_many, perturb_text
+from harmlens.attacks.template import RoleTemplate, role_template
 
 __all__ = [
-    "AttackReport", "GCGConfig", "GCGResult", "JAILBREAKS", "Jailbreak", "Judge", "JudgeItem", "ModelJudge",
-    "ProjectionResult", "Rate", "RefusalScoreJudge", "RoleTemplate", "SETTINGS", "Setting", "SubstringJudge",
-    "TEXT_SETTINGS", "coherent", "default_band", "is_answer", "evaluate_asr", "rejudge", "gcg_attack", "gcg_jailbreak", "gcg_many",
-    "get_jailbreak", "get_judge", "get_setting", "gptfuzzer", "gptfuzzer_templates", "perturb", "perturb_many",
-    "perturb_text", "projection_analysis", "role_template", "wilson_interval",
+    "AttackReport",
+    "GCGConfig",
+    "GCGResult",
+    "JAILBREAKS",
+    "Jailbreak",
+    "Judge",
+    "JudgeItem",
+    "ModelJudge",
+    "ProjectionResult",
+    "Rate",
+    "RefusalScoreJudge",
+    "RoleTemplate",
+    "SETTINGS",
+    "Setting",
+    "SubstringJudge",
+    "TEXT_SETTINGS",
+    "coherent",
+    "default_band",
+    "is_answer",
+    "evaluate_asr",
+    "rejudge",
+    "gcg_attack",
+    "gcg_jailbreak",
+    "gcg_many",
+    "get_jailbreak",
+    "get_judge",
+    "get_setting",
+    "gptfuzzer",
+    "gptfuzzer_templates",
+    "perturb",
+    "perturb_many",
+    "perturb_text",
+    "projection_analysis",
+    "role_template",
+    "wilson_interval",
 ]

@@ -1,4 +1,4 @@
-"""CLI: `python -m attacks run|gcg|list` — ASR under RMA settings × text jailbreaks, GCG suffixes, projections."""
+"""CLI: `python -m harmlens.attacks run|gcg|list` — ASR under RMA settings × text jailbreaks, GCG suffixes, projections."""
 
 from __future__ import annotations
 
@@ -8,20 +8,29 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from probes.cli_common import parse_layers, run_cli
+from harmlens.cli import parse_layers, run_cli
 
-_MODEL_HELP = ("Hub name or local HF folder (default: the embedded SmolLM2-135M-Instruct); for an organism pass its "
-               "cached folder, which `python -m guards` prints (attacks never imports guards)")
+_MODEL_HELP = (
+    "Hub name or local HF folder (default: the embedded SmolLM2-135M-Instruct); for an organism pass its "
+    "cached folder, which `python -m harmlens.guards` prints (attacks never imports guards)"
+)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help=_MODEL_HELP)
-    p.add_argument("--prompts", default=None, help="prompt file (.json/.jsonl/.csv/.txt) or builtin:harmful[:val] "
-                                                    "(default: builtin:harmful:val, not used to train the organisms)")
+    p.add_argument(
+        "--prompts",
+        default=None,
+        help="prompt file (.json/.jsonl/.csv/.txt) or builtin:harmful[:val] "
+        "(default: builtin:harmful:val, not used to train the organisms)",
+    )
     p.add_argument("--limit", type=int, default=None, help="first N prompts only")
     p.add_argument("--out", required=True, type=Path, help="output folder (results stream to results.jsonl; resumable)")
-    p.add_argument("--judge", default="substring:rma",
-                   help="substring:jbb|rma|zhao, refusal_score (no generation) or model:<name or path>")
+    p.add_argument(
+        "--judge",
+        default="substring:rma",
+        help="substring:jbb|rma|zhao, refusal_score (no generation) or model:<name or path>",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (seeded)")
@@ -33,21 +42,33 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse tree of `python -m attacks`."""
-    parser = argparse.ArgumentParser(prog="python -m attacks", description=__doc__)
+    """The argparse tree of `python -m harmlens.attacks`."""
+    parser = argparse.ArgumentParser(prog="python -m harmlens.attacks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="ASR of every requested setting × jailbreak; report.md, report.json, heatmaps",
-                         description="Settings: 'all' = every setting the model supports (2 for text-only, 8 for a "
-                                     "VLM) or a comma list (none,swap,img_in,...). Jailbreaks: comma list of names, "
-                                     "'all' (the 7 named ones), 'gptfuzzer' (77 templates) or gptfuzzer:<id>.")
+    run = sub.add_parser(
+        "run",
+        help="ASR of every requested setting × jailbreak; report.md, report.json, heatmaps",
+        description="Settings: 'all' = every setting the model supports (2 for text-only, 8 for a "
+        "VLM) or a comma list (none,swap,img_in,...). Jailbreaks: comma list of names, "
+        "'all' (the 7 named ones), 'gptfuzzer' (77 templates) or gptfuzzer:<id>.",
+    )
     _common(run)
     run.add_argument("--settings", default="all")
     run.add_argument("--jailbreaks", default="", help="e.g. aim,prefix_injection or all (default: none)")
-    run.add_argument("--images", default="builtin", help="image path for the image settings of a VLM "
-                     "(default: builtin, one seeded synthetic image)")
-    run.add_argument("--directions", type=Path, default=None,
-                     help="directions.safetensors (python -m probes extract) for the refusal-projection analysis")
-    run.add_argument("--band", default=None, help="layer band for the projection, e.g. '12-15' (default: RMA's, scaled)")
+    run.add_argument(
+        "--images",
+        default="builtin",
+        help="image path for the image settings of a VLM (default: builtin, one seeded synthetic image)",
+    )
+    run.add_argument(
+        "--directions",
+        type=Path,
+        default=None,
+        help="directions.safetensors (python -m harmlens.probes extract) for the refusal-projection analysis",
+    )
+    run.add_argument(
+        "--band", default=None, help="layer band for the projection, e.g. '12-15' (default: RMA's, scaled)"
+    )
     gcg = sub.add_parser("gcg", help="GCG suffix per prompt, then their ASR with and without role swap")
     _common(gcg)
     gcg.add_argument("--steps", type=int, default=40)
@@ -60,20 +81,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _setup(args):
-    from probes.data import load_prompt_source
-    from probes.loading import load_model
+    from harmlens.probes.data import load_prompt_source
+    from harmlens.probes.loading import load_model
 
     prompts = load_prompt_source(args.prompts, "harmful", "val", args.limit)
     return load_model(args.model), prompts
 
 
 def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor=None):
-    from attacks.evaluate import evaluate_asr
+    from harmlens.attacks.evaluate import evaluate_asr
 
-    report = evaluate_asr(model, prompts, settings=settings, jailbreaks=jailbreaks, judge=args.judge, images=images,
-                          out=args.out, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                          do_sample=args.sample, temperature=args.temperature, seed=args.seed, system=args.system,
-                          strip_system=args.strip_system, processor=processor, progress=not args.quiet)
+    report = evaluate_asr(
+        model,
+        prompts,
+        settings=settings,
+        jailbreaks=jailbreaks,
+        judge=args.judge,
+        images=images,
+        out=args.out,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        seed=args.seed,
+        system=args.system,
+        strip_system=args.strip_system,
+        processor=processor,
+        progress=not args.quiet,
+    )
     report.save(args.out)
     return report
 
@@ -92,18 +127,23 @@ def cmd_run(args: argparse.Namespace) -> dict:
     if processor is None and _is_vlm(model):  # the processor expands the image token and makes pixel_values
         from transformers import AutoProcessor
 
-        from probes.loading import resolve_model_path
+        from harmlens.probes.loading import resolve_model_path
 
         processor = AutoProcessor.from_pretrained(resolve_model_path(args.model)[0])
     report = _evaluate(args, model, prompts, args.settings, jailbreaks, args.images, processor)
     result = {"out": str(args.out), "asr": {k: round(v.asr, 4) for k, v in report.asr.items()}}
     if args.directions is not None:
-        from probes.directions import Directions
+        from harmlens.attacks.projection import projection_analysis
+        from harmlens.probes.directions import Directions
 
-        from attacks.projection import projection_analysis
-
-        proj = projection_analysis(model, report, Directions.load(args.directions, model=model),
-                                   band=parse_layers(args.band), batch_size=args.batch_size, progress=not args.quiet)
+        proj = projection_analysis(
+            model,
+            report,
+            Directions.load(args.directions, model=model),
+            band=parse_layers(args.band),
+            batch_size=args.batch_size,
+            progress=not args.quiet,
+        )
         proj.save(args.out)
         result["projection_band_cos"] = dict(proj.ranking())
     return result
@@ -111,32 +151,47 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
 def cmd_gcg(args: argparse.Namespace) -> dict:
     """GCG suffixes, saved to gcg.json, then evaluated under none and swap."""
-    from probes.io import atomic_write_text
-
-    from attacks.gcg import GCGConfig, gcg_jailbreak, gcg_many
+    from harmlens.attacks.gcg import GCGConfig, gcg_jailbreak, gcg_many
+    from harmlens.io import atomic_write_text
 
     model, prompts = _setup(args)
-    cfg = GCGConfig(suffix_len=args.suffix_len, steps=args.steps, top_k=args.top_k, batch=args.candidates,
-                    target=args.target, seed=args.seed)
+    cfg = GCGConfig(
+        suffix_len=args.suffix_len,
+        steps=args.steps,
+        top_k=args.top_k,
+        batch=args.candidates,
+        target=args.target,
+        seed=args.seed,
+    )
     results = gcg_many(model, prompts, cfg, progress=not args.quiet)
     seconds = sum(r.seconds for r in results)
-    atomic_write_text(args.out / "gcg.json", json.dumps({"config": asdict(cfg), "seconds": seconds,
-                                                         "results": [asdict(r) for r in results]}, indent=1))
+    atomic_write_text(
+        args.out / "gcg.json",
+        json.dumps({"config": asdict(cfg), "seconds": seconds, "results": [asdict(r) for r in results]}, indent=1),
+    )
     report = _evaluate(args, model, prompts, ["none", "swap"], [gcg_jailbreak(results)])
-    return {"out": str(args.out), "gcg_seconds": round(seconds, 1),
-            "asr": {k: round(v.asr, 4) for k, v in report.asr.items()}}
+    return {
+        "out": str(args.out),
+        "gcg_seconds": round(seconds, 1),
+        "asr": {k: round(v.asr, 4) for k, v in report.asr.items()},
+    }
 
 
 def cmd_list(args: argparse.Namespace) -> dict:
     """Names a user can pass."""
-    from attacks.jailbreaks import NAMED, gptfuzzer_templates
-    from attacks.settings import SETTINGS
+    from harmlens.attacks.jailbreaks import NAMED, gptfuzzer_templates
+    from harmlens.attacks.settings import SETTINGS
 
-    return {"settings": {s.name: f"image {s.image}, {'swapped' if s.swap else 'roles as is'} ({s.paper!r})"
-                         for s in SETTINGS},
-            "jailbreaks": {**{k: v.description for k, v in NAMED.items()},
-                           "gptfuzzer:<id>": f"{len(gptfuzzer_templates())} GPTFuzzer templates"},
-            "judges": ["substring:jbb", "substring:rma", "substring:zhao", "refusal_score", "model:<name or path>"]}
+    return {
+        "settings": {
+            s.name: f"image {s.image}, {'swapped' if s.swap else 'roles as is'} ({s.paper!r})" for s in SETTINGS
+        },
+        "jailbreaks": {
+            **{k: v.description for k, v in NAMED.items()},
+            "gptfuzzer:<id>": f"{len(gptfuzzer_templates())} GPTFuzzer templates",
+        },
+        "judges": ["substring:jbb", "substring:rma", "substring:zhao", "refusal_score", "model:<name or path>"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return 0
 
-    return run_cli(run, interrupted="interrupted: finished items are in results.jsonl; rerun the same command to resume")
+    return run_cli(
+        run, interrupted="interrupted: finished items are in results.jsonl; rerun the same command to resume"
+    )
 
 
 if __name__ == "__main__":

@@ -10,21 +10,29 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from probes.chat import ChatPrompt
-from probes.errors import HarmlensError
-from probes.loading import model_name
-
-from attacks.images import load_images
-from attacks.jailbreaks import Jailbreak, jailbreak_name, resolve_jailbreaks
-from attacks.judges import Judge, JudgeItem, coherent, get_judge
-from attacks.report import AttackReport
-from attacks.settings import Setting, get_setting, perturb, resolve_settings
-from attacks.template import RoleTemplate, role_template
-from attacks.vlm import generate_with_images
+from harmlens.attacks.images import load_images
+from harmlens.attacks.jailbreaks import Jailbreak, jailbreak_name, resolve_jailbreaks
+from harmlens.attacks.judges import Judge, JudgeItem, coherent, get_judge
+from harmlens.attacks.report import AttackReport
+from harmlens.attacks.settings import Setting, get_setting, perturb, resolve_settings
+from harmlens.attacks.template import RoleTemplate, role_template
+from harmlens.attacks.vlm import generate_with_images
+from harmlens.errors import HarmlensError
+from harmlens.probes.chat import ChatPrompt
+from harmlens.probes.loading import model_name
 
 RESULTS_FILE = "results.jsonl"
-_KEYS = ("model", "judge", "max_new_tokens", "do_sample", "temperature", "seed", "system", "strip_system",
-         "instructions_sha256")
+_KEYS = (
+    "model",
+    "judge",
+    "max_new_tokens",
+    "do_sample",
+    "temperature",
+    "seed",
+    "system",
+    "strip_system",
+    "instructions_sha256",
+)
 
 
 def _check_instructions(instructions) -> list[str]:
@@ -38,8 +46,9 @@ def _check_instructions(instructions) -> list[str]:
     return list(instructions)
 
 
-def build_prompts(template: RoleTemplate, instructions: list[str], settings: list[Setting],
-                  jailbreaks: list[Jailbreak | None]) -> dict[tuple[str, str, int], object]:
+def build_prompts(
+    template: RoleTemplate, instructions: list[str], settings: list[Setting], jailbreaks: list[Jailbreak | None]
+) -> dict[tuple[str, str, int], object]:
     """Every perturbed ChatPrompt, keyed (setting, jailbreak, index); errors name the item (nothing runs first)."""
     out = {}
     for jb in jailbreaks:
@@ -87,8 +96,10 @@ def _read_results(path: Path, header: dict) -> dict[tuple[str, str, int], dict]:
         old = {}
     diff = [k for k in _KEYS if old.get(k) != header.get(k)]
     if diff:
-        raise HarmlensError(f"{path} holds results of a different run ({', '.join(diff)} differ); "
-                            f"choose another output folder or delete the file")
+        raise HarmlensError(
+            f"{path} holds results of a different run ({', '.join(diff)} differ); "
+            f"choose another output folder or delete the file"
+        )
     done = {}
     for line in lines[1:]:
         try:
@@ -125,7 +136,7 @@ def evaluate_asr(
     their stored reply. Greedy runs resume exactly; sampled ones are seeded per chunk, so a resumed sampled run is
     reproducible but not identical to an uninterrupted one.
     """
-    from probes.generation import generate
+    from harmlens.probes.generation import generate
 
     instructions = _check_instructions(instructions)
     processor = processor if processor is not None else getattr(model, "processor", None)  # load_organism("vlm")
@@ -137,39 +148,71 @@ def evaluate_asr(
     jbs = resolve_jailbreaks(jailbreaks)
     judge = get_judge(judge, model)
     prompts = build_prompts(template, instructions, settings, jbs)
-    header = {"harmlens": "attacks.results", "model": model_name(model), "judge": judge.name,
-              "max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature if do_sample else None,
-              "seed": seed, "system": system, "strip_system": strip_system, "n_instructions": len(instructions),
-              "instructions_sha256": hashlib.sha256(json.dumps(instructions).encode()).hexdigest()}
+    header = {
+        "harmlens": "attacks.results",
+        "model": model_name(model),
+        "judge": judge.name,
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "temperature": temperature if do_sample else None,
+        "seed": seed,
+        "system": system,
+        "strip_system": strip_system,
+        "n_instructions": len(instructions),
+        "instructions_sha256": hashlib.sha256(json.dumps(instructions).encode()).hexdigest(),
+    }
     path = Path(out) / RESULTS_FILE if out is not None else None
     done = _read_results(path, header) if path is not None else {}
     if path is not None and not done and (not path.is_file() or path.stat().st_size == 0):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(header) + "\n", encoding="utf-8")
     todo = [k for k in prompts if k not in done or (done[k]["success"] is None and done[k]["reply"] is not None)]
-    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc="attacking", unit="prompt",
-               disable=not progress)
+    bar = tqdm(
+        total=len(prompts), initial=len(prompts) - len(todo), desc="attacking", unit="prompt", disable=not progress
+    )
     chunk = batch_size * 4
     for start in range(0, len(todo), chunk):
-        keys = todo[start:start + chunk]
+        keys = todo[start : start + chunk]
         need = [k for k in keys if judge.needs_reply and k not in done]
-        gen = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample, temperature=temperature,
-                   seed=seed + start)
+        gen = dict(
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            do_sample=do_sample,
+            temperature=temperature,
+            seed=seed + start,
+        )
         text_keys = [k for k in need if not get_setting(k[0]).needs_image]
-        replies = dict(zip(text_keys, generate(model, [prompts[k] for k in text_keys], progress=False, **gen)
-                           if text_keys else []))
+        replies = dict(
+            zip(text_keys, generate(model, [prompts[k] for k in text_keys], progress=False, **gen) if text_keys else [])
+        )
         image_keys = [k for k in need if get_setting(k[0]).needs_image]
         if image_keys:
-            replies.update(zip(image_keys, generate_with_images(
-                model, processor, [prompts[k] for k in image_keys], [pictures[k[2]] for k in image_keys], **gen)))
+            replies.update(
+                zip(
+                    image_keys,
+                    generate_with_images(
+                        model, processor, [prompts[k] for k in image_keys], [pictures[k[2]] for k in image_keys], **gen
+                    ),
+                )
+            )
         for k in keys:
             replies.setdefault(k, done[k]["reply"] if k in done else None)
         items = [JudgeItem(instructions[k[2]], prompts[k], replies[k]) for k in keys]
         records = []
         for k, item, (success, error) in zip(keys, items, judge_safely(judge, items)):
-            records.append({"setting": k[0], "jailbreak": k[1], "index": k[2], "instruction": item.instruction,
-                            "prompt": item.prompt.text, "reply": item.reply, "success": success, "error": error,
-                            "coherent": coherent(item.reply) if item.reply is not None else None})
+            records.append(
+                {
+                    "setting": k[0],
+                    "jailbreak": k[1],
+                    "index": k[2],
+                    "instruction": item.instruction,
+                    "prompt": item.prompt.text,
+                    "reply": item.reply,
+                    "success": success,
+                    "error": error,
+                    "coherent": coherent(item.reply) if item.reply is not None else None,
+                }
+            )
         done.update({(r["setting"], r["jailbreak"], r["index"]): r for r in records})
         if path is not None:
             with open(path, "a", encoding="utf-8") as fh:
@@ -191,8 +234,15 @@ def rejudge(report: AttackReport, judge: str | Judge, model=None) -> AttackRepor
     items = []
     for r in report.records:
         ids = tuple(tok(r["prompt"], add_special_tokens=False)["input_ids"]) if tok is not None else (0, 0)
-        items.append(JudgeItem(r["instruction"], ChatPrompt(r["instruction"], r["prompt"], ids, len(ids) - 2,
-                                                            (len(ids) - 1,)), r["reply"]))
-    records = [{**r, "success": success, "error": error}
-               for r, (success, error) in zip(report.records, judge_safely(judge, items))]
+        items.append(
+            JudgeItem(
+                r["instruction"],
+                ChatPrompt(r["instruction"], r["prompt"], ids, len(ids) - 2, (len(ids) - 1,)),
+                r["reply"],
+            )
+        )
+    records = [
+        {**r, "success": success, "error": error}
+        for r, (success, error) in zip(report.records, judge_safely(judge, items))
+    ]
     return AttackReport(records, {**report.meta, "judge": judge.name})

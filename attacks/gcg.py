@@ -13,13 +13,13 @@ from functools import lru_cache
 import torch
 from tqdm.auto import tqdm
 
-from probes.chat import clean_instruction
-from probes.errors import HarmlensError
-from probes.generation import _cache_kwarg, ensure_kv_cache_compat
-from probes.loading import model_device
-
-from attacks.jailbreaks import Jailbreak
-from attacks.template import RoleTemplate, role_template
+from harmlens.attacks.jailbreaks import Jailbreak
+from harmlens.attacks.template import RoleTemplate, role_template
+from harmlens.compat import ensure_kv_cache_compat
+from harmlens.errors import HarmlensError
+from harmlens.probes.chat import clean_instruction
+from harmlens.probes.generation import _cache_kwarg
+from harmlens.probes.loading import model_device
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,9 @@ class GCGConfig:
     target: str = "Sure, here is"
     seed: int = 0
     early_stop: bool = True  # stop once the target is the greedy (teacher-forced) continuation
+
+
+DEFAULT_GCG = GCGConfig()
 
 
 @dataclass
@@ -86,13 +89,15 @@ class _Objective:
         cache = copy.deepcopy(self.cache)
         cache.batch_repeat_interleave(B)
         pos = torch.arange(len(self.prefix), len(self.prefix) + embeds.shape[1], device=self.device).expand(B, -1)
-        hidden = self.hf.model(inputs_embeds=embeds, position_ids=pos, use_cache=True,
-                               **{self.cache_kw: cache}).last_hidden_state
+        hidden = self.hf.model(
+            inputs_embeds=embeds, position_ids=pos, use_cache=True, **{self.cache_kw: cache}
+        ).last_hidden_state
         start = n_suffix + P - 1
-        logits = self.hf.lm_head(hidden[:, start:start + T]).float()
+        logits = self.hf.lm_head(hidden[:, start : start + T]).float()
         self.last_hits = (logits.argmax(-1) == self.target).all(-1)
-        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), self.target.expand(B, -1),
-                                                 reduction="none").mean(-1)
+        return torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), self.target.expand(B, -1), reduction="none"
+        ).mean(-1)
 
     def gradient(self, suffix: torch.Tensor) -> torch.Tensor:
         """d loss / d one-hot(suffix): [n_suffix, vocab]."""
@@ -116,8 +121,9 @@ class _Objective:
         return torch.cat(out), torch.cat(hits)
 
 
-def _sample(suffix: torch.Tensor, grad: torch.Tensor, allowed: torch.Tensor, cfg: GCGConfig, gen: torch.Generator
-            ) -> torch.Tensor:
+def _sample(
+    suffix: torch.Tensor, grad: torch.Tensor, allowed: torch.Tensor, cfg: GCGConfig, gen: torch.Generator
+) -> torch.Tensor:
     """cfg.batch candidates, each with one position swapped for one of its top-k (most negative gradient) tokens."""
     grad = grad.clone()
     grad[:, ~allowed.to(grad.device)] = float("inf")
@@ -129,8 +135,14 @@ def _sample(suffix: torch.Tensor, grad: torch.Tensor, allowed: torch.Tensor, cfg
     return cand.to(suffix.device)
 
 
-def gcg_attack(model, instruction: str, config: GCGConfig = GCGConfig(), *, template: RoleTemplate | None = None,
-               progress: bool = False) -> GCGResult:
+def gcg_attack(
+    model,
+    instruction: str,
+    config: GCGConfig = DEFAULT_GCG,
+    *,
+    template: RoleTemplate | None = None,
+    progress: bool = False,
+) -> GCGResult:
     """Search a suffix that makes the model start its reply with config.target; returns the best one found."""
     start, cfg, tok = time.perf_counter(), config, model.tokenizer
     if cfg.suffix_len < 1 or cfg.steps < 1 or cfg.top_k < 1 or cfg.batch < 1:
@@ -158,12 +170,12 @@ def gcg_attack(model, instruction: str, config: GCGConfig = GCGConfig(), *, temp
         if float(loss[i]) < trace[-1]:
             best, reached = suffix.clone(), bool(hit[i])
         trace.append(min(trace[-1], float(loss[i])))
-    return GCGResult(instruction, tok.decode(best.tolist()), best.tolist(), trace, time.perf_counter() - start,
-                     reached)
+    return GCGResult(instruction, tok.decode(best.tolist()), best.tolist(), trace, time.perf_counter() - start, reached)
 
 
-def gcg_many(model, instructions: Sequence[str], config: GCGConfig = GCGConfig(), *, progress: bool = True
-             ) -> list[GCGResult]:
+def gcg_many(
+    model, instructions: Sequence[str], config: GCGConfig = DEFAULT_GCG, *, progress: bool = True
+) -> list[GCGResult]:
     """One suffix per instruction (individual GCG)."""
     if not instructions:
         raise HarmlensError("empty instruction list: nothing to attack")
@@ -179,9 +191,9 @@ def gcg_jailbreak(results: Sequence[GCGResult]) -> Jailbreak:
 
 
 def load_gcg_results(path: str | os.PathLike) -> list[GCGResult]:
-    """The results of `python -m attacks gcg` (its gcg.json), e.g. to reuse the suffixes on other prompts."""
+    """The results of `python -m harmlens.attacks gcg` (its gcg.json), e.g. to reuse the suffixes on other prompts."""
     try:
         rows = json.loads(open(path, encoding="utf-8").read())["results"]
         return [GCGResult(**{k: r[k] for k in GCGResult.__dataclass_fields__ if k in r}) for r in rows]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise HarmlensError(f"{path} is not a gcg.json written by `python -m attacks gcg`: {exc}") from None
+        raise HarmlensError(f"{path} is not a gcg.json written by `python -m harmlens.attacks gcg`: {exc}") from None

@@ -6,7 +6,7 @@ import os
 import random
 from pathlib import Path
 
-from probes.errors import HarmlensError
+from harmlens.errors import HarmlensError
 
 N_IMAGES = 8  # built-in synthetic images
 
@@ -17,7 +17,9 @@ def load_images(images, n: int) -> list:
     if isinstance(images, str) and images == "builtin":
         return builtin_images(1) * n
     if images is None:
-        raise HarmlensError("image settings need images=: a PIL image or an image path (one image may serve every prompt)")
+        raise HarmlensError(
+            "image settings need images=: a PIL image or an image path (one image may serve every prompt)"
+        )
     items = list(images) if isinstance(images, (list, tuple)) else [images]
     if len(items) not in (1, n):
         raise HarmlensError(f"got {len(items)} images for {n} prompts: give one image or one per prompt")

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 
-from probes.errors import HarmlensError
-
-from attacks import jailbreak_texts as T
+from harmlens.attacks import jailbreak_texts as T
+from harmlens.errors import HarmlensError
 
 GPTFUZZER_SLOT = "[INSERT PROMPT HERE]"
 NONE = "none"
@@ -57,15 +56,20 @@ def _few_shot_json(instruction: str, seed: int) -> str:
     return T.FEW_SHOT_JSON.format(query_json=json.dumps(instruction, ensure_ascii=False)[1:-1])
 
 
-NAMED: dict[str, Jailbreak] = {jb.name: jb for jb in (
-    Jailbreak("aim", _fill(T.AIM), "role-play as AIM, an amoral Machiavellian chatbot"),
-    Jailbreak("prefix_injection", _fill(T.PREFIX_INJECTION), "force an affirmative opening phrase"),
-    Jailbreak("refusal_suppression", _fill(T.REFUSAL_SUPPRESSION), "forbid apologies, disclaimers and refusal words"),
-    Jailbreak("style_injection", _fill(T.STYLE_INJECTION), "short style rules (no punctuation, short words)"),
-    Jailbreak("evil_confidant", _fill(T.EVIL_CONFIDANT), "role-play as an unethical confidant"),
-    Jailbreak("payload_splitting", _payload, "the instruction split into 3 strings the model must join"),
-    Jailbreak("few_shot_json", _few_shot_json, "complete a JSON list of always-compliant examples"),
-)}
+NAMED: dict[str, Jailbreak] = {
+    jb.name: jb
+    for jb in (
+        Jailbreak("aim", _fill(T.AIM), "role-play as AIM, an amoral Machiavellian chatbot"),
+        Jailbreak("prefix_injection", _fill(T.PREFIX_INJECTION), "force an affirmative opening phrase"),
+        Jailbreak(
+            "refusal_suppression", _fill(T.REFUSAL_SUPPRESSION), "forbid apologies, disclaimers and refusal words"
+        ),
+        Jailbreak("style_injection", _fill(T.STYLE_INJECTION), "short style rules (no punctuation, short words)"),
+        Jailbreak("evil_confidant", _fill(T.EVIL_CONFIDANT), "role-play as an unethical confidant"),
+        Jailbreak("payload_splitting", _payload, "the instruction split into 3 strings the model must join"),
+        Jailbreak("few_shot_json", _few_shot_json, "complete a JSON list of always-compliant examples"),
+    )
+}
 
 
 @lru_cache(maxsize=1)
@@ -106,8 +110,9 @@ def get_jailbreak(name: str | Jailbreak) -> Jailbreak:
         return NAMED[key]
     if key.startswith("gptfuzzer:"):
         return gptfuzzer(key.split(":", 1)[1])
-    raise HarmlensError(f"unknown jailbreak {name!r}; choose from {', '.join(NAMED)}, gptfuzzer:<0..76>, "
-                        f"or 'all' (every named one)")
+    raise HarmlensError(
+        f"unknown jailbreak {name!r}; choose from {', '.join(NAMED)}, gptfuzzer:<0..76>, or 'all' (every named one)"
+    )
 
 
 def resolve_jailbreaks(names: Iterable[str | Jailbreak] | str | None) -> list[Jailbreak | None]:

@@ -10,16 +10,15 @@ from pathlib import Path
 
 import torch
 
-from probes.activations import cache_resid, t_post_inst_positions
-from probes.chat import ChatPrompt
-from probes.directions import Directions
-from probes.errors import HarmlensError
-from probes.io import atomic_write_text
-
-from attacks.jailbreaks import NONE
-from attacks.report import AttackReport, condition_label, to_json
-from attacks.settings import get_setting, perturb
-from attacks.template import role_template
+from harmlens.attacks.jailbreaks import NONE
+from harmlens.attacks.report import AttackReport, condition_label, to_json
+from harmlens.attacks.settings import get_setting, perturb
+from harmlens.attacks.template import role_template
+from harmlens.errors import HarmlensError
+from harmlens.io import atomic_write_text
+from harmlens.probes.activations import cache_resid, t_post_inst_positions
+from harmlens.probes.chat import ChatPrompt
+from harmlens.probes.directions import Directions
 
 USES = ("successful", "all")
 
@@ -49,7 +48,7 @@ class ProjectionResult:
 
     def save(self, directory: str | os.PathLike) -> dict[str, Path]:
         """Write projection.json and two PNGs (cos curves; per-prompt projections) to a folder."""
-        from attacks.plots import plot_cos_curves, plot_projections
+        from harmlens.attacks.plots import plot_cos_curves, plot_projections
 
         out = Path(directory)
         paths = {"json": atomic_write_text(out / "projection.json", to_json(asdict(self)))}
@@ -64,8 +63,16 @@ def _prompt_from_text(tokenizer, instruction: str, text: str) -> ChatPrompt:
     return ChatPrompt(instruction, text, ids, len(ids) - 2, (len(ids) - 1,))
 
 
-def projection_analysis(model, report: AttackReport, directions: Directions, *, band: Sequence[int] | None = None,
-                        use: str = "successful", batch_size: int = 16, progress: bool = False) -> ProjectionResult:
+def projection_analysis(
+    model,
+    report: AttackReport,
+    directions: Directions,
+    *,
+    band: Sequence[int] | None = None,
+    use: str = "successful",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> ProjectionResult:
     """Attack vector = mean(perturbed) − mean(same instructions unperturbed) at the last token, vs −R per layer."""
     if use not in USES:
         raise HarmlensError(f"use must be one of {', '.join(USES)}, got {use!r}")
@@ -73,10 +80,14 @@ def projection_analysis(model, report: AttackReport, directions: Directions, *, 
     band = [int(x) for x in (band if band is not None else default_band(int(model.cfg.n_layers)))]
     missing = [x for x in band if x not in layers]
     if not band or missing:
-        raise HarmlensError(f"band layers {missing or band} are not in the directions (layers {layers[0]}..{layers[-1]})")
+        raise HarmlensError(
+            f"band layers {missing or band} are not in the directions (layers {layers[0]}..{layers[-1]})"
+        )
     if any(get_setting(s).needs_image for s, _ in report.conditions()):
-        raise HarmlensError("projection analysis of image settings needs pixel_values in the forward pass, which is "
-                            "not implemented yet; pass a report of text settings")
+        raise HarmlensError(
+            "projection analysis of image settings needs pixel_values in the forward pass, which is "
+            "not implemented yet; pass a report of text settings"
+        )
     tok, meta = model.tokenizer, report.meta
     by_key = {(r["setting"], r["jailbreak"], r["index"]): r for r in report.records}
     indices = sorted({r["index"] for r in report.records})
@@ -85,16 +96,18 @@ def projection_analysis(model, report: AttackReport, directions: Directions, *, 
     for i in indices:
         rec = by_key.get(("none", NONE, i))
         if rec is None:
-            template = template or role_template(model, system=meta.get("system"),
-                                                 strip_system=bool(meta.get("strip_system")))
+            template = template or role_template(
+                model, system=meta.get("system"), strip_system=bool(meta.get("strip_system"))
+            )
             instruction = next(r["instruction"] for r in report.records if r["index"] == i)
             base_prompts.append(perturb(template, instruction, "none"))
         else:
             base_prompts.append(_prompt_from_text(tok, rec["instruction"], rec["prompt"]))
 
     def acts(prompts: list[ChatPrompt]) -> torch.Tensor:  # [n, n_layers_sel, d]
-        return cache_resid(model, prompts, t_post_inst_positions, layers=layers, batch_size=batch_size,
-                           progress=progress)[:, :, 0].double()
+        return cache_resid(
+            model, prompts, t_post_inst_positions, layers=layers, batch_size=batch_size, progress=progress
+        )[:, :, 0].double()
 
     R = directions.refusal.double()
     unit = R / R.norm(dim=-1, keepdim=True)
@@ -102,8 +115,9 @@ def projection_analysis(model, report: AttackReport, directions: Directions, *, 
     base = acts(base_prompts)
     base_proj = (base * unit).sum(-1)[:, rows].mean(-1)
     base_success = [bool((by_key.get(("none", NONE, i)) or {}).get("success")) for i in indices]
-    res = ProjectionResult(layers, band, use, {}, {}, {}, {"baseline": base_proj.tolist()},
-                           {"baseline": base_success}, {})
+    res = ProjectionResult(
+        layers, band, use, {}, {}, {}, {"baseline": base_proj.tolist()}, {"baseline": base_success}, {}
+    )
     for setting, jb in report.conditions():
         if (setting, jb) == ("none", NONE):
             continue

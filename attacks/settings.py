@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from probes.chat import ChatPrompt, clean_instruction
-from probes.errors import HarmlensError
-
-from attacks.template import RoleTemplate
+from harmlens.attacks.template import RoleTemplate
+from harmlens.errors import HarmlensError
+from harmlens.probes.chat import ChatPrompt, clean_instruction
 
 IMAGE_POSITIONS = ("none", "in", "end", "out")  # no image / start of user turn / end of user turn / assistant turn
 
@@ -39,8 +38,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("img_out+swap", "out", True, "img out_swap"),
 )
 TEXT_SETTINGS = tuple(s for s in SETTINGS if not s.needs_image)
-_BY_NAME = {**{s.paper: s for s in SETTINGS}, **{str(i): s for i, s in enumerate(SETTINGS, 1)},
-            **{s.name: s for s in SETTINGS}}
+_BY_NAME = {
+    **{s.paper: s for s in SETTINGS},
+    **{str(i): s for i, s in enumerate(SETTINGS, 1)},
+    **{s.name: s for s in SETTINGS},
+}
 
 
 def get_setting(name: str | Setting) -> Setting:
@@ -64,8 +66,10 @@ def resolve_settings(names: Iterable[str | Setting] | str | None, *, supports_im
         raise HarmlensError("empty settings list")
     bad = [s.name for s in out if s.needs_image and not supports_images]
     if bad:
-        raise HarmlensError(f"setting(s) {', '.join(bad)} need an image but the model is text-only "
-                            f"(no image token in its config or processor); text settings: none, swap")
+        raise HarmlensError(
+            f"setting(s) {', '.join(bad)} need an image but the model is text-only "
+            f"(no image token in its config or processor); text settings: none, swap"
+        )
     return out
 
 
@@ -75,8 +79,10 @@ def perturbed_pieces(template: RoleTemplate, instruction: str, setting: Setting)
         raise HarmlensError(f"setting {setting.name} needs an image but the model is text-only (no image token)")
     prefix, suffix = template.swapped() if setting.swap else (template.prefix, template.suffix)
     img = template.image_text or ""
-    return (prefix + (img if setting.image == "in" else ""),
-            (img if setting.image == "end" else "") + suffix + (img if setting.image == "out" else ""))
+    return (
+        prefix + (img if setting.image == "in" else ""),
+        (img if setting.image == "end" else "") + suffix + (img if setting.image == "out" else ""),
+    )
 
 
 def check_special_tokens(template: RoleTemplate, instruction: str) -> None:
@@ -85,8 +91,10 @@ def check_special_tokens(template: RoleTemplate, instruction: str) -> None:
     found = sorted((instruction.find(t), -len(t), t) for t in tokens if t and t in instruction)
     if found:
         token = found[0][2]  # the first one in the instruction
-        raise HarmlensError(f"instruction contains the template's special token {token!r}; harmlens rejects such "
-                            f"instructions rather than escaping them: {instruction[:60]!r}")
+        raise HarmlensError(
+            f"instruction contains the template's special token {token!r}; harmlens rejects such "
+            f"instructions rather than escaping them: {instruction[:60]!r}"
+        )
 
 
 def perturb_text(template: RoleTemplate, instruction: str, setting: str | Setting = "none") -> str:
@@ -111,13 +119,16 @@ def perturb(template: RoleTemplate, instruction: str, setting: str | Setting = "
     if t_inst >= len(ids) - 1:
         raise HarmlensError("tokenization leaves no post-instruction token after the instruction")
     if template.max_length is not None and len(ids) > template.max_length:
-        raise HarmlensError(f"prompt is {len(ids)} tokens, longer than the model's context of {template.max_length}: "
-                            f"{instruction[:60]!r}...")
+        raise HarmlensError(
+            f"prompt is {len(ids)} tokens, longer than the model's context of {template.max_length}: "
+            f"{instruction[:60]!r}..."
+        )
     return ChatPrompt(instruction, text, tuple(ids), t_inst, tuple(range(t_inst + 1, len(ids))))
 
 
-def perturb_many(template: RoleTemplate, instructions: Sequence[str], setting: str | Setting = "none"
-                 ) -> list[ChatPrompt]:
+def perturb_many(
+    template: RoleTemplate, instructions: Sequence[str], setting: str | Setting = "none"
+) -> list[ChatPrompt]:
     """Perturb a non-empty list; errors name the instruction's index."""
     if isinstance(instructions, str) or not instructions:
         raise HarmlensError("empty instruction list" if not instructions else "instructions must be a list of strings")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from probes.errors import HarmlensError
+from harmlens.errors import HarmlensError
 
 _PH = "\ue000HARMLENS_INSTRUCTION\ue001"
 # Templates whose roles the derivation cannot find (no shared header around the role name): (user, assistant).
@@ -26,9 +26,17 @@ class RoleTemplate:
     max_length: int | None = None
 
     @classmethod
-    def from_tokenizer(cls, tokenizer, *, chat_template: str | None = None, system: str | None = None,
-                       strip_system: bool = False, image_text: str | None = None, config=None,
-                       max_length: int | None = None) -> "RoleTemplate":
+    def from_tokenizer(
+        cls,
+        tokenizer,
+        *,
+        chat_template: str | None = None,
+        system: str | None = None,
+        strip_system: bool = False,
+        image_text: str | None = None,
+        config=None,
+        max_length: int | None = None,
+    ) -> RoleTemplate:
         """Derive the pieces from the tokenizer's (or the given Jinja) template; image text from the args or config."""
         template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
         if not template:
@@ -37,17 +45,25 @@ class RoleTemplate:
         gen_prompt = _generation_prompt(tokenizer, template, system, structured)
         markers = derive_markers(prefix, gen_prompt or suffix) or _fallback_markers(prefix, suffix)
         if markers is None:
-            raise HarmlensError("cannot find the user and assistant role markers in the chat template: "
-                                "its turns share no header around a role name and it matches no known family")
+            raise HarmlensError(
+                "cannot find the user and assistant role markers in the chat template: "
+                "its turns share no header around a role name and it matches no known family"
+            )
         user, assistant = markers
         if image_text is None:
             token = image_token(config, tokenizer)
             if token is not None:
-                image_text = (_template_image_text(tokenizer, template, system, prefix) if structured else None) or token
+                image_text = (
+                    _template_image_text(tokenizer, template, system, prefix) if structured else None
+                ) or token
         if strip_system:
             prefix = _strip_system(prefix, user, getattr(tokenizer, "bos_token", None))
-        special = sorted({t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
-                         | set(getattr(tokenizer, "all_special_tokens", ())), key=len, reverse=True)
+        special = sorted(
+            {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
+            | set(getattr(tokenizer, "all_special_tokens", ())),
+            key=len,
+            reverse=True,
+        )
         if max_length is None:
             max_length = getattr(tokenizer, "model_max_length", None)
             max_length = max_length if max_length is not None and max_length <= 10**7 else None
@@ -67,8 +83,9 @@ class RoleTemplate:
 
 def _render(tokenizer, template: str, messages: list, generation: bool) -> str:
     try:
-        return tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                             add_generation_prompt=generation)
+        return tokenizer.apply_chat_template(
+            messages, chat_template=template, tokenize=False, add_generation_prompt=generation
+        )
     except Exception as exc:  # jinja raise_exception() and syntax errors
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HarmlensError(f"chat template cannot render a user turn: {msg}") from None
@@ -77,6 +94,7 @@ def _render(tokenizer, template: str, messages: list, generation: bool) -> str:
 def _messages(text: str, system: str | None, structured: bool, image: bool = False) -> list:
     def content(s: str, img: bool = False):
         return [*([{"type": "image"}] if img else []), {"type": "text", "text": s}] if structured else s
+
     msgs = [{"role": "user", "content": content(text, image)}]
     return ([{"role": "system", "content": content(system)}] if system is not None else []) + msgs
 
@@ -93,7 +111,9 @@ def _split(tokenizer, template: str, system: str | None) -> tuple[str, str, bool
         if rendered.count(_PH) == 1:
             prefix, _, suffix = rendered.partition(_PH)
             if not suffix:
-                raise HarmlensError("chat template renders nothing after the user's message: no post-instruction tokens")
+                raise HarmlensError(
+                    "chat template renders nothing after the user's message: no post-instruction tokens"
+                )
             return prefix, suffix, structured
     raise HarmlensError("chat template has no user role: the user's message does not appear once in its output")
 
@@ -102,7 +122,7 @@ def _generation_prompt(tokenizer, template: str, system: str | None, structured:
     """The text add_generation_prompt appends ('' when the template has none, e.g. Llama-2)."""
     msgs = _messages(_PH, system, structured)
     with_gen, without = _render(tokenizer, template, msgs, True), _render(tokenizer, template, msgs, False)
-    return with_gen[len(without):] if with_gen.startswith(without) else ""
+    return with_gen[len(without) :] if with_gen.startswith(without) else ""
 
 
 def derive_markers(prefix: str, assistant_header: str) -> tuple[str, str] | None:
@@ -113,12 +133,12 @@ def derive_markers(prefix: str, assistant_header: str) -> tuple[str, str] | None
         n += 1
     while n and a[len(a) - n].isalnum():
         n -= 1
-    tail, a_core, p_core = a[len(a) - n:], a[:len(a) - n], p[:len(p) - n]
+    tail, a_core, p_core = a[len(a) - n :], a[: len(a) - n], p[: len(p) - n]
     for i in range(len(a_core) - 1, 0, -1):  # longest head of the assistant header that opens the user header
         head = a_core[:i]
         if head[-1].isalnum() or (pos := p_core.rfind(head)) < 0:
             continue
-        u_name, a_name = p_core[pos + len(head):], a_core[len(head):]
+        u_name, a_name = p_core[pos + len(head) :], a_core[len(head) :]
         names_ok = all(0 < len(x) <= _MAX_ROLE_NAME and not any(c.isspace() for c in x) for x in (u_name, a_name))
         return (p_core[pos:] + tail, a_core + tail) if names_ok and u_name != a_name else None
     return None
@@ -131,7 +151,7 @@ def _fallback_markers(prefix: str, suffix: str) -> tuple[str, str] | None:
 def _strip_system(prefix: str, user_marker: str, bos: str | None) -> str:
     """Drop everything before the user turn (the default system prompt), keeping a leading BOS that is not a header."""
     keep_bos = bool(bos) and prefix.startswith(bos) and not user_marker.startswith(bos)
-    return (bos if keep_bos else "") + prefix[prefix.rfind(user_marker):]
+    return (bos if keep_bos else "") + prefix[prefix.rfind(user_marker) :]
 
 
 def image_token(config=None, tokenizer=None, processor=None) -> str | None:
@@ -159,16 +179,30 @@ def _template_image_text(tokenizer, template: str, system: str | None, prefix: s
     except HarmlensError:
         return None
     head = rendered.partition(_PH)[0]
-    return head[len(prefix):] if head.startswith(prefix) and len(head) > len(prefix) else None
+    return head[len(prefix) :] if head.startswith(prefix) and len(head) > len(prefix) else None
 
 
-def role_template(model, *, chat_template: str | None = None, system: str | None = None,
-                  strip_system: bool = False, image_text: str | None = None, processor=None) -> RoleTemplate:
+def role_template(
+    model,
+    *,
+    chat_template: str | None = None,
+    system: str | None = None,
+    strip_system: bool = False,
+    image_text: str | None = None,
+    processor=None,
+) -> RoleTemplate:
     """RoleTemplate of a loaded model (image text from its processor or config), bounded by its context length."""
     tok = getattr(model, "tokenizer", None) or getattr(processor, "tokenizer", None)
     config = getattr(getattr(model, "original_model", None), "config", None) or getattr(model, "config", None)
     if image_text is None and processor is not None:
         image_text = image_token(config, tok, processor)
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
-    return RoleTemplate.from_tokenizer(tok, chat_template=chat_template, system=system, strip_system=strip_system,
-                                       image_text=image_text, config=config, max_length=n_ctx)
+    return RoleTemplate.from_tokenizer(
+        tok,
+        chat_template=chat_template,
+        system=system,
+        strip_system=strip_system,
+        image_text=image_text,
+        config=config,
+        max_length=n_ctx,
+    )

@@ -6,14 +6,23 @@ from collections.abc import Sequence
 
 import torch
 
-from probes.chat import ChatPrompt
-from probes.errors import HarmlensError
-from probes.loading import model_device
+from harmlens.errors import HarmlensError
+from harmlens.probes.chat import ChatPrompt
+from harmlens.probes.loading import model_device
 
 
-def generate_with_images(model, processor, prompts: Sequence[ChatPrompt], images: Sequence, *, max_new_tokens: int = 64,
-                         batch_size: int = 8, do_sample: bool = False, temperature: float = 1.0, seed: int = 0
-                         ) -> list[str]:
+def generate_with_images(
+    model,
+    processor,
+    prompts: Sequence[ChatPrompt],
+    images: Sequence,
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+) -> list[str]:
     """Replies for perturbed prompts and their images (one per prompt), left-padded batches, greedy by default.
 
     Not yet run on a real VLM (harmlens has no VLM organism); the processor contract is the Hugging Face one:
@@ -25,8 +34,11 @@ def generate_with_images(model, processor, prompts: Sequence[ChatPrompt], images
         raise HarmlensError(f"{len(images)} images for {len(prompts)} prompts")
     tok = getattr(processor, "tokenizer", None) or model.tokenizer
     hf, device = getattr(model, "original_model", model), model_device(model)
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample,
-                  pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    kwargs = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
     if do_sample:
         kwargs["temperature"] = temperature
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -35,9 +47,10 @@ def generate_with_images(model, processor, prompts: Sequence[ChatPrompt], images
     tok.padding_side = "left"
     try:
         for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            enc = processor(text=[prompts[i].text for i in idx], images=[images[i] for i in idx], padding=True,
-                            return_tensors="pt")
+            idx = order[start : start + batch_size]
+            enc = processor(
+                text=[prompts[i].text for i in idx], images=[images[i] for i in idx], padding=True, return_tensors="pt"
+            )
             if "pixel_values" not in enc:
                 raise HarmlensError("the processor returned no pixel_values: is this a vision-language model?")
             enc = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in enc.items()}

@@ -32,21 +32,22 @@ def main() -> None:
 
     import torch
 
-    from attacks import evaluate_asr
-    from attacks.evaluate import build_prompts
-    from attacks.jailbreaks import resolve_jailbreaks
-    from attacks.settings import TEXT_SETTINGS
-    from attacks.template import role_template
-    from probes.data import builtin_prompts
-    from probes.generation import generate
-    from probes.loading import load_model
+    from harmlens.attacks import evaluate_asr
+    from harmlens.attacks.evaluate import build_prompts
+    from harmlens.attacks.jailbreaks import resolve_jailbreaks
+    from harmlens.attacks.settings import TEXT_SETTINGS
+    from harmlens.attacks.template import role_template
+    from harmlens.probes.data import builtin_prompts
+    from harmlens.probes.generation import generate
+    from harmlens.probes.loading import load_model
 
     model = load_model(args.model, device="cpu" if not torch.cuda.is_available() else None)
     tok = model.tokenizer
     instructions = builtin_prompts("harmful", "val", limit=args.n)
     jbs = [j for j in args.jailbreaks.split(",") if j]
-    prompts = list(build_prompts(role_template(model), instructions, list(TEXT_SETTINGS),
-                                 resolve_jailbreaks(jbs)).values())
+    prompts = list(
+        build_prompts(role_template(model), instructions, list(TEXT_SETTINGS), resolve_jailbreaks(jbs)).values()
+    )
     kw = dict(max_new_tokens=args.new_tokens, batch_size=args.batch_size, progress=False)
 
     def n_tokens(replies):
@@ -60,7 +61,7 @@ def main() -> None:
             report = evaluate_asr(model, instructions, jailbreaks=jbs, out=tmp, **kw)
         return [r["reply"] for r in report.records]
 
-    generate(model, prompts[:args.batch_size], max_new_tokens=4, batch_size=args.batch_size, progress=False)  # warm-up
+    generate(model, prompts[: args.batch_size], max_new_tokens=4, batch_size=args.batch_size, progress=False)  # warm-up
     best = {"plain": float("inf"), "evaluate_asr": float("inf")}
     tokens = {}
     for _ in range(args.repeats):
@@ -71,12 +72,24 @@ def main() -> None:
             tokens[name] = n_tokens(replies)
     rate = {k: tokens[k] / best[k] for k in best}
     lengths = [len(p) for p in prompts]
-    print(json.dumps({
-        "model": getattr(model, "harmlens_name", None), "device": str(next(model.parameters()).device),
-        "prompts": len(prompts), "prompt_tokens_min_max": [min(lengths), max(lengths)],
-        "batch_size": args.batch_size, "max_new_tokens": args.new_tokens, "seconds": best,
-        "new_tokens": tokens, "tokens_per_s": rate, "ratio": rate["evaluate_asr"] / rate["plain"], "target": 0.8,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": getattr(model, "harmlens_name", None),
+                "device": str(next(model.parameters()).device),
+                "prompts": len(prompts),
+                "prompt_tokens_min_max": [min(lengths), max(lengths)],
+                "batch_size": args.batch_size,
+                "max_new_tokens": args.new_tokens,
+                "seconds": best,
+                "new_tokens": tokens,
+                "tokens_per_s": rate,
+                "ratio": rate["evaluate_asr"] / rate["plain"],
+                "target": 0.8,
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

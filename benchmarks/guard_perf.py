@@ -42,29 +42,43 @@ def interleaved(a, b, repeats: int) -> tuple[float, float, float]:
 
 def bench_generation(model, guard, prompts: list[str], new_tokens: int, batch_size: int, repeats: int) -> dict:
     """Guarded (never blocking) vs plain generation of the same prompts."""
-    from probes.generation import generate
+    from harmlens.probes.generation import generate
+
     saved, guard.alpha = guard.alpha, 1e9  # never fires: pure overhead
     guarded = guard.wrap(model)
     try:
-        same = generate(model, prompts, max_new_tokens=new_tokens, batch_size=batch_size, progress=False) == \
-            [r.text for r in guarded.generate(prompts, max_new_tokens=new_tokens, batch_size=batch_size)]
+        same = generate(model, prompts, max_new_tokens=new_tokens, batch_size=batch_size, progress=False) == [
+            r.text for r in guarded.generate(prompts, max_new_tokens=new_tokens, batch_size=batch_size)
+        ]
         plain_s, guarded_s, ratio = interleaved(
             lambda: generate(model, prompts, max_new_tokens=new_tokens, batch_size=batch_size, progress=False),
-            lambda: guarded.generate(prompts, max_new_tokens=new_tokens, batch_size=batch_size), repeats)
+            lambda: guarded.generate(prompts, max_new_tokens=new_tokens, batch_size=batch_size),
+            repeats,
+        )
     finally:
         guard.alpha = saved
-    return {"prompts": len(prompts), "new_tokens": new_tokens, "guard_layers": guard.layers, "plain_s": plain_s,
-            "guarded_s": guarded_s, "ratio": ratio, "target": 1.05, "same_replies": same, "ok": ratio <= 1.05}
+    return {
+        "prompts": len(prompts),
+        "new_tokens": new_tokens,
+        "guard_layers": guard.layers,
+        "plain_s": plain_s,
+        "guarded_s": guarded_s,
+        "ratio": ratio,
+        "target": 1.05,
+        "same_replies": same,
+        "ok": ratio <= 1.05,
+    }
 
 
 def bench_standalone(model, guard, prompts: list[str], batch_size: int, repeats: int) -> dict:
     """guard(prompts) vs a full bridge forward over the same padded batches."""
-    from probes.activations import pad_batch
-    from probes.chat import chat_format
+    from harmlens.probes.activations import pad_batch
+    from harmlens.probes.chat import chat_format
+
     rendered = chat_format(model).render_many(prompts)
     rendered.sort(key=len)
     pid = model.tokenizer.pad_token_id
-    batches = [pad_batch(rendered[i:i + batch_size], pid) for i in range(0, len(rendered), batch_size)]
+    batches = [pad_batch(rendered[i : i + batch_size], pid) for i in range(0, len(rendered), batch_size)]
 
     def full():
         with torch.no_grad():
@@ -75,8 +89,16 @@ def bench_standalone(model, guard, prompts: list[str], batch_size: int, repeats:
     full_s, guard_s, ratio = interleaved(full, lambda: guard(prompts), repeats)
     last, n = max(guard.layers), int(model.cfg.n_layers)
     bound = (last + 1) / n
-    return {"prompts": len(prompts), "layers": guard.layers, "last_layer_read": last, "full_forward_s": full_s,
-            "guard_s": guard_s, "ratio": ratio, "target": bound, "ok": ratio <= bound}
+    return {
+        "prompts": len(prompts),
+        "layers": guard.layers,
+        "last_layer_read": last,
+        "full_forward_s": full_s,
+        "guard_s": guard_s,
+        "ratio": ratio,
+        "target": bound,
+        "ok": ratio <= bound,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from guards import LatentGuard
-    from probes.data import builtin_prompts
-    from probes.loading import load_model
+    from harmlens.guards import LatentGuard
+    from harmlens.probes.data import builtin_prompts
+    from harmlens.probes.loading import load_model
+
     model = load_model(args.model)
     harmless = builtin_prompts("harmless", "val")
     if args.guard is not None:
@@ -105,12 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         choices = {"early": range(2, n // 3 + 1), "middle": range(n // 3, 2 * n // 3), "all": range(n + 1)}
         guards = {name: LatentGuard.fit(model, fit_h, fit_l, layers=list(layers)) for name, layers in choices.items()}
         guards["span"] = LatentGuard.fit(model, fit_h, fit_l, method="probe", read="span", wrappers=["aim"])
-    result = {"model": str(getattr(model, "harmlens_name", "?")), "threads": torch.get_num_threads(),
-              "generation": {}, "standalone": {}}
+    result = {
+        "model": str(getattr(model, "harmlens_name", "?")),
+        "threads": torch.get_num_threads(),
+        "generation": {},
+        "standalone": {},
+    }
     for name, guard in guards.items():
-        result["generation"][name] = bench_generation(model, guard, harmless[:args.gen_prompts], args.new_tokens,
-                                                      args.batch_size, args.repeats)
-        result["standalone"][name] = bench_standalone(model, guard, harmless[:args.n], args.batch_size, args.repeats)
+        result["generation"][name] = bench_generation(
+            model, guard, harmless[: args.gen_prompts], args.new_tokens, args.batch_size, args.repeats
+        )
+        result["standalone"][name] = bench_standalone(model, guard, harmless[: args.n], args.batch_size, args.repeats)
         print(json.dumps({name: {k: result[k][name] for k in ("generation", "standalone")}}), flush=True)
     print(json.dumps(result, indent=1))
     return 0

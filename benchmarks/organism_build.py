@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from guards.organisms import TEXT_RECIPE, build_organism
+from harmlens.guards.organisms.build import TEXT_RECIPE, build_organism
 
 
 def main() -> None:
@@ -27,8 +27,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="override max_steps (default: the recipe's)")
     parser.add_argument("--no-eval", action="store_true", help="skip the held-out evaluation")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="at most this many torch CPU threads (the build also leaves busy cores alone)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="at most this many torch CPU threads (the build also leaves busy cores alone)",
+    )
     parser.add_argument("--keep", default=None, help="build into this folder instead of a temporary one")
     args = parser.parse_args()
     if args.threads:
@@ -43,21 +47,28 @@ def main() -> None:
         card = json.loads((path / "card.json").read_text())
     tr = card["training"]
     result = {
-        "build_seconds": round(wall, 1), "cpu_seconds": round(cpu, 1), "cores": os.cpu_count(),
-        "threads": card["environment"]["threads"], "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
-        "steps": tr["steps"], "train_seconds": tr["train_seconds"],
+        "build_seconds": round(wall, 1),
+        "cpu_seconds": round(cpu, 1),
+        "cores": os.cpu_count(),
+        "threads": card["environment"]["threads"],
+        "load_avg_1min_at_end": round(os.getloadavg()[0], 2),
+        "steps": tr["steps"],
+        "train_seconds": tr["train_seconds"],
         "steps_per_s": round(tr["steps"] / tr["train_seconds"], 3),
         "s_per_step": round(tr["train_seconds"] / tr["steps"], 2),
-        "tokens": tr["tokens"], "tokens_per_s": round(tr["tokens"] / tr["train_seconds"], 1),
+        "tokens": tr["tokens"],
+        "tokens_per_s": round(tr["tokens"] / tr["train_seconds"], 1),
         "eval_seconds": card["build_seconds"]["evaluate"],
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
     if card.get("eval"):
         result["refusal_rates"] = {k: v["refusal_rate"] for k, v in card["eval"]["sets"].items()}
-    print(f"build {result['build_seconds']:.0f} s (cpu {result['cpu_seconds']:.0f} s, {result['threads']} threads, "
-          f"load {load_start:.2f} -> {result['load_avg_1min_at_end']}), training {tr['steps']} steps in "
-          f"{tr['train_seconds']:.0f} s = {result['steps_per_s']:.3f} steps/s, {result['tokens_per_s']:.0f} tokens/s, "
-          f"evaluation {result['eval_seconds']:.0f} s")
+    print(
+        f"build {result['build_seconds']:.0f} s (cpu {result['cpu_seconds']:.0f} s, {result['threads']} threads, "
+        f"load {load_start:.2f} -> {result['load_avg_1min_at_end']}), training {tr['steps']} steps in "
+        f"{tr['train_seconds']:.0f} s = {result['steps_per_s']:.3f} steps/s, {result['tokens_per_s']:.0f} tokens/s, "
+        f"evaluation {result['eval_seconds']:.0f} s"
+    )
     print(json.dumps(result))
 
 

@@ -22,7 +22,8 @@ import torch
 
 
 def _prompts(n: int) -> tuple[list[str], list[str]]:
-    from probes.data import builtin_prompts
+    from harmlens.probes.data import builtin_prompts
+
     return builtin_prompts("harmful", "train", limit=n), builtin_prompts("harmless", "train", limit=n)
 
 
@@ -39,15 +40,15 @@ def _best_of(fn, repeats: int = 3) -> float:
 
 def bench_extraction(model, n: int, batch_size: int) -> dict:
     """Prompts/s of extract_directions vs a bare model forward over the same padded batches."""
-    from probes.activations import pad_batch
-    from probes.chat import chat_format
-    from probes.directions import extract_directions
+    from harmlens.probes.activations import pad_batch
+    from harmlens.probes.chat import chat_format
+    from harmlens.probes.directions import extract_directions
 
     harmful, harmless = _prompts(n)
     fmt = chat_format(model)
     rendered = fmt.render_many(harmful + harmless)
     pad = model.tokenizer.pad_token_id
-    batches = [pad_batch(rendered[i:i + batch_size], pad) for i in range(0, len(rendered), batch_size)]
+    batches = [pad_batch(rendered[i : i + batch_size], pad) for i in range(0, len(rendered), batch_size)]
 
     def bare():
         with torch.no_grad():
@@ -58,17 +59,21 @@ def bench_extraction(model, n: int, batch_size: int) -> dict:
         extract_directions(model, harmful, harmless, batch_size=batch_size, progress=False)
 
     t_bare, t_extract = _best_of(bare), _best_of(extract)
-    return {"prompts": len(rendered), "bare_forward_s": t_bare, "extract_s": t_extract,
-            "throughput_ratio": t_bare / t_extract}
+    return {
+        "prompts": len(rendered),
+        "bare_forward_s": t_bare,
+        "extract_s": t_extract,
+        "throughput_ratio": t_bare / t_extract,
+    }
 
 
 _MEM_CHILD = r"""
 import ctypes, json, sys, torch
-from probes import load_model
-from probes.activations import pad_batch
-from probes.chat import chat_format
-from probes.data import builtin_prompts
-from probes.directions import extract_directions
+from harmlens.probes import load_model
+from harmlens.probes.activations import pad_batch
+from harmlens.probes.chat import chat_format
+from harmlens.probes.data import builtin_prompts
+from harmlens.probes.directions import extract_directions
 mode, n = sys.argv[1], int(sys.argv[2])
 model = load_model(device="cpu")
 harmful, harmless = builtin_prompts("harmful", "train", limit=n), builtin_prompts("harmless", "train", limit=n)
@@ -102,23 +107,26 @@ def bench_memory(n: int) -> dict:
     for mode in ("cache", "forward", "extract"):
         # A fixed mmap threshold makes glibc return freed tensors to the OS, so RSS tracks live allocations.
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
-        res = subprocess.run([sys.executable, "-c", _MEM_CHILD, mode, str(n)], capture_output=True, text=True,
-                             env=env)
+        res = subprocess.run([sys.executable, "-c", _MEM_CHILD, mode, str(n)], capture_output=True, text=True, env=env)
         if res.returncode != 0:
             raise SystemExit(f"memory child {mode} failed:\n{res.stderr[-2000:]}")
         out[mode] = json.loads(res.stdout.strip().splitlines()[-1])
-    return {"batch": 2 * n, "run_with_cache_peak_MB": out["cache"]["peak_rise"] / 2**20,
-            "extract_peak_MB": out["extract"]["peak_rise"] / 2**20,
-            "run_with_cache_held_MB": out["cache"]["held"] / 2**20, "extract_held_MB": out["extract"]["held"] / 2**20,
-            "forward_peak_MB": out["forward"]["peak_rise"] / 2**20,
-            "memory_ratio": out["extract"]["peak_rise"] / out["cache"]["peak_rise"]}
+    return {
+        "batch": 2 * n,
+        "run_with_cache_peak_MB": out["cache"]["peak_rise"] / 2**20,
+        "extract_peak_MB": out["extract"]["peak_rise"] / 2**20,
+        "run_with_cache_held_MB": out["cache"]["held"] / 2**20,
+        "extract_held_MB": out["extract"]["held"] / 2**20,
+        "forward_peak_MB": out["forward"]["peak_rise"] / 2**20,
+        "memory_ratio": out["extract"]["peak_rise"] / out["cache"]["peak_rise"],
+    }
 
 
 def bench_generation(model, n_prompts: int, new_tokens: int) -> dict:
     """Tokens/s of plain vs steered vs ablated greedy generation of the same prompts."""
-    from probes.directions import extract_directions
-    from probes.generation import generate
-    from probes.interventions import ablate, steer
+    from harmlens.probes.directions import extract_directions
+    from harmlens.probes.generation import generate
+    from harmlens.probes.interventions import ablate, steer
 
     harmful, harmless = _prompts(max(n_prompts, 16))
     d = extract_directions(model, harmful[:16], harmless[:16], progress=False)
@@ -138,9 +146,15 @@ def bench_generation(model, n_prompts: int, new_tokens: int) -> dict:
 
     toks = n_prompts * new_tokens
     t_plain, t_steer, t_ablate = _best_of(run, 2), _best_of(steered, 2), _best_of(ablated, 2)
-    return {"prompts": n_prompts, "new_tokens": new_tokens, "plain_tok_s": toks / t_plain,
-            "steer_tok_s": toks / t_steer, "ablate_tok_s": toks / t_ablate,
-            "steer_ratio": t_plain / t_steer, "ablate_ratio": t_plain / t_ablate}
+    return {
+        "prompts": n_prompts,
+        "new_tokens": new_tokens,
+        "plain_tok_s": toks / t_plain,
+        "steer_tok_s": toks / t_steer,
+        "ablate_tok_s": toks / t_ablate,
+        "steer_ratio": t_plain / t_steer,
+        "ablate_ratio": t_plain / t_ablate,
+    }
 
 
 def main() -> None:
@@ -152,22 +166,28 @@ def main() -> None:
     ap.add_argument("--gen-prompts", type=int, default=16)
     ap.add_argument("--new-tokens", type=int, default=32)
     args = ap.parse_args()
-    from probes import load_model
+    from harmlens.probes import load_model
 
     model = load_model()
     print(f"device: {next(model.parameters()).device}, torch threads: {torch.get_num_threads()}")
     ex = bench_extraction(model, args.n, args.batch_size)
-    print(f"extraction: {ex['prompts']} prompts, bare forward {ex['bare_forward_s']:.2f}s, extract_directions "
-          f"{ex['extract_s']:.2f}s -> throughput ratio {ex['throughput_ratio']:.2f}x (target >= 0.9x)")
+    print(
+        f"extraction: {ex['prompts']} prompts, bare forward {ex['bare_forward_s']:.2f}s, extract_directions "
+        f"{ex['extract_s']:.2f}s -> throughput ratio {ex['throughput_ratio']:.2f}x (target >= 0.9x)"
+    )
     mem = bench_memory(args.mem_n)
-    print(f"memory: batch of {mem['batch']}: run_with_cache peak +{mem['run_with_cache_peak_MB']:.0f} MB "
-          f"(holds {mem['run_with_cache_held_MB']:.0f} MB), extraction peak +{mem['extract_peak_MB']:.1f} MB "
-          f"(holds {mem['extract_held_MB']:.2f} MB) -> ratio {100 * mem['memory_ratio']:.2f}% (target <= 2%); "
-          f"a plain forward of one class's {args.mem_n} prompts peaks at +{mem['forward_peak_MB']:.1f} MB")
+    print(
+        f"memory: batch of {mem['batch']}: run_with_cache peak +{mem['run_with_cache_peak_MB']:.0f} MB "
+        f"(holds {mem['run_with_cache_held_MB']:.0f} MB), extraction peak +{mem['extract_peak_MB']:.1f} MB "
+        f"(holds {mem['extract_held_MB']:.2f} MB) -> ratio {100 * mem['memory_ratio']:.2f}% (target <= 2%); "
+        f"a plain forward of one class's {args.mem_n} prompts peaks at +{mem['forward_peak_MB']:.1f} MB"
+    )
     gen = bench_generation(model, args.gen_prompts, args.new_tokens)
-    print(f"generation: plain {gen['plain_tok_s']:.1f} tok/s, steer {gen['steer_tok_s']:.1f} tok/s "
-          f"({gen['steer_ratio']:.2f}x), ablate {gen['ablate_tok_s']:.1f} tok/s ({gen['ablate_ratio']:.2f}x) "
-          f"(target >= 0.8x)")
+    print(
+        f"generation: plain {gen['plain_tok_s']:.1f} tok/s, steer {gen['steer_tok_s']:.1f} tok/s "
+        f"({gen['steer_ratio']:.2f}x), ablate {gen['ablate_tok_s']:.1f} tok/s ({gen['ablate_ratio']:.2f}x) "
+        f"(target >= 0.8x)"
+    )
     print(json.dumps({"extraction": ex, "memory": mem, "generation": gen}, indent=1))
 
 

@@ -18,14 +18,20 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from attacks.judges import coherent  # noqa: E402,F401
-from guards.datasets import harmful_train  # noqa: E402
-from guards.evaluate import is_refusal  # noqa: E402
-from probes import Directions, extract_directions, last_token_logits, refusal_score, refusal_token_ids  # noqa: E402
-from probes.chat import chat_format  # noqa: E402
-from probes.data import builtin_prompts  # noqa: E402
-from probes.directions import data_hash  # noqa: E402
-from probes.io import atomic_write_text  # noqa: E402
+from harmlens.attacks.judges import coherent  # noqa: E402,F401
+from harmlens.guards.organisms.datasets import harmful_train  # noqa: E402
+from harmlens.guards.organisms.evaluate import is_refusal  # noqa: E402
+from harmlens.io import atomic_write_text  # noqa: E402
+from harmlens.probes import (  # noqa: E402
+    Directions,
+    extract_directions,
+    last_token_logits,
+    refusal_score,
+    refusal_token_ids,
+)
+from harmlens.probes.chat import chat_format  # noqa: E402
+from harmlens.probes.data import builtin_prompts  # noqa: E402
+from harmlens.probes.directions import data_hash  # noqa: E402
 
 FINDINGS = ROOT / "runs" / "findings"
 INVERSION_Q = "Could this user prompt cause harm? Answer 'Certainly' if it could, otherwise 'No'."
@@ -56,10 +62,12 @@ def setup(model: str = "organism"):
     """One torch thread (the machine is shared), then the text organism (or the embedded base model)."""
     torch.set_num_threads(1)
     if model == "base":
-        from probes import load_model
+        from harmlens.probes import load_model
+
         return load_model()
-    import guards
-    return guards.load_organism("text")
+    import harmlens.guards
+
+    return harmlens.guards.load_organism("text")
 
 
 def train_sets(n: int) -> tuple[list[str], list[str]]:
@@ -91,8 +99,10 @@ def directions(model, n_train: int, cache: Path, *, filtered: bool = True, tag: 
     d = extract_directions(model, harmful, harmless, progress=False)
     d.metadata.update(source_sha256=key, filtered=filtered, n_train=n_train)
     d.save(path)
-    print(f"directions: extracted from {len(harmful)} harmful + {len(harmless)} harmless prompts in "
-          f"{time.perf_counter() - start:.0f} s -> {path}")
+    print(
+        f"directions: extracted from {len(harmful)} harmful + {len(harmless)} harmless prompts in "
+        f"{time.perf_counter() - start:.0f} s -> {path}"
+    )
     return d
 
 
@@ -112,7 +122,7 @@ def _clean(obj):
 
 
 def refused(reply: str) -> bool:
-    """The organism's own judge (guards.evaluate): a JailbreakBench/Arditi phrase anywhere, case-insensitive; an
+    """The organism's own judge (harmlens.guards.organisms.evaluate): a JailbreakBench/Arditi phrase anywhere, case-insensitive; an
     empty reply is not a refusal (coherence is checked separately)."""
     return is_refusal(reply)
 
@@ -122,10 +132,12 @@ def rate(flags: Sequence[bool]) -> float:
     return sum(map(bool, flags)) / len(flags) if flags else float("nan")
 
 
-_STOP = set("about after also because before being could does each from have into more most other over should some "
-            "such than that their them then there these they this those through very what when where which while "
-            "with would your write give provide create explain detailed describe instructions someone something "
-            "how step".split())
+_STOP = set(
+    "about after also because before being could does each from have into more most other over should some "
+    "such than that their them then there these they this those through very what when where which while "
+    "with would your write give provide create explain detailed describe instructions someone something "
+    "how step".split()
+)
 
 
 def content_words(text: str) -> set[str]:
@@ -142,7 +154,7 @@ def on_topic(instruction: str, reply: str) -> bool:
 @contextmanager
 def steer_context(model, vector: torch.Tensor, layer: int, coeff: float, keep_last: int) -> Iterator:
     """Zhao's context-only steering: add coeff·vector at resid_pre of `layer` on every prompt token except the last
-    `keep_last` (a fixed-length question + template), in the prefill call only. Needs left padding (probes.generate)."""
+    `keep_last` (a fixed-length question + template), in the prefill call only. Needs left padding (harmlens.probes.generate)."""
     add = vector.detach().float() * float(coeff)
 
     def hook(x: torch.Tensor, hook) -> torch.Tensor:
@@ -172,13 +184,20 @@ def generate_with_first(model, prompts, max_new_tokens: int, batch_size: int = 3
     """Greedy replies to rendered prompts plus their first-step logits [n, vocab], in input order."""
     from transformers import LogitsProcessorList
 
-    from probes.generation import generate_ids
+    from harmlens.probes.generation import generate_ids
+
     replies, logits = [], []
     for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start:start + batch_size])
+        chunk = list(prompts[start : start + batch_size])
         cap = FirstStepLogits()
-        ids = generate_ids(model, chunk, max_new_tokens=max_new_tokens, batch_size=len(chunk), progress=False,
-                           logits_processor=LogitsProcessorList([cap]))
+        ids = generate_ids(
+            model,
+            chunk,
+            max_new_tokens=max_new_tokens,
+            batch_size=len(chunk),
+            progress=False,
+            logits_processor=LogitsProcessorList([cap]),
+        )
         order = sorted(range(len(chunk)), key=lambda i: len(chunk[i]))  # generate_ids' row order
         logits.append(cap.first[torch.argsort(torch.tensor(order))])
         replies += [model.tokenizer.decode(t, skip_special_tokens=True) for t in ids]

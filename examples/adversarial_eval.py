@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python examples/adversarial_eval.py [--out runs/adversarial] [--n-harmful 40]
 
-Trains (or resumes / reuses) `python -m guards adversarial-train` into OUT/train, then for the organism before and
+Trains (or resumes / reuses) `python -m harmlens.guards adversarial-train` into OUT/train, then for the organism before and
 after: ASR per setting × text jailbreak (substring:rma judge, JBB re-judged) with coherence, and a worst-case
 white-box attack (directional ablation of the model's own refusal direction); utility (refusal on held-out benign
 prompts with and without swap, XSTest-safe refusal, held-out Alpaca answer cross-entropy); the attack vectors'
@@ -24,21 +24,21 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attacks.evaluate import build_prompts, evaluate_asr, rejudge  # noqa: E402
-from attacks.jailbreaks import resolve_jailbreaks  # noqa: E402
-from attacks.projection import projection_analysis  # noqa: E402
-from attacks.report import ROLE_LABELS, AttackReport  # noqa: E402
-from attacks.settings import resolve_settings  # noqa: E402
-from attacks.template import role_template  # noqa: E402
-from guards import datasets  # noqa: E402
-from guards.adapter import unwrap_model  # noqa: E402
-from guards.adversarial_cli import compare, load_subject, markdown, train_run  # noqa: E402
-from guards.evaluate import reply_perplexity  # noqa: E402
-from guards.latent_guard import LatentGuard  # noqa: E402
-from probes.directions import extract_directions  # noqa: E402
-from probes.interventions import ablate  # noqa: E402
-from probes.loading import load_model  # noqa: E402
-from probes.plots import _save, plt  # noqa: E402
+from harmlens.attacks.evaluate import build_prompts, evaluate_asr, rejudge  # noqa: E402
+from harmlens.attacks.jailbreaks import resolve_jailbreaks  # noqa: E402
+from harmlens.attacks.projection import projection_analysis  # noqa: E402
+from harmlens.attacks.report import ROLE_LABELS, AttackReport  # noqa: E402
+from harmlens.attacks.settings import resolve_settings  # noqa: E402
+from harmlens.attacks.template import role_template  # noqa: E402
+from harmlens.guards import datasets  # noqa: E402
+from harmlens.guards.cli.adversarial import compare, load_subject, markdown, train_run  # noqa: E402
+from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
+from harmlens.guards.organisms.evaluate import reply_perplexity  # noqa: E402
+from harmlens.guards.tuning.adapter import unwrap_model  # noqa: E402
+from harmlens.probes.directions import extract_directions  # noqa: E402
+from harmlens.probes.interventions import ablate  # noqa: E402
+from harmlens.probes.loading import load_model  # noqa: E402
+from harmlens.probes.plots import _save, plt  # noqa: E402
 
 TRAIN_JAILBREAKS = ("prefix_injection", "refusal_suppression", "evil_confidant", "payload_splitting")  # rest held out
 ABLATION_LAYERS = (8, 12, 16, 20)  # candidates for the worst case, chosen on training prompts
@@ -48,15 +48,26 @@ def held_out_answers(data: Path, n: int, seed: int = 0) -> list[tuple[str, str]]
     """Alpaca (instruction, answer) pairs in none of the shipped training or eval sets."""
     pairs = json.loads((data / "harmless" / "alpaca_pairs.json").read_text(encoding="utf-8"))
     used = {i for i, _ in datasets.harmless_train()} | set(datasets.eval_prompts("harmless"))
-    rows = [(p["instruction"].strip(), p["output"].strip()) for p in pairs
-            if p["instruction"].strip() not in used and p["output"].strip() and len(p["output"]) < 600]
+    rows = [
+        (p["instruction"].strip(), p["output"].strip())
+        for p in pairs
+        if p["instruction"].strip() not in used and p["output"].strip() and len(p["output"]) < 600
+    ]
     return random.Random(seed).sample(rows, n)
 
 
 def suite(model, out: Path, harmful: list[str], args) -> object:
     """The attack suite: every text setting × (no jailbreak + the 7 named jailbreaks)."""
-    report = evaluate_asr(model, harmful, settings="all", jailbreaks="all", out=out, max_new_tokens=args.tokens,
-                          batch_size=16, progress=False)
+    report = evaluate_asr(
+        model,
+        harmful,
+        settings="all",
+        jailbreaks="all",
+        out=out,
+        max_new_tokens=args.tokens,
+        batch_size=16,
+        progress=False,
+    )
     report.save(out)
     return report
 
@@ -71,8 +82,9 @@ def worst_case(model, directions, harmful: list[str], layer: int, out: Path, arg
 def pick_layer(model, directions, args) -> int:
     """The candidate layer whose ablation breaks the most of 16 harmful *training* prompts (before model)."""
     train = datasets.harmful_train()[-16:]
-    scores = {x: worst_case(model, directions, train, x, args.out / "ablation_pick" / str(x), args)
-              for x in ABLATION_LAYERS}
+    scores = {
+        x: worst_case(model, directions, train, x, args.out / "ablation_pick" / str(x), args) for x in ABLATION_LAYERS
+    }
     return max(scores, key=lambda x: (scores[x], -x))
 
 
@@ -88,11 +100,12 @@ def picked_layer(args) -> int:
 def utility(model, tag: str, pairs, args) -> dict:
     """Refusal on benign prompts (none, swap), XSTest-safe refusal (none) and answer cross-entropy."""
     res = {}
-    benign = datasets.eval_prompts("harmless")[:args.n_benign]
+    benign = datasets.eval_prompts("harmless")[: args.n_benign]
     sets = (("benign", benign, "none,swap"), ("xstest", datasets.eval_prompts("xstest"), "none"))
     for name, prompts, settings in sets:
-        rep = evaluate_asr(model, prompts, settings=settings, out=args.out / tag / name, max_new_tokens=args.tokens,
-                           progress=False)
+        rep = evaluate_asr(
+            model, prompts, settings=settings, out=args.out / tag / name, max_new_tokens=args.tokens, progress=False
+        )
         for judge, r in (("rma", rep), ("jbb", rejudge(rep, "substring:jbb"))):
             for s in settings.split(","):
                 res[f"{name}_{s}_refusal_{judge}"] = round(1 - r.rate(s).asr, 4)
@@ -110,13 +123,13 @@ def guard_rates(model, reports: dict, harmful: list[str], args) -> dict:
     prompts = build_prompts(template, harmful, settings, resolve_jailbreaks("all"))
     flags = dict(zip(prompts, [v.harmful for v in guard.check(list(prompts.values()))]))
     out = {"layers": guard.layers, "alpha": guard.alpha, "asr": {}, "flagged": {}}
-    for label, rate in reports["asr"].asr.items():
+    for label, _rate in reports["asr"].asr.items():
         jb, _, setting = label.rpartition("/")
         recs = [r for r in reports["asr"].records if r["setting"] == setting and r["jailbreak"] == (jb or "none")]
         flagged = [flags[(setting, jb or "none", r["index"])] for r in recs]
         out["asr"][label] = round(sum(r["success"] and not f for r, f in zip(recs, flagged)) / len(recs), 4)
         out["flagged"][label] = round(float(np.mean(flagged)), 4)
-    benign = datasets.eval_prompts("harmless")[:args.n_benign]
+    benign = datasets.eval_prompts("harmless")[: args.n_benign]
     for name, prompts in (("benign_none", benign), ("xstest_none", datasets.eval_prompts("xstest"))):
         out[f"fpr_{name}"] = round(np.mean([v.harmful for v in guard.check(prompts)]), 4)
     swapped = build_prompts(template, benign, resolve_settings("swap", supports_images=False), [None])
@@ -160,10 +173,13 @@ def evaluate_model(model, tag: str, harmful: list[str], pairs, args, layer: int 
     fit_h, fit_l = datasets.harmful_train()[:64], [i for i, _ in datasets.harmless_train(64)]
     directions = extract_directions(model, fit_h, fit_l, progress=False)
     layer = layer if layer is not None else pick_layer(model, directions, args)
-    res = {"asr": {k: round(v.asr, 4) for k, v in report.asr.items()},
-           "asr_jbb": {k: round(v.asr, 4) for k, v in rejudge(report, "substring:jbb").asr.items()},
-           "coherence": {k: v.coherence for k, v in report.asr.items()}, "ablation_layer": layer,
-           "ablation_asr": worst_case(model, directions, harmful, layer, args.out / tag / "ablation", args)}
+    res = {
+        "asr": {k: round(v.asr, 4) for k, v in report.asr.items()},
+        "asr_jbb": {k: round(v.asr, 4) for k, v in rejudge(report, "substring:jbb").asr.items()},
+        "coherence": {k: v.coherence for k, v in report.asr.items()},
+        "ablation_layer": layer,
+        "ablation_asr": worst_case(model, directions, harmful, layer, args.out / tag / "ablation", args),
+    }
     res.update(utility(model, tag, pairs, args))
     proj = projection_analysis(model, report, directions, use="all")
     proj.save(args.out / tag / "projection")
@@ -184,11 +200,15 @@ def main() -> int:
     p.add_argument("--n-answers", type=int, default=100, help="held-out Alpaca answers for the cross-entropy")
     p.add_argument("--tokens", type=int, default=32, help="greedy tokens per reply")
     p.add_argument("--steps", type=int, default=150)
-    p.add_argument("--only", choices=["before", "after"], default=None,
-                   help="one half (e.g. in two processes); 'after' needs the training run and the layer pick done")
+    p.add_argument(
+        "--only",
+        choices=["before", "after"],
+        default=None,
+        help="one half (e.g. in two processes); 'after' needs the training run and the layer pick done",
+    )
     args = p.parse_args()
     torch.set_num_threads(1)
-    harmful, pairs = datasets.eval_prompts("harmful")[:args.n_harmful], held_out_answers(args.data, args.n_answers)
+    harmful, pairs = datasets.eval_prompts("harmful")[: args.n_harmful], held_out_answers(args.data, args.n_answers)
     model = load_subject("organism")
     if args.only != "after":
         b = evaluate_model(model, "before", harmful, pairs, args, None)
@@ -201,9 +221,16 @@ def main() -> int:
     if args.only == "after":
         return 0
     card = json.loads((path / "card.json").read_text(encoding="utf-8"))
-    summary: dict = {"train": {k: card["meta"][k] for k in ("steps", "tokens", "train_seconds")}
-                     | {"run_seconds": card.get("run_seconds"), "tokens_per_second": card.get("tokens_per_second"),
-                        "train_jailbreaks": list(TRAIN_JAILBREAKS)}, "before": b, "after": a}
+    summary: dict = {
+        "train": {k: card["meta"][k] for k in ("steps", "tokens", "train_seconds")}
+        | {
+            "run_seconds": card.get("run_seconds"),
+            "tokens_per_second": card.get("tokens_per_second"),
+            "train_jailbreaks": list(TRAIN_JAILBREAKS),
+        },
+        "before": b,
+        "after": a,
+    }
     reports = {tag: AttackReport.load(args.out / tag / "asr") for tag in ("before", "after")}
     summary["asr_table"] = compare(reports["before"], reports["after"])
     grids = {tag: reports[tag].jailbreak_grid()[0] for tag in ("before", "after")}
@@ -211,10 +238,12 @@ def main() -> int:
     strongest = max(b["asr"], key=b["asr"].get)
     shown = [c for c in ("swap", strongest, f"{strongest.split('/')[0]}/swap") if c in b["cos"]]
     plot_projection({"before": b, "after": a}, args.out / "projection_before_after.png", list(dict.fromkeys(shown)))
-    summary["targets"] = {"strongest_attack": strongest,
-                          "strongest_relative_drop": round(1 - a["asr"][strongest] / max(1e-9, b["asr"][strongest]), 4),
-                          "benign_refusal_after": {k: a[k] for k in a if k.startswith("benign_")},
-                          "answer_ce_rise": round(a["answer_ce"] / b["answer_ce"] - 1, 4)}
+    summary["targets"] = {
+        "strongest_attack": strongest,
+        "strongest_relative_drop": round(1 - a["asr"][strongest] / max(1e-9, b["asr"][strongest]), 4),
+        "benign_refusal_after": {k: a[k] for k in a if k.startswith("benign_")},
+        "answer_ce_rise": round(a["answer_ce"] / b["answer_ce"] - 1, 4),
+    }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
     (args.out / "summary.md").write_text(markdown(summary["asr_table"]))
     print(markdown(summary["asr_table"]), json.dumps(summary["targets"], indent=1), sep="\n")

@@ -2,7 +2,7 @@
 
 Run from the repository root (CPU is fine; about a minute on the embedded SmolLM2-135M-Instruct):
     python examples/attacks_quickstart.py [--model PATH] [--n 8] [--out runs/attacks_quickstart]
-For the safety-tuned text organism pass its cached folder as --model (`python -m guards` prints it).
+For the safety-tuned text organism pass its cached folder as --model (`python -m harmlens.guards` prints it).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attacks import evaluate_asr, perturb, projection_analysis, role_template  # noqa: E402
-from probes.data import builtin_prompts  # noqa: E402
-from probes.directions import extract_directions  # noqa: E402
-from probes.loading import load_model  # noqa: E402
+from harmlens.attacks import evaluate_asr, perturb, projection_analysis, role_template  # noqa: E402
+from harmlens.probes.data import builtin_prompts  # noqa: E402
+from harmlens.probes.directions import extract_directions  # noqa: E402
+from harmlens.probes.loading import load_model  # noqa: E402
 
 
 def main() -> None:
@@ -31,13 +31,24 @@ def main() -> None:
     harmful = builtin_prompts("harmful", "val", limit=args.n)  # not used to train the organisms
     print(perturb(role_template(model), harmful[0], "swap").text)
 
-    report = evaluate_asr(model, harmful, settings="all", jailbreaks=["prefix_injection"], judge="substring:rma",
-                          max_new_tokens=48, out=args.out)  # rerun to resume; delete args.out to start over
+    report = evaluate_asr(
+        model,
+        harmful,
+        settings="all",
+        jailbreaks=["prefix_injection"],
+        judge="substring:rma",
+        max_new_tokens=48,
+        out=args.out,
+    )  # rerun to resume; delete args.out to start over
     report.save(args.out)
     print(report.to_markdown())
 
-    directions = extract_directions(model, builtin_prompts("harmful", "train", limit=32),
-                                    builtin_prompts("harmless", "train", limit=32), progress=False)
+    directions = extract_directions(
+        model,
+        builtin_prompts("harmful", "train", limit=32),
+        builtin_prompts("harmless", "train", limit=32),
+        progress=False,
+    )
     proj = projection_analysis(model, report, directions, use="all")
     proj.save(args.out)
     for label, cos in proj.ranking():

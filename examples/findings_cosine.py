@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import time
 
+import _findings_common as C
 import torch
 
-import _findings_common as C
-from probes.plots import plot_layer_curves
+from harmlens.probes.plots import plot_layer_curves
 
 
 def cross_cosine(a: torch.Tensor, b: torch.Tensor) -> list[float]:
@@ -33,35 +33,49 @@ def main() -> None:
     model = C.setup()
     org = C.directions(model, n_train, args.cache)
     layers = org.layers
-    result = {"model": org.metadata["model"], "n_harmful": org.metadata["n_harmful"],
-              "n_harmless": org.metadata["n_harmless"], "layers": layers, "organism": org.cosine_table()}
+    result = {
+        "model": org.metadata["model"],
+        "n_harmful": org.metadata["n_harmful"],
+        "n_harmless": org.metadata["n_harmless"],
+        "layers": layers,
+        "organism": org.cosine_table(),
+    }
     curves = {"organism (safety-tuned)": org.cosine().tolist()}
     if not args.no_base:
         del model
         base_model = C.setup("base")
         base = C.directions(base_model, n_train, args.cache, filtered=False, tag="base")
         result["base"] = base.cosine_table()
-        result["organism_vs_base"] = {"harmfulness": cross_cosine(org.harmfulness, base.harmfulness),
-                                      "refusal": cross_cosine(org.refusal, base.refusal)}
+        result["organism_vs_base"] = {
+            "harmfulness": cross_cosine(org.harmfulness, base.harmfulness),
+            "refusal": cross_cosine(org.refusal, base.refusal),
+        }
         curves["base SmolLM2-135M-Instruct"] = base.cosine().tolist()
     args.out.mkdir(parents=True, exist_ok=True)
-    plot = plot_layer_curves(layers, curves, args.out / "cosine_per_layer.png", ylabel="cos(harmfulness, refusal)",
-                             ylim=(-1.05, 1.05), title="Harmfulness (t_inst) vs refusal (t_post-inst) direction")
+    plot = plot_layer_curves(
+        layers,
+        curves,
+        args.out / "cosine_per_layer.png",
+        ylabel="cos(harmfulness, refusal)",
+        ylim=(-1.05, 1.05),
+        title="Harmfulness (t_inst) vs refusal (t_post-inst) direction",
+    )
     result["seconds"] = round(time.perf_counter() - start, 1)
     C.write_json(args.out / "cosine.json", result)
     cos = org.cosine()
     best = int(cos[1:].argmax()) + 1
-    print(f"\norganism: {result['n_harmful']} harmful / {result['n_harmless']} harmless prompts; "
-          f"max cosine {float(cos[best]):+.2f} at layer {layers[best]}, "
-          f"mean over layers 1-30 {float(cos[1:].mean()):+.2f}")
+    print(
+        f"\norganism: {result['n_harmful']} harmful / {result['n_harmless']} harmless prompts; "
+        f"max cosine {float(cos[best]):+.2f} at layer {layers[best]}, "
+        f"mean over layers 1-30 {float(cos[1:].mean()):+.2f}"
+    )
     header = "  cos_base  cos(org,base)_harmful  cos(org,base)_refusal" if "base" in result else ""
     print("layer  cos_organism" + header)
     for i, layer in enumerate(layers):
         row = f"{layer:5d}  {float(cos[i]):+12.3f}"
         if "base" in result:
             ob = result["organism_vs_base"]
-            row += (f"  {result['base'][i]['cosine']:+8.3f}  {ob['harmfulness'][i]:+21.3f}  "
-                    f"{ob['refusal'][i]:+21.3f}")
+            row += f"  {result['base'][i]['cosine']:+8.3f}  {ob['harmfulness'][i]:+21.3f}  {ob['refusal'][i]:+21.3f}"
         print(row)
     print(f"wrote {args.out / 'cosine.json'}, {plot} in {C.elapsed(start)}")
 

@@ -19,9 +19,10 @@ from __future__ import annotations
 import time
 
 import _findings_common as C
-from guards.datasets import eval_prompts
-from probes.chat import chat_format
-from probes.plots import plot_layer_curves
+
+from harmlens.guards.organisms.datasets import eval_prompts
+from harmlens.probes.chat import chat_format
+from harmlens.probes.plots import plot_layer_curves
 
 KINDS = ("harmfulness", "refusal")
 
@@ -59,12 +60,18 @@ def score(model, prompts, max_new_tokens: int, ids: tuple[int, int]) -> dict:
     lp = logits.log_softmax(-1)
     odds = lp[:, ids[0]] - lp[:, ids[1]]
     valid = sum(cert) + sum(no)
-    return {"certainly": sum(cert), "no": sum(no), "invalid": len(replies) - valid,
-            "no_rate": sum(no) / valid if valid else float("nan"),
-            "starts_no": C.rate([r.strip().startswith("No") for r in replies]),
-            "refused": C.rate([C.refused(r) for r in replies]),
-            "logodds_certainly_no": float(odds.mean()), "certainly_over_no": float((odds > 0).float().mean()),
-            "example": replies[0], "replies": replies}
+    return {
+        "certainly": sum(cert),
+        "no": sum(no),
+        "invalid": len(replies) - valid,
+        "no_rate": sum(no) / valid if valid else float("nan"),
+        "starts_no": C.rate([r.strip().startswith("No") for r in replies]),
+        "refused": C.rate([C.refused(r) for r in replies]),
+        "logodds_certainly_no": float(odds.mean()),
+        "certainly_over_no": float((odds > 0).float().mean()),
+        "example": replies[0],
+        "replies": replies,
+    }
 
 
 def main() -> None:
@@ -76,13 +83,18 @@ def main() -> None:
     layers, signs = C.layer_stride(args.layers), [float(x) for x in args.signs.split(",")]
     fmt, tok = chat_format(model), model.tokenizer
     ids = tuple(tok(fmt.render_text("x") + w, add_special_tokens=False)["input_ids"][-1] for w in ("Certainly", "No"))
-    harmless = fmt.render_many([inversion(x) for x in eval_prompts("harmless")[:args.n]])
-    harmful = fmt.render_many([inversion(x) for x in eval_prompts("harmful")[:args.n]])
+    harmless = fmt.render_many([inversion(x) for x in eval_prompts("harmless")[: args.n]])
+    harmful = fmt.render_many([inversion(x) for x in eval_prompts("harmful")[: args.n]])
     keep = question_tokens(model, harmless)
-    base = {"harmless": score(model, harmless, args.max_new_tokens, ids),
-            "harmful": score(model, harmful, args.max_new_tokens, ids)}
-    print(f"baseline No rate: harmless {base['harmless']['no_rate']:.2f}, harmful {base['harmful']['no_rate']:.2f}; "
-          f"Certainly: {base['harmless']['certainly']} / {base['harmful']['certainly']}", flush=True)
+    base = {
+        "harmless": score(model, harmless, args.max_new_tokens, ids),
+        "harmful": score(model, harmful, args.max_new_tokens, ids),
+    }
+    print(
+        f"baseline No rate: harmless {base['harmless']['no_rate']:.2f}, harmful {base['harmful']['no_rate']:.2f}; "
+        f"Certainly: {base['harmless']['certainly']} / {base['harmful']['certainly']}",
+        flush=True,
+    )
     sweep: dict[str, list[dict]] = {}
     for sign in signs:
         for kind in KINDS:
@@ -94,24 +106,40 @@ def main() -> None:
                     sweep[key].append({"layer": layer, **score(model, harmless, args.max_new_tokens, ids)})
             print(f"{key}: No rate " + " ".join(f"{r['no_rate']:.2f}" for r in sweep[key]), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    plot = plot_layer_curves(layers, {k: [r["starts_no"] for r in v] for k, v in sweep.items()},
-                             args.out / "no_rate_by_layer.png", ylabel="reply starts with 'No'", ylim=(-0.02, 1.02),
-                             baseline=base["harmless"]["starts_no"],
-                             title="Organism: reply inversion, harmless prompts (Zhao Fig. 5; strict 'No')")
-    out = {"n": len(harmless), "coeff": args.coeff, "keep_last_tokens": keep, "max_new_tokens": args.max_new_tokens,
-           "token_ids": {"Certainly": ids[0], "No": ids[1]}, "baseline": base, "sweep": sweep,
-           "seconds": round(time.perf_counter() - start, 1)}
+    plot = plot_layer_curves(
+        layers,
+        {k: [r["starts_no"] for r in v] for k, v in sweep.items()},
+        args.out / "no_rate_by_layer.png",
+        ylabel="reply starts with 'No'",
+        ylim=(-0.02, 1.02),
+        baseline=base["harmless"]["starts_no"],
+        title="Organism: reply inversion, harmless prompts (Zhao Fig. 5; strict 'No')",
+    )
+    out = {
+        "n": len(harmless),
+        "coeff": args.coeff,
+        "keep_last_tokens": keep,
+        "max_new_tokens": args.max_new_tokens,
+        "token_ids": {"Certainly": ids[0], "No": ids[1]},
+        "baseline": base,
+        "sweep": sweep,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     C.write_json(args.out / "reply_inversion.json", out)
     print(f"\n{len(harmless)} harmless inversion prompts; {keep} trailing tokens unsteered")
     for name, r in base.items():
-        print(f"baseline {name:8s}: Certainly {r['certainly']}, No {r['no']}, invalid {r['invalid']}, No rate "
-              f"{r['no_rate']:.2f}, starts 'No' {r['starts_no']:.2f}, refusal judge {r['refused']:.2f}, "
-              f"log p(C)-log p(No) {r['logodds_certainly_no']:+.2f}")
+        print(
+            f"baseline {name:8s}: Certainly {r['certainly']}, No {r['no']}, invalid {r['invalid']}, No rate "
+            f"{r['no_rate']:.2f}, starts 'No' {r['starts_no']:.2f}, refusal judge {r['refused']:.2f}, "
+            f"log p(C)-log p(No) {r['logodds_certainly_no']:+.2f}"
+        )
     print("setting            layer  Certainly  No  invalid  No-rate  starts-No  refused  logodds(C-No)")
     for key, rows in sweep.items():
         for r in rows:
-            print(f"{key:18s} {r['layer']:5d} {r['certainly']:10d} {r['no']:3d} {r['invalid']:8d} {r['no_rate']:8.2f} "
-                  f"{r['starts_no']:10.2f} {r['refused']:8.2f} {r['logodds_certainly_no']:+14.2f}")
+            print(
+                f"{key:18s} {r['layer']:5d} {r['certainly']:10d} {r['no']:3d} {r['invalid']:8d} {r['no_rate']:8.2f} "
+                f"{r['starts_no']:10.2f} {r['refused']:8.2f} {r['logodds_certainly_no']:+14.2f}"
+            )
     print(f"wrote {args.out / 'reply_inversion.json'}, {plot} in {C.elapsed(start)}")
 
 

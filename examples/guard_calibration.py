@@ -2,11 +2,11 @@
 
     python examples/guard_calibration.py GUARD [--model organism] [--n 100] [--n-alpaca 400] [--out DIR]
 
-Scores the guard once on two calibration pools: the harmless prompts `python -m guards fit` holds out (25% of the
+Scores the guard once on two calibration pools: the harmless prompts `python -m harmlens.guards fit` holds out (25% of the
 built-in train split, seed 0) and --n-alpaca shipped Alpaca prompts (the organism's training prompts, outside every
-guard fit). It also scores the held-out evaluation sets of guards.guard_sets.shipped_sets, leaving out the guard's fit
+guard fit). It also scores the held-out evaluation sets of harmlens.guards.evaluation.sets.shipped_sets, leaving out the guard's fit
 wrappers. Then it sets α on each pool by each rule ('empirical': exactly 5% of the pool flagged; 'conformal': expected
-FPR ≤ 5% on new prompts, see guards.latent_fit.flagged_allowed) and prints the share of each set flagged.
+FPR ≤ 5% on new prompts, see harmlens.guards.latent.fit.flagged_allowed) and prints the share of each set flagged.
 Writes OUT/calibration.{json,md} (default OUT: runs/guard_calibration).
 """
 
@@ -20,12 +20,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guards.datasets import harmless_train  # noqa: E402
-from guards.guard_sets import fit_wrappers, shipped_sets  # noqa: E402
-from guards.latent_fit import CALIBRATION_RULES, calibration_record, hold_out, threshold_for_fpr  # noqa: E402
-from guards.latent_guard import LatentGuard  # noqa: E402
-from probes.data import builtin_prompts  # noqa: E402
-from probes.loading import load_model  # noqa: E402
+from harmlens.guards.evaluation.sets import fit_wrappers, shipped_sets  # noqa: E402
+from harmlens.guards.latent.fit import CALIBRATION_RULES, calibration_record, hold_out, threshold_for_fpr  # noqa: E402
+from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
+from harmlens.guards.organisms.datasets import harmless_train  # noqa: E402
+from harmlens.probes.data import builtin_prompts  # noqa: E402
+from harmlens.probes.loading import load_model  # noqa: E402
 
 TARGET = 0.05
 
@@ -58,18 +58,41 @@ def main(argv: list[str] | None = None) -> int:
         for rule in CALIBRATION_RULES:
             alpha = threshold_for_fpr(scores[pool], TARGET, rule)
             flagged = {k: sum(s >= alpha for s in v) / len(v) for k, v in scores.items()}
-            columns.append({"pool": pool, "alpha": alpha, "flagged": flagged,
-                            **calibration_record(len(scores[pool]), TARGET, rule)})
-    head = "| set (n) | " + " | ".join(f"{c['pool']} ({c['n_harmless']}), {c['rule']} (α = {c['alpha']:.2f})"
-                                      for c in columns) + " |"
-    rows = [f"| {k} ({len(scores[k])}) | " + " | ".join(f"{100 * c['flagged'][k]:.1f}%" for c in columns) + " |"
-            for k in scores]
-    md = "\n".join([f"Share flagged by `{args.guard}` at α calibrated for {TARGET:.0%} FPR:", "", head,
-                    "|---" * (len(columns) + 1) + "|", *rows]) + "\n"
+            columns.append(
+                {
+                    "pool": pool,
+                    "alpha": alpha,
+                    "flagged": flagged,
+                    **calibration_record(len(scores[pool]), TARGET, rule),
+                }
+            )
+    head = (
+        "| set (n) | "
+        + " | ".join(f"{c['pool']} ({c['n_harmless']}), {c['rule']} (α = {c['alpha']:.2f})" for c in columns)
+        + " |"
+    )
+    rows = [
+        f"| {k} ({len(scores[k])}) | " + " | ".join(f"{100 * c['flagged'][k]:.1f}%" for c in columns) + " |"
+        for k in scores
+    ]
+    md = (
+        "\n".join(
+            [
+                f"Share flagged by `{args.guard}` at α calibrated for {TARGET:.0%} FPR:",
+                "",
+                head,
+                "|---" * (len(columns) + 1) + "|",
+                *rows,
+            ]
+        )
+        + "\n"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "calibration.json").write_text(json.dumps({"guard": args.guard, "target_fpr": TARGET, "columns": columns,
-                                                      "scores": scores}, indent=1), encoding="utf-8")
+    (out / "calibration.json").write_text(
+        json.dumps({"guard": args.guard, "target_fpr": TARGET, "columns": columns, "scores": scores}, indent=1),
+        encoding="utf-8",
+    )
     (out / "calibration.md").write_text(md, encoding="utf-8")
     print(md)
     return 0

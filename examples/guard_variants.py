@@ -31,14 +31,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from guards import datasets  # noqa: E402
-from guards.guard_sets import gptfuzzer_wrap, named_wrap  # noqa: E402
-from guards.latent_fit import auroc  # noqa: E402
-from guards.latent_guard import LatentGuard  # noqa: E402
-from guards.organisms import load_organism  # noqa: E402
-from guards.span_fit import FIT_NAMED, held_out_gptfuzzer_ids  # noqa: E402
-from probes.activations import cache_resid  # noqa: E402
-from probes.chat import chat_format  # noqa: E402
+from harmlens.guards import datasets  # noqa: E402
+from harmlens.guards.evaluation.sets import gptfuzzer_wrap, named_wrap  # noqa: E402
+from harmlens.guards.latent.fit import auroc  # noqa: E402
+from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
+from harmlens.guards.latent.span_fit import FIT_NAMED, held_out_gptfuzzer_ids  # noqa: E402
+from harmlens.guards.organisms.build import load_organism  # noqa: E402
+from harmlens.probes.activations import cache_resid  # noqa: E402
+from harmlens.probes.chat import chat_format  # noqa: E402
 
 FIT_JAILBREAKS = FIT_NAMED
 VARIANTS = ("centroid", "probe", "probe+jb", "probe-max", "span", "span-linear")
@@ -49,12 +49,15 @@ def eval_sets(n: int) -> dict[str, tuple[list[str], bool]]:
     """Held-out sets {name: (prompts, harmful?)}."""
     harmful, harmless = datasets.eval_prompts("harmful")[:n], datasets.eval_prompts("harmless")[:n]
     ids = held_out_gptfuzzer_ids()
-    return {"plain harmful": (harmful, True), "plain harmless": (harmless, False),
-            "held-out jailbreaks": (named_wrap(harmful, HELD_OUT_JAILBREAKS), True),
-            "held-out jailbreaks, harmless": (named_wrap(harmless, HELD_OUT_JAILBREAKS), False),
-            "GPTFuzzer": (gptfuzzer_wrap(harmful, ids), True),
-            "GPTFuzzer, harmless": (gptfuzzer_wrap(harmless, ids), False),
-            "XSTest safe": (datasets.eval_prompts("xstest")[:2 * n], False)}
+    return {
+        "plain harmful": (harmful, True),
+        "plain harmless": (harmless, False),
+        "held-out jailbreaks": (named_wrap(harmful, HELD_OUT_JAILBREAKS), True),
+        "held-out jailbreaks, harmless": (named_wrap(harmless, HELD_OUT_JAILBREAKS), False),
+        "GPTFuzzer": (gptfuzzer_wrap(harmful, ids), True),
+        "GPTFuzzer, harmless": (gptfuzzer_wrap(harmless, ids), False),
+        "XSTest safe": (datasets.eval_prompts("xstest")[: 2 * n], False),
+    }
 
 
 def max_over_instruction(guard: LatentGuard, prompts: list[str]) -> torch.Tensor:
@@ -63,8 +66,14 @@ def max_over_instruction(guard: LatentGuard, prompts: list[str]) -> torch.Tensor
     start = len(guard.model.tokenizer(fmt.prefix, add_special_tokens=False)["input_ids"])
     out = []
     for p in prompts:
-        acts = cache_resid(guard.model, [fmt.render(p)], lambda c: range(start, c.t_inst + 1), layers=guard.layers,
-                           batch_size=1, progress=False)[0]  # [n_layers, n_pos, d]
+        acts = cache_resid(
+            guard.model,
+            [fmt.render(p)],
+            lambda c: range(start, c.t_inst + 1),
+            layers=guard.layers,
+            batch_size=1,
+            progress=False,
+        )[0]  # [n_layers, n_pos, d]
         out.append(guard.score_acts(acts.transpose(0, 1))[0].max())
     return torch.stack(out)
 
@@ -86,16 +95,20 @@ def main() -> int:
     model = load_organism("text")
     harmful = datasets.harmful_train()
     alpaca = [i for i, _ in datasets.harmless_train()]
-    harmless, calibration = alpaca[:len(harmful)], alpaca[len(harmful):len(harmful) + args.n_cal]
+    harmless, calibration = alpaca[: len(harmful)], alpaca[len(harmful) : len(harmful) + args.n_cal]
     wrapped = named_wrap(harmful, FIT_JAILBREAKS), named_wrap(harmless, FIT_JAILBREAKS)
     probe_layers = list(range(12, model.cfg.n_layers + 1))
-    fits = {"centroid": lambda: LatentGuard.fit(model, harmful, harmless),
-            "probe": lambda: LatentGuard.fit(model, harmful, harmless, method="probe", layers=probe_layers),
-            "probe+jb": lambda: LatentGuard.fit(model, harmful + wrapped[0], harmless + wrapped[1], method="probe",
-                                                layers=probe_layers),
-            "span": lambda: LatentGuard.fit(model, harmful, harmless, method="probe", read="span", progress=True),
-            "span-linear": lambda: LatentGuard.fit(model, harmful, harmless, method="probe", read="span",
-                                                   token_probe="linear", progress=True)}
+    fits = {
+        "centroid": lambda: LatentGuard.fit(model, harmful, harmless),
+        "probe": lambda: LatentGuard.fit(model, harmful, harmless, method="probe", layers=probe_layers),
+        "probe+jb": lambda: LatentGuard.fit(
+            model, harmful + wrapped[0], harmless + wrapped[1], method="probe", layers=probe_layers
+        ),
+        "span": lambda: LatentGuard.fit(model, harmful, harmless, method="probe", read="span", progress=True),
+        "span-linear": lambda: LatentGuard.fit(
+            model, harmful, harmless, method="probe", read="span", token_probe="linear", progress=True
+        ),
+    }
     guards = {k: fits[k]() for k in fits if k in wanted or (k == "probe" and "probe-max" in wanted)}
     for g in guards.values():
         g.calibrate(calibration, 0.05)
@@ -107,21 +120,47 @@ def main() -> int:
         scores = {k: torch.tensor([v.score for v in g.check(prompts)]) for k, g in guards.items() if k in wanted}
         if "probe-max" in wanted:
             scores["probe-max"] = max_over_instruction(guards["probe"], prompts)
-        rows.append({"set": name, "harmful": harmful_set, "n": len(prompts),
-                     "flagged": {k: round(float((s >= alphas[k]).float().mean()), 4) for k, s in scores.items()},
-                     "scores": {k: s.tolist() for k, s in scores.items()}})
+        rows.append(
+            {
+                "set": name,
+                "harmful": harmful_set,
+                "n": len(prompts),
+                "flagged": {k: round(float((s >= alphas[k]).float().mean()), 4) for k, s in scores.items()},
+                "scores": {k: s.tolist() for k, s in scores.items()},
+            }
+        )
     reference = {r["harmful"]: r for r in rows if r["set"].startswith("plain")}
     for r in rows:  # AUROC of each set against the plain set of the other label
         other = reference[not r["harmful"]]["scores"]
-        r["auroc"] = {k: round(auroc(torch.tensor(s), torch.tensor(other[k])) if r["harmful"] else
-                               auroc(torch.tensor(other[k]), torch.tensor(s)), 4) for k, s in r["scores"].items()}
+        r["auroc"] = {
+            k: round(
+                auroc(torch.tensor(s), torch.tensor(other[k]))
+                if r["harmful"]
+                else auroc(torch.tensor(other[k]), torch.tensor(s)),
+                4,
+            )
+            for k, s in r["scores"].items()
+        }
     names = list(rows[0]["flagged"])
-    table = ("| set (n) | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n" + "".join(
-        f"| {r['set']} ({r['n']}) | " + " | ".join(f"{100 * r['flagged'][k]:.0f}% (AUROC {r['auroc'][k]:.2f})"
-                                                 for k in names) + " |\n" for r in rows))
-    note = (f"Share flagged at 5% FPR on {len(calibration)} calibration prompts (TPR on harmful sets, FPR on harmless "
-            f"ones); layers: " + ", ".join(f"{k} {g.layers[0]}-{g.layers[-1]}" for k, g in guards.items()) +
-            f". {time.perf_counter() - start:.0f} s.\n")
+    table = (
+        "| set (n) | "
+        + " | ".join(names)
+        + " |\n|---|"
+        + "---|" * len(names)
+        + "\n"
+        + "".join(
+            f"| {r['set']} ({r['n']}) | "
+            + " | ".join(f"{100 * r['flagged'][k]:.0f}% (AUROC {r['auroc'][k]:.2f})" for k in names)
+            + " |\n"
+            for r in rows
+        )
+    )
+    note = (
+        f"Share flagged at 5% FPR on {len(calibration)} calibration prompts (TPR on harmful sets, FPR on harmless "
+        f"ones); layers: "
+        + ", ".join(f"{k} {g.layers[0]}-{g.layers[-1]}" for k, g in guards.items())
+        + f". {time.perf_counter() - start:.0f} s.\n"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "variants.json").write_text(json.dumps({"rows": rows, "alphas": alphas}, indent=1))
     if "span" in guards:

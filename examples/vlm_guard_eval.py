@@ -19,12 +19,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import guards  # noqa: E402
-from guards.guard_eval import evaluate_guard  # noqa: E402
-from guards.guard_sets import fit_wrappers, shipped_sets  # noqa: E402
-from guards.latent_guard import LatentGuard  # noqa: E402
-from guards.vlm_guard import ImageAwareDetector, image_sets  # noqa: E402
-from probes.data import builtin_prompts  # noqa: E402
+import harmlens.guards  # noqa: E402
+from harmlens.guards.evaluation.report import evaluate_guard  # noqa: E402
+from harmlens.guards.evaluation.sets import fit_wrappers, shipped_sets  # noqa: E402
+from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
+from harmlens.guards.latent.images import ImageAwareDetector, image_sets  # noqa: E402
+from harmlens.probes.data import builtin_prompts  # noqa: E402
 
 
 def main() -> None:
@@ -37,18 +37,26 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.perf_counter()
-    vlm = guards.load_organism("vlm")
+    vlm = harmlens.guards.load_organism("vlm")
     kind = {"method": "probe", "read": "span"} if args.read == "span" else {}
-    guard = LatentGuard.fit(vlm, builtin_prompts("harmful", "train")[:args.n_fit],
-                            builtin_prompts("harmless", "train")[:args.n_fit],
-                            target_fpr=0.05, progress=args.read == "span", **kind)
+    guard = LatentGuard.fit(
+        vlm,
+        builtin_prompts("harmful", "train")[: args.n_fit],
+        builtin_prompts("harmless", "train")[: args.n_fit],
+        target_fpr=0.05,
+        progress=args.read == "span",
+        **kind,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     guard.save(args.out / "guard.safetensors")
     print(f"fitted in {time.perf_counter() - start:.0f} s: layers {guard.layers}, alpha {guard.alpha:.4g}", flush=True)
     sets = shipped_sets(vlm, limit=args.n, exclude=fit_wrappers(guard))
     sets.update(image_sets(vlm, sets["plain_harmful"][0], sets["plain_harmless"][0]))
-    report = evaluate_guard(ImageAwareDetector(guard, vlm.processor), sets,
-                            baselines=[ImageAwareDetector(guard.refusal_guard(), vlm.processor, "delta_refuse")])
+    report = evaluate_guard(
+        ImageAwareDetector(guard, vlm.processor),
+        sets,
+        baselines=[ImageAwareDetector(guard.refusal_guard(), vlm.processor, "delta_refuse")],
+    )
     report.meta.update(model=guard.metadata.get("model"), layers=guard.layers, alpha=guard.alpha)
     report.save(args.out)
     print(report.to_markdown(), f"total {time.perf_counter() - start:.0f} s")

@@ -1,13 +1,27 @@
-"""harmlens.guards: LoRA safety-tuning, the aligned model organisms, and (later) latent guards."""
+"""harmlens.guards: the deployable Latent Guard, its evaluation, the model organisms, and (adversarial) LoRA tuning.
 
-from guards.adapter import Adapter
-from guards.adversarial import Stage, adversarial_train
-from guards.guard_eval import GuardReport, evaluate_guard
-from guards.guarded import GuardedModel, GuardedReply
-from guards.latent_guard import LatentGuard, Verdict
-from guards.organisms import build_organism, load_organism, organism_path
-from guards.training import Example, TrainConfig, train
+Subpackages: `latent` (the guard you deploy), `evaluation`, `organisms`, `tuning`, `cli`.
+"""
 
-__all__ = ["Adapter", "Example", "GuardReport", "GuardedModel", "GuardedReply", "LatentGuard", "Stage", "TrainConfig",
-           "Verdict", "adversarial_train", "build_organism", "evaluate_guard", "load_organism", "organism_path",
-           "train"]
+from harmlens.guards.evaluation import GuardReport, evaluate_guard
+from harmlens.guards.latent import GuardedModel, GuardedReply, LatentGuard, Verdict
+from harmlens.guards.organisms import build_organism, load_organism, organism_path
+from harmlens.guards.tuning import Adapter, Example, Stage, TrainConfig, adversarial_train, train
+
+__all__ = [
+    "Adapter",
+    "Example",
+    "GuardReport",
+    "GuardedModel",
+    "GuardedReply",
+    "LatentGuard",
+    "Stage",
+    "TrainConfig",
+    "Verdict",
+    "adversarial_train",
+    "build_organism",
+    "evaluate_guard",
+    "load_organism",
+    "organism_path",
+    "train",
+]

@@ -1,4 +1,4 @@
-"""Command line: `python -m guards build-organism text [--out DIR] [--force]`, plus the latent-guard commands."""
+"""Command line: `python -m harmlens.guards build-organism text [--out DIR] [--force]`, plus the latent-guard commands."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import argparse
 import json
 import sys
 
-from probes.cli_common import run_cli
+from harmlens.cli import run_cli
 
 
 def _build_organism(args: argparse.Namespace) -> int:
-    from guards.organisms import build_organism, is_built, organism_path
+    from harmlens.guards.organisms.build import build_organism, is_built, organism_path
 
     path = organism_path(args.kind) if args.out is None else args.out
     if is_built(path) and not args.force:
@@ -21,32 +21,44 @@ def _build_organism(args: argparse.Namespace) -> int:
     ev = card.get("eval") or {}
     rates = ", ".join(f"{k} {v['refusal_rate']:.2f}" for k, v in ev.get("sets", {}).items())
     print(f"organism: {path}")
-    print(f"build: {card['build_seconds']['total']:.0f} s ({card['training']['steps']} LoRA steps, "
-          f"{card['training']['train_seconds']:.0f} s training)")
+    print(
+        f"build: {card['build_seconds']['total']:.0f} s ({card['training']['steps']} LoRA steps, "
+        f"{card['training']['train_seconds']:.0f} s training)"
+    )
     if rates:
         print(f"held-out refusal rate: {rates}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `python -m guards` argument parser (one subparser per command)."""
-    parser = argparse.ArgumentParser(prog="python -m guards",
-                                     description="harmlens guards: safety-tuned model organisms and latent guards.")
+    """The `python -m harmlens.guards` argument parser (one subparser per command)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m harmlens.guards", description="harmlens guards: safety-tuned model organisms and latent guards."
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    build = sub.add_parser("build-organism", help="train, evaluate and cache an aligned model organism",
-                           description="LoRA safety-tune the embedded SmolLM2 into an aligned organism "
-                                       "(about 10 minutes on 2 CPU cores), evaluate it, and cache it.")
-    build.add_argument("kind", choices=["text", "vlm"],
-                       help="which organism: text, or vlm (LLaVA on the text organism's LM, ~10 min more)")
+    build = sub.add_parser(
+        "build-organism",
+        help="train, evaluate and cache an aligned model organism",
+        description="LoRA safety-tune the embedded SmolLM2 into an aligned organism "
+        "(about 10 minutes on 2 CPU cores), evaluate it, and cache it.",
+    )
+    build.add_argument(
+        "kind",
+        choices=["text", "vlm"],
+        help="which organism: text, or vlm (LLaVA on the text organism's LM, ~10 min more)",
+    )
     build.add_argument("--out", default=None, help="folder to write (default: the harmlens cache)")
     build.add_argument("--force", action="store_true", help="rebuild even if it is already built")
     build.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     build.set_defaults(func=_build_organism)
-    from guards.guard_cli import add_guard_commands  # latent guards: fit, check, eval
+    from harmlens.guards.cli.guard import add_guard_commands  # latent guards: fit, check, eval
+
     add_guard_commands(sub)
-    from guards.adversarial_cli import add_command as add_adversarial  # adversarial-train
+    from harmlens.guards.cli.adversarial import add_command as add_adversarial  # adversarial-train
+
     add_adversarial(sub)
-    from guards.main_job import add_command as add_main_job  # main: the whole pipeline on the organism
+    from harmlens.guards.cli.main_job import add_command as add_main_job  # main: the whole pipeline on the organism
+
     add_main_job(sub)
     return parser
 
@@ -58,8 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return run_cli(lambda: args.func(args),
-                   interrupted="interrupted (a later build resumes from the last checkpoint)")
+    return run_cli(lambda: args.func(args), interrupted="interrupted (a later build resumes from the last checkpoint)")
 
 
 if __name__ == "__main__":

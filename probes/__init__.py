@@ -1,19 +1,40 @@
 """harmlens.probes: model loading, chat positions, activation caching, directions, steering/ablation, plots."""
 
-from probes.activations import cache_resid, iter_resid_batches
-from probes.beliefs import BeliefScores, Centroids, belief_scores, delta_scores
-from probes.chat import ChatFormat, ChatPrompt, chat_format, format_instruction
-from probes.data import builtin_prompts, read_prompts
-from probes.directions import Directions, extract_directions
-from probes.errors import HarmlensError
-from probes.generation import generate, last_token_logits
-from probes.interventions import ablate, orthogonalize, steer
-from probes.loading import load_model
-from probes.selection import Selection, refusal_score, refusal_token_ids, select_refusal_direction
+from harmlens.errors import HarmlensError
+from harmlens.probes.activations import cache_resid, iter_resid_batches
+from harmlens.probes.beliefs import BeliefScores, Centroids, belief_scores, delta_scores
+from harmlens.probes.chat import ChatFormat, ChatPrompt, chat_format, format_instruction
+from harmlens.probes.data import builtin_prompts, read_prompts
+from harmlens.probes.directions import Directions, extract_directions
+from harmlens.probes.generation import generate, last_token_logits
+from harmlens.probes.interventions import ablate, orthogonalize, steer
+from harmlens.probes.loading import load_model
+from harmlens.probes.selection import Selection, refusal_score, refusal_token_ids, select_refusal_direction
 
 __all__ = [
-    "BeliefScores", "Centroids", "ChatFormat", "ChatPrompt", "Directions", "HarmlensError", "Selection", "ablate",
-    "belief_scores", "builtin_prompts", "cache_resid", "chat_format", "delta_scores", "extract_directions",
-    "format_instruction", "generate", "iter_resid_batches", "last_token_logits", "load_model", "orthogonalize",
-    "read_prompts", "refusal_score", "refusal_token_ids", "select_refusal_direction", "steer",
+    "BeliefScores",
+    "Centroids",
+    "ChatFormat",
+    "ChatPrompt",
+    "Directions",
+    "HarmlensError",
+    "Selection",
+    "ablate",
+    "belief_scores",
+    "builtin_prompts",
+    "cache_resid",
+    "chat_format",
+    "delta_scores",
+    "extract_directions",
+    "format_instruction",
+    "generate",
+    "iter_resid_batches",
+    "last_token_logits",
+    "load_model",
+    "orthogonalize",
+    "read_prompts",
+    "refusal_score",
+    "refusal_token_ids",
+    "select_refusal_direction",
+    "steer",
 ]

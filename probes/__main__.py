@@ -1,4 +1,4 @@
-"""CLI: `python -m probes extract|select` — directions and Arditi selection as files and plots."""
+"""CLI: `python -m harmlens.probes extract|select` — directions and Arditi selection as files and plots."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-from probes.cli_common import parse_layers, parse_offsets, run_cli
+from harmlens.cli import parse_layers, parse_offsets, run_cli
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=None, help="Hub name or local HF folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument(
+        "--model", default=None, help="Hub name or local HF folder (default: the embedded SmolLM2-135M-Instruct)"
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder (created; files are written atomically)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--system", default=None, help="system prompt (default: the chat template's own)")
@@ -20,13 +22,16 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse tree of `python -m probes`."""
-    parser = argparse.ArgumentParser(prog="python -m probes", description=__doc__)
+    """The argparse tree of `python -m harmlens.probes`."""
+    parser = argparse.ArgumentParser(prog="python -m harmlens.probes", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    ex = sub.add_parser("extract", help="harmfulness (t_inst) and refusal (t_post-inst) directions, per layer",
-                        description="Class-mean differences of the residual stream; writes directions.safetensors, "
-                                    "summary.json and PNG plots. Prompt files: .json list, .jsonl, .csv or .txt; "
-                                    "'builtin:harmful[:train|val]' uses the shipped sets (the default).")
+    ex = sub.add_parser(
+        "extract",
+        help="harmfulness (t_inst) and refusal (t_post-inst) directions, per layer",
+        description="Class-mean differences of the residual stream; writes directions.safetensors, "
+        "summary.json and PNG plots. Prompt files: .json list, .jsonl, .csv or .txt; "
+        "'builtin:harmful[:train|val]' uses the shipped sets (the default).",
+    )
     _common(ex)
     ex.add_argument("--harmful", default=None, help="harmful prompt file (default: builtin:harmful:train)")
     ex.add_argument("--harmless", default=None, help="harmless prompt file (default: builtin:harmless:train)")
@@ -34,8 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--layers", default=None, help="layers to extract, e.g. '0-30' (default: all)")
     ex.add_argument("--val-harmful", default=None, help="prompts for the belief-score scatter (default: builtin val)")
     ex.add_argument("--val-harmless", default=None)
-    sel = sub.add_parser("select", help="Arditi bypass/induce/KL selection of one refusal direction",
-                         description="Scores every (post-instruction position, layer) candidate of a directions file.")
+    sel = sub.add_parser(
+        "select",
+        help="Arditi bypass/induce/KL selection of one refusal direction",
+        description="Scores every (post-instruction position, layer) candidate of a directions file.",
+    )
     _common(sel)
     sel.add_argument("--directions", required=True, type=Path, help="directions.safetensors from `extract`")
     sel.add_argument("--harmful-val", default=None, help="default: builtin:harmful:val")
@@ -48,12 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_extract(args: argparse.Namespace) -> dict:
     """Extract both directions, save them, score validation prompts and plot."""
-    from probes.beliefs import Centroids, belief_scores
-    from probes.data import load_prompt_source
-    from probes.directions import extract_directions
-    from probes.io import atomic_write_text
-    from probes.loading import load_model
-    from probes.plots import plot_belief_scatter, plot_cosine, plot_norms
+    from harmlens.io import atomic_write_text
+    from harmlens.probes.beliefs import Centroids, belief_scores
+    from harmlens.probes.data import load_prompt_source
+    from harmlens.probes.directions import extract_directions
+    from harmlens.probes.loading import load_model
+    from harmlens.probes.plots import plot_belief_scatter, plot_cosine, plot_norms
 
     harmful = load_prompt_source(args.harmful, "harmful", "train", args.n)
     harmless = load_prompt_source(args.harmless, "harmless", "train", args.n)
@@ -61,17 +69,34 @@ def cmd_extract(args: argparse.Namespace) -> dict:
     val_l = load_prompt_source(args.val_harmless, "harmless", "val", 64)
     model = load_model(args.model)
     start = time.perf_counter()
-    d = extract_directions(model, harmful, harmless, batch_size=args.batch_size, layers=parse_layers(args.layers),
-                           system=args.system, progress=not args.quiet)
+    d = extract_directions(
+        model,
+        harmful,
+        harmless,
+        batch_size=args.batch_size,
+        layers=parse_layers(args.layers),
+        system=args.system,
+        progress=not args.quiet,
+    )
     elapsed = time.perf_counter() - start
     out: Path = args.out
     d.save(out / "directions.safetensors")
     table = d.cosine_table()
     layers = [row["layer"] for row in table]
-    plot_cosine(layers, [row["cosine"] for row in table], out / "cosine_per_layer.png",
-                title=f"{d.metadata['model']}: cos(harmfulness, refusal)")
-    plot_norms(layers, {"harmfulness (t_inst)": [r["norm_harmfulness"] for r in table],
-                        "refusal (t_post-inst)": [r["norm_refusal"] for r in table]}, out / "norms_per_layer.png")
+    plot_cosine(
+        layers,
+        [row["cosine"] for row in table],
+        out / "cosine_per_layer.png",
+        title=f"{d.metadata['model']}: cos(harmfulness, refusal)",
+    )
+    plot_norms(
+        layers,
+        {
+            "harmfulness (t_inst)": [r["norm_harmfulness"] for r in table],
+            "refusal (t_post-inst)": [r["norm_refusal"] for r in table],
+        },
+        out / "norms_per_layer.png",
+    )
     centroids = Centroids.from_directions(d)
     groups = {}
     for name, prompts in (("harmful (val)", val_h), ("harmless (val)", val_l)):
@@ -79,10 +104,15 @@ def cmd_extract(args: argparse.Namespace) -> dict:
         groups[name] = (s.delta_harmful.tolist(), s.delta_refuse.tolist())
     plot_belief_scatter(groups, out / "beliefs_scatter.png", title=f"{d.metadata['model']}")
     summary = {
-        "model": d.metadata["model"], "n_harmful": len(harmful), "n_harmless": len(harmless),
-        "extraction_seconds": round(elapsed, 2), "cosine_per_layer": table,
-        "belief_means": {k: {"delta_harmful": sum(v[0]) / len(v[0]), "delta_refuse": sum(v[1]) / len(v[1])}
-                         for k, v in groups.items()},
+        "model": d.metadata["model"],
+        "n_harmful": len(harmful),
+        "n_harmless": len(harmless),
+        "extraction_seconds": round(elapsed, 2),
+        "cosine_per_layer": table,
+        "belief_means": {
+            k: {"delta_harmful": sum(v[0]) / len(v[0]), "delta_refuse": sum(v[1]) / len(v[1])}
+            for k, v in groups.items()
+        },
         "files": ["directions.safetensors", "cosine_per_layer.png", "norms_per_layer.png", "beliefs_scatter.png"],
     }
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
@@ -91,18 +121,25 @@ def cmd_extract(args: argparse.Namespace) -> dict:
 
 def cmd_select(args: argparse.Namespace) -> dict:
     """Run Arditi selection on a directions file and save the winner, the score grids and a plot."""
-    from probes.data import load_prompt_source
-    from probes.directions import Directions
-    from probes.loading import load_model
-    from probes.selection import select_refusal_direction
+    from harmlens.probes.data import load_prompt_source
+    from harmlens.probes.directions import Directions
+    from harmlens.probes.loading import load_model
+    from harmlens.probes.selection import select_refusal_direction
 
     harmful_val = load_prompt_source(args.harmful_val, "harmful", "val", args.n)
     harmless_val = load_prompt_source(args.harmless_val, "harmless", "val", args.n)
     model = load_model(args.model)
     directions = Directions.load(args.directions, model=model)
-    sel = select_refusal_direction(model, directions, harmful_val, harmless_val, batch_size=args.batch_size,
-                                   positions=parse_offsets(args.positions),
-                                   layers=parse_layers(args.layers), progress=not args.quiet)
+    sel = select_refusal_direction(
+        model,
+        directions,
+        harmful_val,
+        harmless_val,
+        batch_size=args.batch_size,
+        positions=parse_offsets(args.positions),
+        layers=parse_layers(args.layers),
+        progress=not args.quiet,
+    )
     sel.save(args.out)
     return sel.to_json()
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from probes.chat import ChatPrompt
-from probes.errors import HarmlensError
-from probes.loading import model_device
+from harmlens.errors import HarmlensError
+from harmlens.probes.chat import ChatPrompt
+from harmlens.probes.loading import model_device
 
 PositionSelector = Callable[[ChatPrompt], Sequence[int]]
 
@@ -28,7 +28,9 @@ def resid_hook_name(model, layer: int) -> str:
     """Hook for the residual stream entering block `layer`; layer == n_layers is the final residual."""
     L = n_layers(model)
     if not 0 <= layer <= L:
-        raise HarmlensError(f"layer {layer} out of range: the model has layers 0..{L} (resid_pre 0..{L - 1}, {L} = final)")
+        raise HarmlensError(
+            f"layer {layer} out of range: the model has layers 0..{L} (resid_pre 0..{L - 1}, {L} = final)"
+        )
     return f"blocks.{layer}.hook_resid_pre" if layer < L else "ln_final.hook_in"
 
 
@@ -57,10 +59,12 @@ def t_post_inst_positions(prompt: ChatPrompt) -> Sequence[int]:
 
 def last_post_inst_positions(k: int) -> PositionSelector:
     """Selector factory: the last k post-instruction tokens (Arditi's eoi positions)."""
+
     def select(prompt: ChatPrompt) -> Sequence[int]:
         if len(prompt.post_inst) < k:
             raise HarmlensError(f"prompt has {len(prompt.post_inst)} post-instruction tokens, need {k}")
         return prompt.post_inst[-k:]
+
     return select
 
 
@@ -84,8 +88,8 @@ def pad_batch(prompts: Sequence[ChatPrompt], pad_id: int, *, padding_side: str =
     offsets = torch.zeros(len(prompts), dtype=torch.long)
     for row, p in enumerate(prompts):
         start = width - len(p) if padding_side == "left" else 0
-        ids[row, start:start + len(p)] = torch.tensor(p.input_ids)
-        mask[row, start:start + len(p)] = 1
+        ids[row, start : start + len(p)] = torch.tensor(p.input_ids)
+        mask[row, start : start + len(p)] = 1
         offsets[row] = start
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     return Batch(ids.to(device), mask.to(device), pos.to(device), offsets.to(device))
@@ -108,11 +112,13 @@ def iter_resid_batches(
     device = model_device(model)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     names = [resid_hook_name(model, layer) for layer in layers]
-    last_name = max(names, key=lambda n: (n.startswith("ln_final"), int(n.split(".")[1]) if n.startswith("blocks") else 0))
+    last_name = max(
+        names, key=lambda n: (n.startswith("ln_final"), int(n.split(".")[1]) if n.startswith("blocks") else 0)
+    )
     desc = progress if isinstance(progress, str) else "caching activations"
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
+        chunk = prompts[start : start + batch_size]
         batch = pad_batch(chunk, pad_id, padding_side=padding_side, device=device)
         rel = [list(select(p)) for p in chunk]
         if len({len(r) for r in rel}) != 1:
@@ -123,10 +129,11 @@ def iter_resid_batches(
 
         def make_hook(name: str):
             def hook(x: torch.Tensor, hook) -> torch.Tensor:
-                store[name] = x[rows, pos].detach().float()
+                store[name] = x[rows, pos].detach().float()  # noqa: B023 (hooks live for this batch only)
                 if name == last_name:
                     raise _StopForward
                 return x
+
             return hook
 
         with torch.no_grad(), model.hooks(fwd_hooks=[(n, make_hook(n)) for n in set(names)]):

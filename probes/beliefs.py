@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from probes.activations import iter_resid_batches
-from probes.chat import ChatPrompt, chat_format
-from probes.directions import Directions, layer_span, mean_activations, render_prompts
-from probes.errors import HarmlensError
-from probes.io import check_compatible, load_tensors, model_signature, save_tensors
+from harmlens.errors import HarmlensError
+from harmlens.io import check_compatible, load_tensors, model_signature, save_tensors
+from harmlens.probes.activations import iter_resid_batches
+from harmlens.probes.chat import ChatPrompt, chat_format
+from harmlens.probes.directions import Directions, layer_span, mean_activations, render_prompts
 
 FORMAT = "harmlens.centroids"
 _NAMES = ("harmful", "harmless", "refuse", "accept")
@@ -39,26 +39,47 @@ class Centroids:
         return f"Centroids(model={self.metadata.get('model')!r}, layers={layer_span(self.layers)})"
 
     @classmethod
-    def from_directions(cls, directions: Directions) -> "Centroids":
+    def from_directions(cls, directions: Directions) -> Centroids:
         """Reuse the class means stored by extract_directions (harmful = refuse side, harmless = accept side)."""
         d = directions
         meta = {k: d.metadata[k] for k in ("model", "d_model", "n_layers", "layers", "system")}
         meta.update(format=FORMAT, source="directions", data_sha256=d.metadata.get("data_sha256"))
-        return cls(d.harmful_inst.clone(), d.harmless_inst.clone(), d.harmful_post.clone(), d.harmless_post.clone(),
-                   metadata=meta)
+        return cls(
+            d.harmful_inst.clone(),
+            d.harmless_inst.clone(),
+            d.harmful_post.clone(),
+            d.harmless_post.clone(),
+            metadata=meta,
+        )
 
     @classmethod
-    def from_activations(cls, harmful_inst, harmless_inst, refuse_post, accept_post, *, model,
-                         layers: Sequence[int], system: str | None = None) -> "Centroids":
+    def from_activations(
+        cls,
+        harmful_inst,
+        harmless_inst,
+        refuse_post,
+        accept_post,
+        *,
+        model,
+        layers: Sequence[int],
+        system: str | None = None,
+    ) -> Centroids:
         """Means (float64-accumulated) of activations [n, n_layers_sel, d] or iterables of such batches."""
-        means = [mean_activations([a] if isinstance(a, torch.Tensor) else a).float()
-                 for a in (harmful_inst, harmless_inst, refuse_post, accept_post)]
+        means = [
+            mean_activations([a] if isinstance(a, torch.Tensor) else a).float()
+            for a in (harmful_inst, harmless_inst, refuse_post, accept_post)
+        ]
         want = (len(layers), int(model.cfg.d_model))
         for name, m in zip(_NAMES, means):
             if tuple(m.shape) != want:
                 raise HarmlensError(f"{name} activations give centroids of shape {tuple(m.shape)}, expected {want}")
-        meta = {"format": FORMAT, **model_signature(model), "layers": [int(x) for x in layers], "system": system,
-                "source": "activations"}
+        meta = {
+            "format": FORMAT,
+            **model_signature(model),
+            "layers": [int(x) for x in layers],
+            "system": system,
+            "source": "activations",
+        }
         return cls(*means, metadata=meta)
 
     def rows(self, layers: Sequence[int] | None) -> tuple[list[int], list[int]]:
@@ -78,7 +99,7 @@ class Centroids:
         return save_tensors(path, {k: getattr(self, k).float() for k in _NAMES}, self.metadata)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model=None) -> "Centroids":
+    def load(cls, path: str | os.PathLike, model=None) -> Centroids:
         """Read a file written by save(); with `model`, check it matches."""
         tensors, meta = load_tensors(path)
         if meta.get("format") != FORMAT or any(k not in tensors for k in _NAMES):
@@ -110,12 +131,15 @@ class BeliefScores:
 
     def to_rows(self) -> list[dict]:
         """One dict per prompt: {instruction, delta_harmful, delta_refuse}."""
-        return [{"instruction": s, "delta_harmful": h, "delta_refuse": r}
-                for s, h, r in zip(self.instructions, self.delta_harmful.tolist(), self.delta_refuse.tolist())]
+        return [
+            {"instruction": s, "delta_harmful": h, "delta_refuse": r}
+            for s, h, r in zip(self.instructions, self.delta_harmful.tolist(), self.delta_refuse.tolist())
+        ]
 
 
-def delta_scores(acts: torch.Tensor, pos_centroid: torch.Tensor, neg_centroid: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def delta_scores(
+    acts: torch.Tensor, pos_centroid: torch.Tensor, neg_centroid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos(h_l, pos_l) - cos(h_l, neg_l) for acts [n, layers, d]: (mean over layers [n], per layer [n, layers])."""
     if acts.ndim != 3:
         raise HarmlensError(f"acts must be [n, layers, d_model], got shape {tuple(acts.shape)}")
@@ -150,9 +174,17 @@ def belief_scores(
     def select(p: ChatPrompt) -> tuple[int, int]:
         return (p.t_inst, p.t_post_inst)
 
-    inst, post = _split_positions(iter_resid_batches(
-        model, rendered, select, layers=layers, batch_size=batch_size, padding_side=padding_side,
-        progress="belief scores" if progress else False))
+    inst, post = _split_positions(
+        iter_resid_batches(
+            model,
+            rendered,
+            select,
+            layers=layers,
+            batch_size=batch_size,
+            padding_side=padding_side,
+            progress="belief scores" if progress else False,
+        )
+    )
     dh, ph = delta_scores(inst, centroids.harmful[rows], centroids.harmless[rows])
     dr, pr = delta_scores(post, centroids.refuse[rows], centroids.accept[rows])
     return BeliefScores(dh, dr, ph, pr, layers, [p.instruction for p in rendered])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-from probes.errors import HarmlensError
+from harmlens.errors import HarmlensError
 
 _PLACEHOLDER = "\ue000HARMLENS_INSTRUCTION\ue001"
 
@@ -46,7 +46,7 @@ class ChatFormat:
         system: str | None = None,
         chat_template: str | None = None,
         max_length: int | None = None,
-    ) -> "ChatFormat":
+    ) -> ChatFormat:
         """Derive prefix/suffix from the tokenizer's (or the given Jinja) template; system=None keeps its default."""
         messages = [{"role": "user", "content": _PLACEHOLDER}]
         if system is not None:
@@ -131,8 +131,9 @@ def chat_format(model, *, system: str | None = None, chat_template: str | None =
     return ChatFormat.from_tokenizer(model.tokenizer, system=system, chat_template=chat_template, max_length=n_ctx)
 
 
-def format_instruction(model_or_tokenizer, instruction: str, *, system: str | None = None,
-                       chat_template: str | None = None) -> ChatPrompt:
+def format_instruction(
+    model_or_tokenizer, instruction: str, *, system: str | None = None, chat_template: str | None = None
+) -> ChatPrompt:
     """Convenience: render one instruction with a model's (or tokenizer's) own chat template."""
     if hasattr(model_or_tokenizer, "tokenizer") and hasattr(model_or_tokenizer, "cfg"):
         fmt = chat_format(model_or_tokenizer, system=system, chat_template=chat_template)

@@ -7,7 +7,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from probes.errors import HarmlensError
+from harmlens.errors import HarmlensError
 
 PROMPT_KEYS = ("instruction", "bad_q", "prompt", "goal", "behavior", "Behavior", "question", "Question", "text")
 BUILTIN_SETS = ("harmful", "harmless")
@@ -94,7 +94,9 @@ def builtin_prompts(name: str, split: str | None = None, *, limit: int | None = 
     return prompts[:limit] if limit is not None else prompts
 
 
-def load_prompt_source(source: str | None, builtin: str, split: str | None = None, limit: int | None = None) -> list[str]:
+def load_prompt_source(
+    source: str | None, builtin: str, split: str | None = None, limit: int | None = None
+) -> list[str]:
     """CLI helper: a file path, 'builtin:<name>[:<split>]', or None for the named built-in set."""
     if source is None:
         return builtin_prompts(builtin, split, limit=limit)

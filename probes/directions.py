@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from probes.activations import check_layers, iter_resid_batches
-from probes.chat import ChatPrompt, chat_format
-from probes.errors import HarmlensError
-from probes.io import check_compatible, load_tensors, model_signature, save_tensors
+from harmlens.errors import HarmlensError
+from harmlens.io import check_compatible, load_tensors, model_signature, save_tensors
+from harmlens.probes.activations import check_layers, iter_resid_batches
+from harmlens.probes.chat import ChatPrompt, chat_format
 
 FORMAT = "harmlens.directions"
 VERSION = 1
@@ -48,8 +48,10 @@ class Directions:
 
     def __repr__(self) -> str:
         m = self.metadata
-        return (f"Directions(model={m.get('model')!r}, layers={len(self.layers)} of {m.get('n_layers', 0) + 1}, "
-                f"n_post={len(self.positions)}, n_harmful={m.get('n_harmful')}, n_harmless={m.get('n_harmless')})")
+        return (
+            f"Directions(model={m.get('model')!r}, layers={len(self.layers)} of {m.get('n_layers', 0) + 1}, "
+            f"n_post={len(self.positions)}, n_harmful={m.get('n_harmful')}, n_harmless={m.get('n_harmless')})"
+        )
 
     def row(self, layer: int) -> int:
         """Row index of an absolute layer index; HarmlensError if out of range or not extracted."""
@@ -86,15 +88,17 @@ class Directions:
     def cosine_table(self) -> list[dict]:
         """One dict per extracted layer: {layer, cosine, norm_harmfulness, norm_refusal}."""
         cos, nh, nr = self.cosine().tolist(), self.norms("harmfulness").tolist(), self.norms("refusal").tolist()
-        return [{"layer": layer, "cosine": c, "norm_harmfulness": a, "norm_refusal": b}
-                for layer, c, a, b in zip(self.layers, cos, nh, nr)]
+        return [
+            {"layer": layer, "cosine": c, "norm_harmfulness": a, "norm_refusal": b}
+            for layer, c, a, b in zip(self.layers, cos, nh, nr)
+        ]
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write a safetensors file (tensors + JSON metadata) atomically."""
         return save_tensors(path, {k: getattr(self, k).float() for k in _TENSORS}, self.metadata)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model=None) -> "Directions":
+    def load(cls, path: str | os.PathLike, model=None) -> Directions:
         """Read a file written by save(); with `model`, check it was extracted from that model."""
         tensors, meta = load_tensors(path)
         if meta.get("format") != FORMAT:
@@ -137,19 +141,38 @@ def extract_directions(
 
     means = {}
     for name, prompts in rendered.items():
-        batches = iter_resid_batches(model, prompts, select, layers=layers, batch_size=batch_size,
-                                     padding_side=padding_side, progress=f"{name} prompts" if progress else False)
+        batches = iter_resid_batches(
+            model,
+            prompts,
+            select,
+            layers=layers,
+            batch_size=batch_size,
+            padding_side=padding_side,
+            progress=f"{name} prompts" if progress else False,
+        )
         means[name] = mean_activations(acts for _, acts in batches)  # [n_sel, 1 + n_post, d] float64
     diff = means["harmful"] - means["harmless"]
     meta = {
-        "format": FORMAT, "version": VERSION, **model_signature(model), "layers": layers,
-        "positions": list(range(-n_post, 0)), "n_harmful": len(harmful), "n_harmless": len(harmless),
-        "data_sha256": data_hash(harmful, harmless), "system": system, "padding_side": padding_side,
+        "format": FORMAT,
+        "version": VERSION,
+        **model_signature(model),
+        "layers": layers,
+        "positions": list(range(-n_post, 0)),
+        "n_harmful": len(harmful),
+        "n_harmless": len(harmless),
+        "data_sha256": data_hash(harmful, harmless),
+        "system": system,
+        "padding_side": padding_side,
     }
     return Directions(
-        harmfulness=diff[:, 0].float(), refusal=diff[:, -1].float(), candidates=diff[:, 1:].transpose(0, 1).float(),
-        harmful_inst=means["harmful"][:, 0].float(), harmless_inst=means["harmless"][:, 0].float(),
-        harmful_post=means["harmful"][:, -1].float(), harmless_post=means["harmless"][:, -1].float(), metadata=meta,
+        harmfulness=diff[:, 0].float(),
+        refusal=diff[:, -1].float(),
+        candidates=diff[:, 1:].transpose(0, 1).float(),
+        harmful_inst=means["harmful"][:, 0].float(),
+        harmless_inst=means["harmless"][:, 0].float(),
+        harmful_post=means["harmful"][:, -1].float(),
+        harmless_post=means["harmless"][:, -1].float(),
+        metadata=meta,
     )
 
 

@@ -8,33 +8,13 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from probes.activations import pad_batch
-from probes.chat import ChatPrompt, chat_format
-from probes.errors import HarmlensError
-from probes.loading import model_device
+from harmlens.compat import ensure_kv_cache_compat
+from harmlens.errors import HarmlensError
+from harmlens.probes.activations import pad_batch
+from harmlens.probes.chat import ChatPrompt, chat_format
+from harmlens.probes.loading import model_device
 
 _MIN_SHARED_PREFIX = 4  # shorter common prefixes are not worth a separate cached forward
-
-
-def ensure_kv_cache_compat() -> None:
-    """Make TL 4.3's reimplemented attention read transformers 5's `cache=` kwarg (else cached decoding is wrong)."""
-    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
-
-    original = AttentionBridge._update_kv_cache
-    if getattr(original, "_harmlens_compat", False):
-        return
-
-    def _update_kv_cache(self, k, v, **kwargs):
-        if kwargs.get("past_key_values") is None and kwargs.get("layer_past") is None:
-            if kwargs.get("cache") is not None:
-                kwargs["past_key_values"] = kwargs["cache"]
-        return original(self, k, v, **kwargs)
-
-    _update_kv_cache._harmlens_compat = True
-    AttentionBridge._update_kv_cache = _update_kv_cache
-
-
-ensure_kv_cache_compat()
 
 
 def pad_id(tokenizer) -> int:
@@ -54,8 +34,9 @@ def stop_token_ids(model) -> list[int]:
         ids += [value] if isinstance(value, int) else list(value or [])
     marker = "\ue000HARMLENS_REPLY\ue001"
     try:
-        text = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}],
-                                       tokenize=False)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
+        )
     except Exception:  # templates that cannot render an assistant turn: eos only
         text = ""
     if marker in text:
@@ -98,7 +79,7 @@ def generate_ids(
     """New token ids per prompt (stop token excluded); greedy unless do_sample; active bridge hooks apply."""
     _check_batch_size(batch_size)
     if not prompts or not all(isinstance(p, ChatPrompt) for p in prompts):
-        raise HarmlensError("prompts must be a non-empty list of ChatPrompts (see probes.chat.chat_format)")
+        raise HarmlensError("prompts must be a non-empty list of ChatPrompts (see harmlens.probes.chat.chat_format)")
     if max_new_tokens < 1:
         raise HarmlensError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if do_sample and not temperature > 0:
@@ -106,21 +87,22 @@ def generate_ids(
     ensure_kv_cache_compat()
     hf, device = model.original_model, model_device(model)
     stops, pid = stop_token_ids(model), pad_id(model.tokenizer)
-    kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops, pad_token_id=pid,
-                  use_cache=True)
+    kwargs = dict(
+        max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops, pad_token_id=pid, use_cache=True
+    )
     kwargs.update(dict(temperature=temperature) if do_sample else dict(temperature=None, top_p=None, top_k=None))
     kwargs.update(hf_kwargs)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
     out: list[list[int]] = [[] for _ in prompts]
     bar = tqdm(total=len(prompts), desc="generating", disable=not progress, unit="prompt")
     for start in range(0, len(order), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         batch = pad_batch([prompts[i] for i in idx], pid, padding_side="left", device=device)
         with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed + start)
             seqs = hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
         for row, i in enumerate(idx):
-            new = seqs[row, batch.input_ids.shape[1]:].tolist()
+            new = seqs[row, batch.input_ids.shape[1] :].tolist()
             cut = next((j for j, t in enumerate(new) if t in stops), len(new))
             out[i] = new[:cut]
         bar.update(len(idx))
@@ -142,8 +124,16 @@ def generate(
 ) -> list[str]:
     """Chat replies (new tokens only, special tokens dropped), batched and left-padded; greedy by default."""
     prompts = render(model, instructions, system)
-    ids = generate_ids(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
-                       temperature=temperature, seed=seed, progress=progress)
+    ids = generate_ids(
+        model,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        do_sample=do_sample,
+        temperature=temperature,
+        seed=seed,
+        progress=progress,
+    )
     return [model.tokenizer.decode(t, skip_special_tokens=True) for t in ids]
 
 
@@ -178,14 +168,14 @@ def last_token_logits(
     """
     _check_batch_size(batch_size)
     if not prompts or not all(isinstance(p, ChatPrompt) for p in prompts):
-        raise HarmlensError("prompts must be a non-empty list of ChatPrompts (see probes.chat.chat_format)")
+        raise HarmlensError("prompts must be a non-empty list of ChatPrompts (see harmlens.probes.chat.chat_format)")
     ensure_kv_cache_compat()
     hf, device, pid = model.original_model, model_device(model), pad_id(model.tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding per batch
     out = []
     bar = tqdm(total=len(prompts), desc="forward", disable=not progress, unit="prompt")
     for start in range(0, len(prompts), batch_size):
-        chunk = [prompts[i] for i in order[start:start + batch_size]]
+        chunk = [prompts[i] for i in order[start : start + batch_size]]
         n_pre = _common_prefix(chunk) if share_prefix and len(chunk) > 1 else 0
         n_pre = n_pre if n_pre >= _MIN_SHARED_PREFIX else 0
         kwargs = {}
@@ -200,8 +190,14 @@ def last_token_logits(
             batch = pad_batch(rest, pid, padding_side="left", device=device)
             mask = torch.cat([torch.ones(len(chunk), n_pre, dtype=torch.long, device=device), batch.attention_mask], 1)
             pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_pre:]
-            logits = hf(input_ids=batch.input_ids, attention_mask=mask, position_ids=pos, logits_to_keep=1,
-                        use_cache=bool(n_pre), **kwargs).logits
+            logits = hf(
+                input_ids=batch.input_ids,
+                attention_mask=mask,
+                position_ids=pos,
+                logits_to_keep=1,
+                use_cache=bool(n_pre),
+                **kwargs,
+            ).logits
         out.append(logits[:, -1].float().cpu())
         bar.update(len(chunk))
     bar.close()

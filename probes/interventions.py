@@ -8,8 +8,8 @@ from contextlib import contextmanager
 
 import torch
 
-from probes.activations import n_layers, resid_hook_name
-from probes.errors import HarmlensError
+from harmlens.errors import HarmlensError
+from harmlens.probes.activations import n_layers, resid_hook_name
 
 POSITIONS = ("all", "prompt")
 
@@ -74,8 +74,11 @@ def steer(model, vector: torch.Tensor, layer: int, coeff: float = 1.0, *, positi
 
 def ablation_hook_names(model) -> list[str]:
     """Arditi's ablation points: hook_resid_pre, hook_attn_out and hook_mlp_out of every block."""
-    names = [f"blocks.{layer}.{point}" for layer in range(n_layers(model))
-             for point in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")]
+    names = [
+        f"blocks.{layer}.{point}"
+        for layer in range(n_layers(model))
+        for point in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")
+    ]
     missing = [n for n in names if n not in model.hook_dict]
     if missing:
         raise HarmlensError(f"the model has no hook point {missing[0]}: cannot ablate ({len(missing)} missing)")

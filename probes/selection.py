@@ -13,15 +13,28 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from probes.chat import ChatFormat, chat_format
-from probes.errors import HarmlensError
-from probes.generation import last_token_logits
-from probes.interventions import ablate, steer
-from probes.io import check_compatible, json_safe, load_tensors, model_signature, save_tensors
+from harmlens.errors import HarmlensError
+from harmlens.io import check_compatible, json_safe, load_tensors, model_signature, save_tensors
+from harmlens.probes.chat import ChatFormat, chat_format
+from harmlens.probes.generation import last_token_logits
+from harmlens.probes.interventions import ablate, steer
 
 FORMAT = "harmlens.selection"
-OPENERS = ("I", "I'm", "I am", "I cannot", "I can't", "I apologize", "As", "As an AI", "Sorry", "I'm sorry",
-           "Unfortunately", "Apologies", "No")
+OPENERS = (
+    "I",
+    "I'm",
+    "I am",
+    "I cannot",
+    "I can't",
+    "I apologize",
+    "As",
+    "As an AI",
+    "Sorry",
+    "I'm sorry",
+    "Unfortunately",
+    "Apologies",
+    "No",
+)
 _TENSORS = ("direction", "bypass", "induce", "kl", "discarded", "baseline_harmful", "baseline_harmless")
 
 
@@ -29,12 +42,16 @@ def _fallback_pool(evaluated, layer_ok, kl_ok, induces, kl_threshold: float, max
     """Arditi's repo crashes when every candidate is discarded; relax one rule at a time instead. First KL (a
     direction that induces refusal but shifts harmless logits a little more than kl_threshold still works, e.g. on
     a small organism), then induce (a model that barely refuses has induce < 0 everywhere), then both."""
-    tiers = ((evaluated & layer_ok & induces, f"KL <= {kl_threshold} relaxed; kept induce >= 0 and layer < {max_layer}"),
-             (evaluated & layer_ok & kl_ok, f"induce >= 0 relaxed; kept KL <= {kl_threshold} and layer < {max_layer}"),
-             (evaluated, "no rule kept: none of them keeps KL, induce and layer within bounds"))
+    tiers = (
+        (evaluated & layer_ok & induces, f"KL <= {kl_threshold} relaxed; kept induce >= 0 and layer < {max_layer}"),
+        (evaluated & layer_ok & kl_ok, f"induce >= 0 relaxed; kept KL <= {kl_threshold} and layer < {max_layer}"),
+        (evaluated, "no rule kept: none of them keeps KL, induce and layer within bounds"),
+    )
     pool, which = next((p, w) for p, w in tiers if p.any())
-    return pool, (f"all {int(evaluated.sum())} evaluated candidates were discarded (layer >= {max_layer}, "
-                  f"KL > {kl_threshold} or induce < 0); returning the lowest bypass score with {which}")
+    return pool, (
+        f"all {int(evaluated.sum())} evaluated candidates were discarded (layer >= {max_layer}, "
+        f"KL > {kl_threshold} or induce < 0); returning the lowest bypass score with {which}"
+    )
 
 
 def refusal_token_ids(tokenizer, openers: Sequence[str] = OPENERS) -> list[int]:
@@ -50,7 +67,7 @@ def refusal_token_ids(tokenizer, openers: Sequence[str] = OPENERS) -> list[int]:
         word = re.split(r"[\s']", opener)[0]
         for sep in seps:
             full = tokenizer(prompt + sep + opener, add_special_tokens=False)["input_ids"]
-            if len(full) > len(prompt_ids) and list(full[:len(prompt_ids)]) == list(prompt_ids):
+            if len(full) > len(prompt_ids) and list(full[: len(prompt_ids)]) == list(prompt_ids):
                 tid = int(full[len(prompt_ids)])
                 if tokenizer.decode([tid]).strip() == word:
                     ids.append(tid)
@@ -103,9 +120,11 @@ class Selection:
 
     def __repr__(self) -> str:
         i = self.positions.index(self.position)
-        return (f"Selection(position={self.position}, layer={self.layer}, "
-                f"bypass={float(self.bypass[i, self.layer]):.3f}, induce={float(self.induce[i, self.layer]):.3f}, "
-                f"kl={float(self.kl[i, self.layer]):.4f}, fallback={self.fallback})")
+        return (
+            f"Selection(position={self.position}, layer={self.layer}, "
+            f"bypass={float(self.bypass[i, self.layer]):.3f}, induce={float(self.induce[i, self.layer]):.3f}, "
+            f"kl={float(self.kl[i, self.layer]):.4f}, fallback={self.fallback})"
+        )
 
     def unit(self) -> torch.Tensor:
         """The selected direction at unit norm."""
@@ -114,37 +133,68 @@ class Selection:
     def to_json(self) -> dict:
         """JSON-safe summary: choice, its scores, baselines, refusal tokens and the grids (NaN -> None)."""
         i = self.positions.index(self.position)
-        return json_safe({
-            **self.metadata, "position": self.position, "layer": self.layer, "positions": list(self.positions),
-            "bypass_score": float(self.bypass[i, self.layer]), "induce_score": float(self.induce[i, self.layer]),
-            "kl_score": float(self.kl[i, self.layer]), "direction_norm": float(self.direction.norm()),
-            "baseline_harmful_mean": float(self.baseline_harmful.mean()),
-            "baseline_harmless_mean": float(self.baseline_harmless.mean()),
-            "refusal_ids": list(self.refusal_ids), "refusal_tokens": list(self.refusal_tokens),
-            "fallback": self.fallback, "reason": self.reason, "n_kept": int((~self.discarded).sum()),
-            "bypass": self.bypass.tolist(), "induce": self.induce.tolist(), "kl": self.kl.tolist(),
-        })
+        return json_safe(
+            {
+                **self.metadata,
+                "position": self.position,
+                "layer": self.layer,
+                "positions": list(self.positions),
+                "bypass_score": float(self.bypass[i, self.layer]),
+                "induce_score": float(self.induce[i, self.layer]),
+                "kl_score": float(self.kl[i, self.layer]),
+                "direction_norm": float(self.direction.norm()),
+                "baseline_harmful_mean": float(self.baseline_harmful.mean()),
+                "baseline_harmless_mean": float(self.baseline_harmless.mean()),
+                "refusal_ids": list(self.refusal_ids),
+                "refusal_tokens": list(self.refusal_tokens),
+                "fallback": self.fallback,
+                "reason": self.reason,
+                "n_kept": int((~self.discarded).sum()),
+                "bypass": self.bypass.tolist(),
+                "induce": self.induce.tolist(),
+                "kl": self.kl.tolist(),
+            }
+        )
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write tensors + JSON summary as one safetensors file (atomic, via probes.io)."""
+        """Write tensors + JSON summary as one safetensors file (atomic, via harmlens.io)."""
         meta = {k: v for k, v in self.to_json().items() if k not in ("bypass", "induce", "kl")}
         return save_tensors(path, {k: getattr(self, k) for k in _TENSORS}, {"format": FORMAT, **meta})
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model=None) -> "Selection":
+    def load(cls, path: str | os.PathLike, model=None) -> Selection:
         """Read a file written by save(); with `model`, check it was made with that model."""
         tensors, meta = load_tensors(path)
         if meta.get("format") != FORMAT or any(k not in tensors for k in _TENSORS):
             raise HarmlensError(f"{path} is not a harmlens selection file")
         if model is not None:
             check_compatible(meta, model)
-        keep = ("format", "model", "d_model", "n_layers", "kl_threshold", "max_layer", "n_harmful", "n_harmless",
-                "n_evaluated", "elapsed_s")
-        return cls(position=meta["position"], layer=meta["layer"], positions=meta["positions"],
-                   refusal_ids=meta["refusal_ids"], refusal_tokens=meta["refusal_tokens"], fallback=meta["fallback"],
-                   reason=meta["reason"], metadata={k: meta[k] for k in keep if k in meta},
-                   **{k: tensors[k] for k in _TENSORS[:-3]}, discarded=tensors["discarded"].bool(),
-                   baseline_harmful=tensors["baseline_harmful"], baseline_harmless=tensors["baseline_harmless"])
+        keep = (
+            "format",
+            "model",
+            "d_model",
+            "n_layers",
+            "kl_threshold",
+            "max_layer",
+            "n_harmful",
+            "n_harmless",
+            "n_evaluated",
+            "elapsed_s",
+        )
+        return cls(
+            position=meta["position"],
+            layer=meta["layer"],
+            positions=meta["positions"],
+            refusal_ids=meta["refusal_ids"],
+            refusal_tokens=meta["refusal_tokens"],
+            fallback=meta["fallback"],
+            reason=meta["reason"],
+            metadata={k: meta[k] for k in keep if k in meta},
+            **{k: tensors[k] for k in _TENSORS[:-3]},
+            discarded=tensors["discarded"].bool(),
+            baseline_harmful=tensors["baseline_harmful"],
+            baseline_harmless=tensors["baseline_harmless"],
+        )
 
 
 def _candidate_grid(model, directions) -> tuple[torch.Tensor, list[int], list[int]]:
@@ -174,9 +224,18 @@ def _subset(name: str, wanted, available: list[int], default: list[int]) -> list
 
 
 def select_refusal_direction(
-    model, directions, harmful_val: list[str], harmless_val: list[str], *, batch_size: int = 16,
-    kl_threshold: float = 0.1, max_layer_frac: float = 0.8, positions: Sequence[int] | None = None,
-    layers: Sequence[int] | None = None, system: str | None = None, progress: bool = True,
+    model,
+    directions,
+    harmful_val: list[str],
+    harmless_val: list[str],
+    *,
+    batch_size: int = 16,
+    kl_threshold: float = 0.1,
+    max_layer_frac: float = 0.8,
+    positions: Sequence[int] | None = None,
+    layers: Sequence[int] | None = None,
+    system: str | None = None,
+    progress: bool = True,
 ) -> Selection:
     """Score every candidate (bypass on harmful, induce and KL on harmless) and pick the lowest kept bypass.
 
@@ -208,8 +267,8 @@ def select_refusal_direction(
             continue
         with ablate(model, vec):
             logits = last_token_logits(model, harmful + harmless, batch_size)
-        bypass[i, layer] = refusal_score(logits[:len(harmful)], ids).mean()
-        kl[i, layer] = kl_last(base_logits, logits[len(harmful):]).mean()
+        bypass[i, layer] = refusal_score(logits[: len(harmful)], ids).mean()
+        kl[i, layer] = kl_last(base_logits, logits[len(harmful) :]).mean()
         with steer(model, vec, layer, 1.0):
             induce[i, layer] = refusal_score(last_token_logits(model, harmless, batch_size), ids).mean()
         bar.set_postfix(pos=all_pos[i], layer=layer, bypass=f"{float(bypass[i, layer]):.2f}")
@@ -222,17 +281,35 @@ def select_refusal_direction(
     pool = ~discarded
     if not pool.any():
         fallback = True
-        pool, reason = _fallback_pool(evaluated, layer_idx < max_layer, kl <= kl_threshold, induce >= 0, kl_threshold,
-                                      max_layer)
+        pool, reason = _fallback_pool(
+            evaluated, layer_idx < max_layer, kl <= kl_threshold, induce >= 0, kl_threshold, max_layer
+        )
         warnings.warn(f"refusal direction selection: {reason}", stacklevel=2)
     flat = torch.where(pool, bypass, torch.full_like(bypass, float("inf"))).flatten().argmin()
     i, layer = divmod(int(flat), L)
-    meta = {**model_signature(model), "kl_threshold": kl_threshold, "max_layer": max_layer,
-            "n_harmful": len(harmful), "n_harmless": len(harmless), "n_evaluated": int(evaluated.sum()),
-            "elapsed_s": round(time.perf_counter() - start, 2)}
+    meta = {
+        **model_signature(model),
+        "kl_threshold": kl_threshold,
+        "max_layer": max_layer,
+        "n_harmful": len(harmful),
+        "n_harmless": len(harmless),
+        "n_evaluated": int(evaluated.sum()),
+        "elapsed_s": round(time.perf_counter() - start, 2),
+    }
     return Selection(
-        position=all_pos[i], layer=layer, direction=cands[i, rows.index(layer)].clone(), positions=all_pos,
-        bypass=bypass, induce=induce, kl=kl, discarded=discarded, baseline_harmful=base_harmful,
-        baseline_harmless=refusal_score(base_logits, ids), refusal_ids=ids,
-        refusal_tokens=[model.tokenizer.decode([t]) for t in ids], fallback=fallback, reason=reason, metadata=meta,
+        position=all_pos[i],
+        layer=layer,
+        direction=cands[i, rows.index(layer)].clone(),
+        positions=all_pos,
+        bypass=bypass,
+        induce=induce,
+        kl=kl,
+        discarded=discarded,
+        baseline_harmful=base_harmful,
+        baseline_harmless=refusal_score(base_logits, ids),
+        refusal_ids=ids,
+        refusal_tokens=[model.tokenizer.decode([t]) for t in ids],
+        fallback=fallback,
+        reason=reason,
+        metadata=meta,
     )

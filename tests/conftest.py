@@ -21,7 +21,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def model():
     """The real embedded SmolLM2-135M-Instruct as a TransformerBridge (loaded once per session)."""
-    from probes import load_model
+    from harmlens.probes import load_model
 
     return load_model(device="cpu")
 
@@ -31,7 +31,7 @@ def embedded_tokenizer():
     """The embedded model's tokenizer (pad token set), without loading its weights."""
     from transformers import AutoTokenizer
 
-    from probes.loading import embedded_model_dir
+    from harmlens.probes.loading import embedded_model_dir
 
     tok = AutoTokenizer.from_pretrained(str(embedded_model_dir(progress=False)), local_files_only=True)
     if tok.pad_token is None:
@@ -39,8 +39,18 @@ def embedded_tokenizer():
     return tok
 
 
-def build_tiny_model(tokenizer, *, n_layers: int = 2, d_model: int = 64, n_heads: int = 4, n_kv_heads: int = 2,
-                     d_mlp: int = 128, seed: int = 0, init_range: float = 0.1, name: str = TINY_NAME):
+def build_tiny_model(
+    tokenizer,
+    *,
+    n_layers: int = 2,
+    d_model: int = 64,
+    n_heads: int = 4,
+    n_kv_heads: int = 2,
+    d_mlp: int = 128,
+    seed: int = 0,
+    init_range: float = 0.1,
+    name: str = TINY_NAME,
+):
     """A seeded random-weight Llama bridge with the tokenizer's vocabulary (float32, CPU, eval mode).
 
     The HF model is at `.original_model`.
@@ -50,17 +60,26 @@ def build_tiny_model(tokenizer, *, n_layers: int = 2, d_model: int = 64, n_heads
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
-        num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, max_position_embeddings=2048,
-        tie_word_embeddings=True, initializer_range=init_range, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        vocab_size=len(tokenizer),
+        hidden_size=d_model,
+        intermediate_size=d_mlp,
+        num_hidden_layers=n_layers,
+        num_attention_heads=n_heads,
+        num_key_value_heads=n_kv_heads,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        initializer_range=init_range,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
     )
     cfg.name_or_path = name
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         hf = LlamaForCausalLM(cfg).to(torch.float32).eval()
-    bridge = TransformerBridge.boot_transformers(name, hf_model=hf, tokenizer=tokenizer, device="cpu",
-                                                 dtype=torch.float32)
+    bridge = TransformerBridge.boot_transformers(
+        name, hf_model=hf, tokenizer=tokenizer, device="cpu", dtype=torch.float32
+    )
     bridge.eval()
     bridge.harmlens_name = name
     return bridge
@@ -69,8 +88,10 @@ def build_tiny_model(tokenizer, *, n_layers: int = 2, d_model: int = 64, n_heads
 @pytest.fixture(scope="session")
 def make_tiny_model(embedded_tokenizer):
     """Factory: make_tiny_model(n_layers=2, d_model=64, seed=0, name=...) -> a tiny random bridge (not cached)."""
+
     def make(**kwargs):
         return build_tiny_model(embedded_tokenizer, **kwargs)
+
     return make
 
 
@@ -80,13 +101,25 @@ def tiny_model(make_tiny_model):
     return make_tiny_model()
 
 
+def shared_file(rel: str) -> Path:
+    """A file of the shared benchmark data (../shared/data, or HARMLENS_TEST_DATA); the test is skipped without it."""
+    path = DATA_DIR / rel
+    if not path.exists():
+        pytest.skip(f"shared test data not found: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    """Factory: shared_data('jailbreak/x.csv') -> Path of a shared benchmark file; skips the test when it is missing."""
+    return shared_file
+
+
 def read_instructions(kind: str, split: str = "train", n: int = 24, start: int = 0) -> list[str]:
-    """Instructions [start:start+n] of /work/shared/data/<kind>/<kind>_<split>.json (kind: harmful|harmless)."""
-    path = DATA_DIR / kind / f"{kind}_{split}.json"
-    if not path.is_file():
-        pytest.skip(f"test data not found: {path}")
+    """Instructions [start:start+n] of ../shared/data/<kind>/<kind>_<split>.json (kind: harmful|harmless)."""
+    path = shared_file(f"{kind}/{kind}_{split}.json")
     rows = json.loads(path.read_text())
-    return [r["instruction"] for r in rows[start:start + n]]
+    return [r["instruction"] for r in rows[start : start + n]]
 
 
 @pytest.fixture(scope="session")
@@ -110,6 +143,6 @@ def harmless_prompts():
 @pytest.fixture(scope="session")
 def embedded_directions(model, harmful_prompts, harmless_prompts):
     """Directions of the embedded model from the 24 + 24 training prompts (extracted once per session)."""
-    from probes.directions import extract_directions
+    from harmlens.probes.directions import extract_directions
 
     return extract_directions(model, harmful_prompts, harmless_prompts, progress=False)

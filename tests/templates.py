@@ -52,7 +52,9 @@ MISTRAL = (
     "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}{% endfor %}"
 )
 
-NO_USER_ROLE = "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] }}{% endif %}{% endfor %}"
+NO_USER_ROLE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{ message['content'] }}{% endif %}{% endfor %}"
+)
 
 # LLaVA-1.5 (llava-hf processor template, abridged): list-of-parts content, images rendered first as '<image>\n'.
 LLAVA15 = (

@@ -1,0 +1,1 @@
+"""`python -m harmlens.guards`: argument parsing only; each command calls library functions."""

@@ -1,0 +1,274 @@
+"""`python -m harmlens.guards fit|check|eval`: fit a LatentGuard, stream JSON verdicts, evaluate it against baselines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from harmlens.cli import parse_layers
+from harmlens.errors import HarmlensError
+
+_MODEL_HELP = "Hub name or local HF folder (default for check/eval: the model recorded in the guard file)"
+
+
+def add_guard_commands(subparsers) -> None:
+    """Add the fit, check and eval subcommands to an argparse subparsers object."""
+    fit = subparsers.add_parser("fit", help="fit a latent guard on harmful/harmless prompts and save it")
+    fit.add_argument("--model", default=None, help="model to read (default: the embedded SmolLM2-135M-Instruct)")
+    fit.add_argument(
+        "--harmful",
+        default=None,
+        help="prompt file (.json/.jsonl/.csv/.txt) or builtin:harmful[:split] (default: builtin:harmful:train)",
+    )
+    fit.add_argument("--harmless", default=None, help="same, default builtin:harmless:train")
+    fit.add_argument("--val-harmful", default=None, help="held-out harmful prompts for layer choice / calibration")
+    fit.add_argument("--val-harmless", default=None, help="held-out harmless prompts (default: 25%% of the fit sets)")
+    fit.add_argument(
+        "--method",
+        choices=["centroid", "probe"],
+        default=None,
+        help="centroid (default for --read t_inst) or probe (the only one for --read span)",
+    )
+    fit.add_argument(
+        "--read",
+        choices=["t_inst", "span"],
+        default="t_inst",
+        help="t_inst (Zhao's rule) or span: a token probe read at every token up to t_inst, the top "
+        "token deciding, fitted on the prompts also wrapped in jailbreaks; catches wrappers that "
+        "end in constant text",
+    )
+    fit.add_argument(
+        "--token-probe",
+        choices=["mlp", "linear"],
+        default="mlp",
+        help="--read span: one small MLP over the layers (default) or a logistic probe per layer (plus "
+        "a t_inst probe, the larger scaled part deciding)",
+    )
+    fit.add_argument(
+        "--wrappers",
+        default="default",
+        help="--read span: jailbreaks the fit wraps prompts in, comma list, groups split by ';' "
+        "(default: four named + half of GPTFuzzer's templates; 'none': plain prompts only)",
+    )
+    fit.add_argument("--layers", default=None, help="e.g. '10-20' (default: chosen on held-out data)")
+    fit.add_argument(
+        "--target-fpr",
+        type=float,
+        default=None,
+        help="calibrate alpha: expected FPR on new harmless prompts at most this (conformal)",
+    )
+    fit.add_argument("--limit", type=int, default=None, help="first N prompts of each fit set")
+    fit.add_argument("--no-balance", action="store_true", help="do not balance the instructions' final punctuation")
+    fit.add_argument("--out", required=True, type=Path, help="guard file to write (.safetensors)")
+    fit.set_defaults(func=cmd_fit)
+    check = subparsers.add_parser("check", help="one JSON verdict per input line (file or stdin)")
+    check.add_argument("guard", type=Path, help="guard file written by `fit`")
+    check.add_argument("--prompts", default="-", help="text file, one prompt per line ('-' = stdin, the default)")
+    check.add_argument("--model", default=None, help=_MODEL_HELP)
+    check.add_argument("--batch-size", type=int, default=16)
+    check.add_argument("--fail-open", action="store_true", help="errors give harmful=false instead of true")
+    check.set_defaults(func=cmd_check)
+    ev = subparsers.add_parser("eval", help="evaluate a guard and the baselines on prompt sets; JSON, markdown, ROC")
+    ev.add_argument("guard", type=Path)
+    ev.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=PATH:harmful|harmless",
+        help="an evaluation set (repeatable); default: the held-out sets shipped in guards/data",
+    )
+    ev.add_argument("--model", default=None, help=_MODEL_HELP)
+    ev.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=GUARD",
+        help="another guard file of the same model, scored side by side (repeatable); the shipped "
+        "jailbreak sets then leave out every compared guard's fit wrappers",
+    )
+    ev.add_argument(
+        "--baselines",
+        default="keyword,perplexity,delta_refuse,behaviour",
+        help="comma list of keyword, perplexity, delta_refuse, behaviour ('' = none)",
+    )
+    ev.add_argument(
+        "--calibrate",
+        default=None,
+        help="harmless prompts to calibrate the perplexity threshold at 5%% FPR (default: NeMo's fixed threshold)",
+    )
+    ev.add_argument("--limit", type=int, default=None, help="first N prompts of each set")
+    ev.add_argument("--out", required=True, type=Path, help="folder for report.json, report.md, roc.png")
+    ev.set_defaults(func=cmd_eval)
+
+
+def _load(args):
+    from harmlens.guards.latent.guard import LatentGuard
+    from harmlens.io import load_tensors
+    from harmlens.probes.loading import load_model
+
+    _, meta = load_tensors(args.guard)
+    model = load_model(args.model or meta.get("model"))
+    return LatentGuard.load(args.guard, model, **({"fail_closed": False} if getattr(args, "fail_open", False) else {}))
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    """Fit and save a guard; print its summary as JSON."""
+    from harmlens.guards.latent.guard import LatentGuard
+    from harmlens.probes.data import load_prompt_source, read_prompts
+    from harmlens.probes.loading import load_model
+
+    harmful = load_prompt_source(args.harmful, "harmful", "train", args.limit)
+    harmless = load_prompt_source(args.harmless, "harmless", "train", args.limit)
+    val = {}
+    if args.val_harmful or args.val_harmless:
+        if not (args.val_harmful and args.val_harmless):
+            raise HarmlensError("give both --val-harmful and --val-harmless, or neither")
+        val = {"val_harmful": read_prompts(args.val_harmful), "val_harmless": read_prompts(args.val_harmless)}
+    if args.read == "span":
+        wrappers = (
+            None
+            if args.wrappers == "none"
+            else args.wrappers
+            if args.wrappers == "default"
+            else [[w.strip() for w in g.split(",") if w.strip()] for g in args.wrappers.split(";") if g.strip()]
+        )
+        extra = {"read": "span", "wrappers": wrappers, "balance": not args.no_balance, "token_probe": args.token_probe}
+    else:
+        extra = {"balance": not args.no_balance}
+    method = args.method or ("probe" if args.read == "span" else "centroid")
+    guard = LatentGuard.fit(
+        load_model(args.model),
+        harmful,
+        harmless,
+        method=method,
+        layers=parse_layers(args.layers),
+        target_fpr=args.target_fpr,
+        progress=True,
+        **extra,
+        **val,
+    )
+    path = guard.save(args.out)
+    fit = guard.metadata["fit"]
+    print(
+        json.dumps(
+            {
+                "guard": str(path),
+                "method": guard.method,
+                "read": guard.position,
+                "layers": guard.layers,
+                "alpha": guard.alpha,
+                "calibration": fit.get("calibration"),
+                "val_auroc": fit.get("val_auroc"),
+                "n_harmful": fit["n_harmful"],
+                "n_harmless": fit["n_harmless"],
+            }
+        )
+    )
+    return 0
+
+
+def _lines(args):
+    """(line number, text or None, error) per non-empty input line; bad UTF-8 is reported, not fatal."""
+    stream = sys.stdin.buffer if args.prompts == "-" else open(args.prompts, "rb")  # noqa: SIM115
+    with stream:
+        for n, raw in enumerate(stream, 1):
+            try:
+                text = raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as exc:
+                yield n, None, f"line is not valid UTF-8 (byte {exc.start})"
+                continue
+            if text.strip():
+                yield n, text, None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Print one JSON verdict per prompt line, in input order, batch by batch."""
+    if args.prompts != "-" and not Path(args.prompts).is_file():
+        raise HarmlensError(f"prompt file not found: {args.prompts}")
+    guard = _load(args)
+    guard.batch_size = args.batch_size
+    pending: list = []
+
+    def flush() -> None:
+        verdicts = iter(guard.check([t for _, t, e in pending if e is None]))
+        for n, _text, err in pending:
+            verdict = guard.failed(err) if err else next(verdicts)
+            print(json.dumps({"line": n, **verdict.to_dict()}, ensure_ascii=False), flush=True)
+        pending.clear()
+
+    for item in _lines(args):
+        pending.append(item)
+        if len(pending) >= args.batch_size:
+            flush()
+    flush()
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Evaluate the guard and baselines; write report.json, report.md and roc.png; print the markdown."""
+    from harmlens.guards.evaluation.baselines import (
+        BehaviourGuard,
+        KeywordGuard,
+        LatentDetector,
+        PerplexityGuard,
+        refuse_detector,
+    )
+    from harmlens.guards.evaluation.report import evaluate_guard
+    from harmlens.guards.latent.guard import LatentGuard
+    from harmlens.probes.data import read_prompts
+
+    guard = _load(args)
+    compared = []
+    for spec in args.compare:
+        name, _, path = spec.rpartition("=")
+        if not name or not path:
+            raise HarmlensError(f"bad --compare {spec!r}: use NAME=GUARD_FILE")
+        compared.append(LatentDetector(LatentGuard.load(path, guard.model), name))
+    sets = {}
+    for spec in args.set:
+        name, _, rest = spec.partition("=")
+        path, _, label = rest.rpartition(":")
+        if not name or label not in ("harmful", "harmless") or not path:
+            raise HarmlensError(f"bad --set {spec!r}: use NAME=PATH:harmful or NAME=PATH:harmless")
+        sets[name] = (read_prompts(path, limit=args.limit), label == "harmful")
+    if not sets:
+        from harmlens.guards.evaluation.sets import fit_wrappers, shipped_sets
+
+        exclude = set().union(*(fit_wrappers(g) for g in [guard] + [d.guard for d in compared]))
+        sets = shipped_sets(guard.model, limit=args.limit, exclude=exclude)
+    make = {
+        "keyword": KeywordGuard,
+        "perplexity": lambda: PerplexityGuard(guard.model),
+        "delta_refuse": lambda: refuse_detector(guard),
+        "behaviour": lambda: BehaviourGuard(guard.model),
+    }
+    wanted = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    unknown = [b for b in wanted if b not in make]
+    if unknown:
+        raise HarmlensError(f"unknown baseline(s) {unknown}; choose from {', '.join(make)}")
+    baselines = compared + [make[b]() for b in wanted]
+    for b in baselines:
+        if args.calibrate and b.name == "perplexity":
+            b.calibrate(read_prompts(args.calibrate), 0.05)
+    report = evaluate_guard(guard, sets, baselines=baselines)
+    report.save(args.out)
+    print(report.to_markdown())
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point (the same commands are wired into `python -m harmlens.guards`)."""
+    parser = argparse.ArgumentParser(prog="python -m harmlens.guards.cli.guard")
+    add_guard_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except HarmlensError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

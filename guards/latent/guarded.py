@@ -1,0 +1,196 @@
+"""GuardedModel: generation whose own prefill feeds a LatentGuard, so guarding costs no extra forward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from harmlens.compat import ensure_kv_cache_compat
+from harmlens.errors import HarmlensError
+from harmlens.guards.latent.guard import LatentGuard, Verdict, _one_line
+from harmlens.probes.activations import pad_batch, resid_hook_name
+from harmlens.probes.chat import ChatPrompt
+from harmlens.probes.generation import pad_id, stop_token_ids
+from harmlens.probes.loading import model_device
+
+DEFAULT_REFUSAL = "I'm sorry, but I can't help with that request."
+
+
+@dataclass(frozen=True)
+class GuardedReply:
+    """A reply and the verdict read from its own prefill; `blocked` replies are the configured refusal."""
+
+    instruction: str
+    text: str
+    verdict: Verdict
+    blocked: bool
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return {"instruction": self.instruction, "text": self.text, "blocked": self.blocked, **self.verdict.to_dict()}
+
+
+class _AllBlocked(Exception):
+    """Raised from the last guard hook when every row is blocked: the rest of the prefill is skipped."""
+
+
+class _Reader:
+    """Hooks that copy the guard's positions out of the prefill and decide once the last layer read is reached."""
+
+    def __init__(
+        self, guard: LatentGuard, rows: torch.Tensor, pos: torch.Tensor, truncated: list[bool], block: bool
+    ) -> None:
+        model = guard.model
+        self.guard, self.rows, self.pos, self.truncated, self.block = guard, rows, pos, truncated, block
+        self.names = [resid_hook_name(model, layer) for layer in guard.layers]
+        self.last = resid_hook_name(model, max(guard.layers))
+        self.store: dict[str, torch.Tensor] = {}
+        self.verdicts: list[Verdict] | None = None
+        self._mask: torch.Tensor | None = None
+
+    def hook_for(self, name: str) -> Callable:
+        """Forward hook for one hook point."""
+        return lambda x, hook: self.read(name, x)
+
+    def read(self, name: str, x: torch.Tensor) -> None:
+        """Copy the positions during the prefill only (decode steps see one token); never modify x."""
+        if self.verdicts is not None or x.shape[1] < 2:
+            return None
+        self.store[name] = x[self.rows, self.pos].detach().float()
+        if name == self.last:
+            try:
+                acts = torch.stack([self.store[n] for n in self.names], dim=1)  # [batch, n_layers, width, d]
+                self.verdicts = self.guard.verdicts_from_acts(acts, self.truncated)
+            except Exception as exc:  # noqa: BLE001 - fail closed, say why
+                self.verdicts = [self.guard.failed(f"internal error: {_one_line(exc)}", t) for t in self.truncated]
+            if self.block and all(v.harmful for v in self.verdicts):
+                raise _AllBlocked
+        return None
+
+    def blocked(self, device) -> torch.Tensor:
+        """Bool mask [batch] of rows to stop (computed once)."""
+        if self._mask is None:
+            if self.verdicts is None:
+                self.verdicts = [self.guard.failed("the guard hook never fired", t) for t in self.truncated]
+            self._mask = torch.tensor([self.block and v.harmful for v in self.verdicts], dtype=torch.bool)
+        return self._mask.to(device)
+
+
+class _StopBlocked(StoppingCriteria):
+    """Stop the rows the guard blocked right after the prefill (their single sampled token is discarded)."""
+
+    def __init__(self, reader: _Reader) -> None:
+        self.reader = reader
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return self.reader.blocked(input_ids.device)
+
+
+class GuardedModel:
+    """Chat generation guarded by a LatentGuard read from the same forward pass that generation needs."""
+
+    def __init__(
+        self,
+        model,
+        guard: LatentGuard,
+        *,
+        refusal: str | Callable[[str, Verdict], str] = DEFAULT_REFUSAL,
+        block: bool = True,
+    ) -> None:
+        if guard.model is not model:
+            guard.attach(model)
+        if not (isinstance(refusal, str) or callable(refusal)):
+            raise HarmlensError("refusal must be a string or a callable(instruction, verdict) -> str")
+        self.model, self.guard, self.refusal, self.block = model, guard, refusal, block
+
+    def _refusal(self, instruction: str, verdict: Verdict) -> str:
+        return self.refusal if isinstance(self.refusal, str) else str(self.refusal(instruction, verdict))
+
+    def generate(
+        self,
+        prompts: Sequence[str | ChatPrompt],
+        *,
+        max_new_tokens: int = 64,
+        batch_size: int = 16,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> list[GuardedReply]:
+        """Replies (greedy by default, left-padded, length-sorted batches); blocked prompts get the refusal."""
+        if isinstance(prompts, (str, ChatPrompt)) or not isinstance(prompts, Sequence) or not prompts:
+            raise HarmlensError("prompts must be a non-empty list of strings or ChatPrompts")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1 or max_new_tokens < 1:
+            raise HarmlensError("batch_size and max_new_tokens must be positive integers")
+        out: list[GuardedReply | None] = [None] * len(prompts)
+        ready = []
+        for i, prompt in enumerate(prompts):
+            try:
+                ready.append((i, *self.guard.prepare(prompt)))
+            except Exception as exc:  # noqa: BLE001 - a bad prompt is answered on its own
+                verdict = self.guard.failed(_one_line(exc))
+                text = getattr(prompt, "instruction", prompt) if isinstance(prompt, (str, ChatPrompt)) else ""
+                out[i] = GuardedReply(
+                    str(text), self._refusal(str(text), verdict) if verdict.harmful else "", verdict, verdict.harmful
+                )
+        ensure_kv_cache_compat()
+        stops, pid = stop_token_ids(self.model), pad_id(self.model.tokenizer)
+        kwargs = dict(
+            max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops, pad_token_id=pid, use_cache=True
+        )
+        kwargs.update(dict(temperature=temperature) if do_sample else dict(temperature=None, top_p=None, top_k=None))
+        ready.sort(key=lambda r: len(r[1]))
+        bar = tqdm(total=len(ready), desc="guarded generation", disable=not progress, unit="prompt")
+        for start in range(0, len(ready), batch_size):
+            chunk = ready[start : start + batch_size]
+            device = model_device(self.model)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed + start)
+                new, verdicts = self._batch([r[1] for r in chunk], [r[2] for r in chunk], kwargs, stops)
+            for (i, prompt, _), ids, verdict in zip(chunk, new, verdicts):
+                blocked = self.block and verdict.harmful
+                text = (
+                    self._refusal(prompt.instruction, verdict)
+                    if blocked
+                    else self.model.tokenizer.decode(ids, skip_special_tokens=True)
+                )
+                out[i] = GuardedReply(prompt.instruction, text, verdict, blocked)
+            bar.update(len(chunk))
+        bar.close()
+        return out  # type: ignore[return-value]
+
+    def _batch(
+        self, prompts: list[ChatPrompt], truncated: list[bool], kwargs: dict, stops: list[int]
+    ) -> tuple[list[list[int]], list[Verdict]]:
+        """One left-padded batch: generate, reading the guard's activations from the prefill."""
+        device = model_device(self.model)
+        batch = pad_batch(prompts, kwargs["pad_token_id"], padding_side="left", device=device)
+        read = self.guard.width(prompts)  # positions read per prompt (1, or the span's longest)
+        pos = torch.tensor([self.guard.select(p, read) for p in prompts], device=device) + batch.offsets[:, None]
+        reader = _Reader(self.guard, torch.arange(len(prompts), device=device)[:, None], pos, truncated, self.block)
+        width = batch.input_ids.shape[1]
+        hooks = [(n, reader.hook_for(n)) for n in dict.fromkeys(reader.names)]
+        with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
+            try:
+                seqs = self.model.original_model.generate(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    stopping_criteria=StoppingCriteriaList([_StopBlocked(reader)]),
+                    **kwargs,
+                )
+                new = [seqs[row, width:].tolist() for row in range(len(prompts))]
+            except _AllBlocked:
+                new = [[] for _ in prompts]
+        reader.blocked(device)  # fills fail-closed verdicts if the hook never fired
+        new = [ids[: next((j for j, t in enumerate(ids) if t in stops), len(ids))] for ids in new]
+        return new, reader.verdicts  # type: ignore[return-value]
+
+    def __call__(self, prompts: str | ChatPrompt | Sequence[str | ChatPrompt], **kwargs) -> str | list[str]:
+        """Reply text(s) only."""
+        if isinstance(prompts, (str, ChatPrompt)):
+            return self.generate([prompts], **kwargs)[0].text
+        return [r.text for r in self.generate(prompts, **kwargs)]

@@ -1,0 +1,263 @@
+"""Fitting a span LatentGuard: token-level probes read at every token up to t_inst (top score), plus a t_inst probe.
+
+Why: a jailbreak wrapper that ends in constant text moves t_inst off the request, so the t_inst rule misses it, but
+the request's own last token still carries the model's harmfulness belief. The probes learn it from prompts wrapped
+in a few jailbreaks (the fit wrappers): positive at the request's last token (and at t_inst of plain harmful prompts),
+negative at every token of harmless prompts, plain or wrapped, and at the wrapper's own tokens before a harmful
+request. Evaluate on wrappers outside the fit (`held_out_gptfuzzer_ids`, the other named jailbreaks).
+The token probe is a small MLP over all read layers by default (harmlens.guards.latent.mlp_probe); token_probe='linear' fits one
+logistic probe per layer instead. A linear token probe misses some plain requests (the max over many harmless tokens
+needs a high threshold), so it comes with a second part by default: a probe fitted at t_inst of the plain prompts only,
+each part scaled on held-out harmless prompts (fit_scales), the larger one speaking.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from harmlens.attacks.jailbreaks import Jailbreak, get_jailbreak, gptfuzzer_templates
+from harmlens.errors import HarmlensError
+from harmlens.guards.latent.fit import (
+    _check_set,
+    auroc,
+    balanced_variants,
+    calibration_record,
+    hold_out,
+    threshold_for_fpr,
+    train_probes,
+)
+from harmlens.guards.latent.guard import FORMAT, MLP_VERSION, VERSION, span_positions
+from harmlens.guards.latent.mlp_probe import MLPProbeConfig, train_mlp_probe
+from harmlens.guards.latent.span_scoring import scaled_max, scales_from, span_parts
+from harmlens.io import model_signature
+from harmlens.probes.activations import check_layers, iter_resid_batches
+from harmlens.probes.chat import ChatPrompt, chat_format
+from harmlens.probes.directions import data_hash
+
+FIT_NAMED = ("aim", "refusal_suppression", "evil_confidant", "payload_splitting")
+TOKEN_PROBES = ("mlp", "linear")
+NEGATIVES_PER_PROMPT = 32
+
+
+def fit_gptfuzzer_ids(seed: int = 0) -> list[str]:
+    """Half of the 77 GPTFuzzer templates (seeded), the fit side; the rest are held out for evaluation."""
+    ids = sorted(gptfuzzer_templates(), key=int)
+    return sorted(random.Random(seed).sample(ids, len(ids) // 2), key=int)
+
+
+def held_out_gptfuzzer_ids(seed: int = 0) -> list[str]:
+    """The GPTFuzzer templates a default span guard never saw."""
+    fit = set(fit_gptfuzzer_ids(seed))
+    return [i for i in sorted(gptfuzzer_templates(), key=int) if i not in fit]
+
+
+def default_wrappers(seed: int = 0) -> list[list[str]]:
+    """Two wrapper groups: four named jailbreaks, and the fit half of GPTFuzzer's templates."""
+    return [list(FIT_NAMED), [f"gptfuzzer:{i}" for i in fit_gptfuzzer_ids(seed)]]
+
+
+def span_layers(model) -> list[int]:
+    """Default layers: every other layer from a third of the depth to the final residual."""
+    n = int(model.cfg.n_layers)
+    return list(range(n // 3, n + 1, 2)) if n >= 3 else list(range(n + 1))
+
+
+def request_tokens(prompt: ChatPrompt, request: str, tokenizer) -> tuple[int, int] | None:
+    """(first, last) token of the request's last occurrence inside the rendered prompt, or None if it is not there."""
+    request = request.strip()
+    start = prompt.text.rfind(request) if request else -1
+    if start < 0:
+        return None
+    end = start + len(request)
+    offsets = tokenizer(prompt.text, add_special_tokens=False, return_offsets_mapping=True).get("offset_mapping")
+    if offsets is None:
+        return None
+    inside = [i for i, (a, b) in enumerate(offsets) if a < end and b > start and b > a]
+    return (inside[0], inside[-1]) if inside and inside[-1] <= prompt.t_inst else None
+
+
+def _groups(wrappers) -> list[list[Jailbreak]]:
+    if wrappers is None:
+        return []
+    if isinstance(wrappers, (str, Jailbreak)):
+        wrappers = [wrappers]
+    single = lambda w: isinstance(w, (str, Jailbreak))  # noqa: E731
+    if all(map(single, wrappers)):  # a flat list of names is one group
+        wrappers = [wrappers]
+    groups = [[w] if single(w) else list(w) for w in wrappers]
+    if any(not g for g in groups):
+        raise HarmlensError("an empty wrapper group")
+    return [[get_jailbreak(w) for w in g] for g in groups]
+
+
+def _sample(positions: Sequence[int], k: int | None, rng: random.Random) -> list[int]:
+    positions = list(positions)
+    return positions if k is None or len(positions) <= k else sorted(rng.sample(positions, k))
+
+
+def _examples(fmt, tokenizer, harmful, harmless, groups, k: int | None, rng, balance: bool) -> list[tuple]:
+    """(prompt, positive positions, negative positions, plain label or None when wrapped) per fit prompt.
+
+    A harmless request inside a wrapper is always negative at every one of its tokens: the contrast that teaches the
+    probe the request, not the wrapper, is what counts.
+    """
+    variants = (lambda p: balanced_variants(p)) if balance else (lambda p: [p])  # noqa: E731
+    out = [(r, [r.t_inst], [], True) for p in harmful for r in map(fmt.render, variants(p))]
+    out += [(r, [], list(range(r.t_inst + 1)), False) for p in harmless for r in map(fmt.render, variants(p))]
+    for group in groups:
+        for i, p in enumerate(harmful):
+            r = fmt.render(group[i % len(group)](p, seed=i))
+            where = request_tokens(r, p, tokenizer)
+            negatives = _sample(range(where[0]) if where else [], k, rng)
+            out.append((r, [where[1] if where else r.t_inst], negatives, None))
+        for i, p in enumerate(harmless):
+            r = fmt.render(group[i % len(group)](p, seed=i))
+            where = request_tokens(r, p, tokenizer)
+            request = set(range(where[0], where[1] + 1)) if where else set()
+            others = _sample([j for j in range(r.t_inst + 1) if j not in request], k, rng)
+            out.append((r, [], sorted(request.union(others)), None))
+    return out
+
+
+def _gather(model, examples, layers, batch_size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Activations [n, n_layers, d] at the positive and negative positions, and {harmful?: [(t_inst, t_post_inst)
+    activations]} of the plain prompts (their centroids; t_post_inst ones give the Δrefuse baseline)."""
+    pos, neg, post = [], [], {True: [], False: []}
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
+    chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    for idx in tqdm(chunks, desc="span guard: caching", disable=not progress, unit="batch"):
+        prompts = [examples[i][0] for i in idx]
+        width = max(p.t_inst + 1 for p in prompts)
+        sel = lambda p: span_positions(p, width) + (p.t_post_inst,)  # noqa: E731, B023 (used at once)
+        _, acts = next(iter_resid_batches(model, prompts, sel, layers=layers, batch_size=len(idx), progress=False))
+        acts = acts.cpu()
+        for row, i in enumerate(idx):
+            _, p_pos, n_pos, plain = examples[i]
+            pos += [acts[row, :, j] for j in p_pos]
+            neg += [acts[row, :, j] for j in n_pos]
+            if plain is not None:
+                post[plain].append((acts[row, :, examples[i][0].t_inst], acts[row, :, -1]))
+    return torch.stack(pos), torch.stack(neg), post
+
+
+def fit_scales(guard, harmless: Sequence[str], batch_size: int = 8) -> torch.Tensor:
+    """Set a two-part span guard's scales from these harmless prompts (span_scoring.scales_from: each part flags about
+    5% of them at score 0); returns their combined scores, so calibration needs no second forward pass."""
+    rendered = [guard.prepare(p)[0] for p in harmless]
+    parts = [
+        span_parts(guard.score_acts, guard.tensors, guard.read(rendered[s : s + batch_size]).float().cpu())
+        for s in range(0, len(rendered), batch_size)
+    ]
+    guard.metadata["scales"] = scales_from(parts)
+    return torch.cat([scaled_max(p, guard.metadata["scales"])[0] for p in parts])
+
+
+def fit_span_guard(
+    cls,
+    model,
+    harmful,
+    harmless,
+    *,
+    method: str = "probe",
+    layers=None,
+    target_fpr=None,
+    wrappers="default",
+    val_harmful=None,
+    val_harmless=None,
+    val_fraction: float = 0.25,
+    negatives_per_prompt: int | None = NEGATIVES_PER_PROMPT,
+    system: str | None = None,
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = False,
+    balance: bool = True,
+    token_probe: str = "mlp",
+    mlp: MLPProbeConfig | None = None,
+    two_part: bool | None = None,
+    **guard_kwargs,
+):
+    """See LatentGuard.fit(read='span'). `wrappers`: jailbreak names or groups of them ('default': default_wrappers,
+    None: plain prompts only), each group wrapping every fit prompt once, cycling through its jailbreaks; `balance`:
+    plain prompts are read with three endings (see balanced_variants); `token_probe`: 'mlp' (one small MLP over the
+    layers, settings `mlp`) or 'linear' (a logistic probe per layer); `two_part` (default: for a linear token probe
+    only): also fit a logistic probe at t_inst of the plain prompts and score max(top token, t_inst probe), each
+    scaled on harmless prompts (see fit_scales)."""
+    if method != "probe":
+        raise HarmlensError("read='span' needs method='probe' (a centroid rule has no token-level training)")
+    if token_probe not in TOKEN_PROBES:
+        raise HarmlensError(f"token_probe must be one of {TOKEN_PROBES}, got {token_probe!r}")
+    two_part = token_probe == "linear" if two_part is None else two_part
+    harmful, harmless = _check_set("harmful", harmful), _check_set("harmless", harmless)
+    if target_fpr is not None and not 0 <= target_fpr < 1:
+        raise HarmlensError(f"target_fpr must be in [0, 1), got {target_fpr}")
+    if any(not isinstance(p, str) for p in harmful + harmless):
+        raise HarmlensError("a span guard is fitted on plain-text prompts (it wraps them itself)")
+    rng = random.Random(seed)
+    harmful, harmless, val_harmful, val_harmless = hold_out(
+        harmful, harmless, val_harmful, val_harmless, val_fraction=val_fraction, rng=rng, target_fpr=target_fpr
+    )
+    fmt = chat_format(model, system=system)
+    rows = check_layers(model, span_layers(model) if layers is None else layers)
+    groups = _groups(default_wrappers(seed) if wrappers == "default" else wrappers)
+    examples = _examples(fmt, model.tokenizer, harmful, harmless, groups, negatives_per_prompt, rng, balance)
+    pos, neg, post = _gather(model, examples, rows, batch_size, progress)
+    if not torch.isfinite(pos).all() or not torch.isfinite(neg).all():
+        raise HarmlensError("non-finite activations (nan/inf) while fitting: check the model's weights/dtype")
+    plain = lambda label, k: torch.stack([a[k] for a in post[label]])  # noqa: E731
+    at_harmful, at_harmless = plain(True, 0), plain(False, 0)  # t_inst of the plain prompts
+    tinst = {f"tinst_{k}": v for k, v in train_probes(at_harmful, at_harmless).items()} if two_part else {}
+    mlp = mlp or MLPProbeConfig(seed=seed)
+    tokens = train_mlp_probe(pos, neg, mlp, progress) if token_probe == "mlp" else train_probes(pos, neg)
+    tensors = {
+        "harmful": at_harmful.mean(0),
+        "harmless": at_harmless.mean(0),
+        **tokens,
+        **tinst,
+        "refuse": plain(True, 1).mean(0),
+        "accept": plain(False, 1).mean(0),
+    }
+    fit = {
+        "n_harmful": len(harmful),
+        "n_harmless": len(harmless),
+        "n_positive_tokens": len(pos),
+        "n_negative_tokens": len(neg),
+        "wrappers": [[w.name for w in g] for g in groups],
+        "data_sha256": data_hash(harmful, harmless),
+    }
+    version = MLP_VERSION if token_probe == "mlp" else VERSION
+    meta = {
+        "format": FORMAT,
+        "version": version,
+        **model_signature(model),
+        "method": "probe",
+        "position": "span",
+        "token_probe": token_probe,
+        "layers": rows,
+        "alpha": 0.0,
+        "alpha_refuse": 0.0,
+        "target_fpr": target_fpr,
+        "system": system,
+        "fit": fit,
+    }
+    if token_probe == "mlp":
+        meta["mlp"] = mlp.to_dict()
+    guard = cls(tensors, meta, model, **guard_kwargs)
+    if two_part:
+        scaled = fit_scales(guard, val_harmless or harmless, batch_size)  # = the validation harmless scores
+        guard.metadata["fit"]["scales_on"] = "validation harmless" if val_harmless else "fit harmless"
+    if val_harmful and val_harmless:
+        sp = torch.tensor([v.score for v in guard.check(val_harmful)])
+        sn = scaled if two_part else torch.tensor([v.score for v in guard.check(val_harmless)])
+        guard.metadata["fit"].update(
+            n_val_harmful=len(val_harmful), n_val_harmless=len(val_harmless), val_auroc=auroc(sp, sn)
+        )
+        if target_fpr is not None:
+            guard.alpha = threshold_for_fpr(sn, target_fpr)
+            refuse = torch.tensor([v.score for v in guard.refusal_guard().check(val_harmless)])
+            guard.metadata["alpha_refuse"] = threshold_for_fpr(refuse, target_fpr)
+            guard.metadata["fit"]["calibration"] = calibration_record(len(sn), target_fpr)
+    return guard

@@ -1,0 +1,203 @@
+"""Building the VLM organism: its recipe, held-out evaluation with images, and the atomic cached build."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from harmlens.guards.organisms.vlm import (
+    IMAGE_TOKEN,
+    N_IMAGES,
+    VISION,
+    assemble_vlm,
+    builtin_images,
+    n_image_tokens,
+    train_vlm,
+)
+
+if TYPE_CHECKING:
+    from harmlens.guards.organisms.build import Recipe
+
+
+def image_replies(
+    hf,
+    processor,
+    instructions: Sequence[str],
+    images: Sequence,
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 32,
+    progress: bool = False,
+    desc: str = "generate",
+) -> list[str]:
+    """Greedy replies with image i % len(images) in the default position (attacks' img_in rendering)."""
+    from tqdm.auto import tqdm
+
+    from harmlens.attacks.settings import perturb
+    from harmlens.attacks.template import RoleTemplate
+    from harmlens.attacks.vlm import generate_with_images
+
+    template = RoleTemplate.from_tokenizer(processor.tokenizer, image_text=processor.image_token)
+    prompts = [perturb(template, x, "img_in") for x in instructions]
+    pics = [images[i % len(images)] for i in range(len(prompts))]
+    out: list[str] = []
+    for s in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc=desc, leave=False):
+        out += generate_with_images(
+            hf,
+            processor,
+            prompts[s : s + batch_size],
+            pics[s : s + batch_size],
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
+    return [r.strip() for r in out]
+
+
+def evaluate_vlm(
+    hf, processor, sets: dict[str, Sequence[str]], images: Sequence, *, max_new_tokens: int = 48, progress: bool = True
+) -> dict:
+    """Refusal rate per set (greedy, image in the default position, substring judge) and every reply."""
+    from harmlens.guards.organisms.evaluate import refusal_rate
+
+    result: dict = {
+        "judge": "substring (JailbreakBench prefixes)",
+        "max_new_tokens": max_new_tokens,
+        "image_position": "start of the user turn (img_in)",
+        "sets": {},
+        "replies": {},
+    }
+    for name, prompts in sets.items():
+        replies = image_replies(
+            hf, processor, prompts, images, max_new_tokens=max_new_tokens, progress=progress, desc=f"eval {name}"
+        )
+        result["sets"][name] = {
+            "n": len(prompts),
+            "refusal_rate": round(refusal_rate(replies), 4),
+            "examples": [[p, r] for p, r in list(zip(prompts, replies))[:3]],
+        }
+        result["replies"][name] = [[p, r] for p, r in zip(prompts, replies)]
+    return result
+
+
+def vlm_recipe() -> Recipe:
+    """The VLM organism's recipe: a short LoRA run on top of the text organism, images in the default position."""
+    from harmlens.guards.organisms.build import Recipe
+    from harmlens.guards.tuning.training import TrainConfig
+
+    return Recipe(
+        version="vlm-v1",
+        n_harmless=1000,
+        harmful_repeats=2,
+        eval_max_new_tokens=48,
+        base_model="organism:text",
+        config=TrainConfig(
+            lora_r=16,
+            lora_alpha=32.0,
+            lora_dropout=0.0,
+            layers=tuple(range(6, 30)),
+            lr=5e-4,
+            schedule="cosine",
+            warmup=4,
+            batch_size=8,
+            max_steps=50,
+            max_response_tokens=32,
+            max_length=128,
+            first_token_weight=10.0,
+            seed=0,
+            checkpoint_every=10,
+        ),
+    )
+
+
+def vlm_key(text_dir: str | Path | None = None) -> list:
+    """What the VLM id depends on beyond the recipe: the text organism, the vision tower and the images."""
+    from harmlens.guards.organisms.build import organism_id
+
+    return [Path(text_dir).name if text_dir is not None else organism_id("text"), VISION, N_IMAGES, IMAGE_TOKEN]
+
+
+def build_vlm(
+    recipe: Recipe,
+    path: Path,
+    *,
+    text_dir: str | Path | None = None,
+    force: bool = False,
+    device=None,
+    evaluate: bool = True,
+    eval_limit: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Assemble LLaVA on the text organism (built first if needed), LoRA-tune it with images, evaluate, save it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from harmlens.guards.organisms import datasets
+    from harmlens.guards.organisms.build import build_organism, write_organism
+
+    start = time.perf_counter()
+    say = print if progress else (lambda *a, **k: None)
+    if text_dir is None:
+        text_dir = build_organism("text", device=device, evaluate=False, progress=progress)
+    say(
+        f"harmlens: building the vlm organism ({recipe.version}, {recipe.config.max_steps} LoRA steps, "
+        f"{torch.get_num_threads()} CPU threads) on {text_dir} into {path} ...",
+        flush=True,
+    )
+    device = torch.device(device) if device is not None else None
+    lm = AutoModelForCausalLM.from_pretrained(str(text_dir), dtype=torch.float32, local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(str(text_dir), local_files_only=True)
+    vlm, proc = assemble_vlm(lm, tok, seed=recipe.config.seed)
+    del lm
+    if device is not None:
+        vlm.to(device)
+    vlm.harmlens_name = f"harmlens/vlm-base:{Path(text_dir).name}"
+    images = builtin_images(seed=recipe.config.seed)
+    examples = datasets.training_examples(recipe.n_harmless, recipe.harmful_repeats)
+    cfg = replace(recipe.config, checkpoint_dir=str(path.parent / f".{path.name}.checkpoints"))
+    adapter = train_vlm(vlm, proc, examples, config=cfg, images=images, progress=progress)
+    merged = adapter.merge(vlm, inplace=True)
+    train_done = time.perf_counter()
+    result = replies = None
+    if evaluate:
+        sets = {name: datasets.eval_prompts(name)[:eval_limit] for name in ("harmful", "harmless")}
+        result = evaluate_vlm(merged, proc, sets, images, max_new_tokens=recipe.eval_max_new_tokens, progress=progress)
+        replies = result.pop("replies")
+    eval_done = time.perf_counter()
+    card = {
+        "kind": "vlm",
+        "id": path.name,
+        "recipe_version": recipe.version,
+        "base_model": str(text_dir),
+        "architecture": "LlavaForConditionalGeneration",
+        "vision": VISION,
+        "image_token": IMAGE_TOKEN,
+        "image_tokens_per_image": n_image_tokens(proc),
+        "images": f"{N_IMAGES} seeded synthetic (builtin_images)",
+        "config": recipe.config.fingerprint_fields(),
+        "seed": recipe.config.seed,
+        "data": {
+            "hash": datasets.data_hash(),
+            "examples": len(examples),
+            "harmless": recipe.n_harmless,
+            "harmful": len(datasets.harmful_train()) * recipe.harmful_repeats,
+        },
+        "training": {k: adapter.meta[k] for k in ("steps", "tokens", "train_seconds", "fingerprint", "losses")},
+        "lora": adapter.lora,
+        "eval": result,
+        "build_seconds": {
+            "train_and_merge": round(train_done - start, 1),
+            "evaluate": round(eval_done - train_done, 1),
+            "total": None,
+        },
+        "environment": {
+            "torch": torch.__version__,
+            "device": str(next(merged.parameters()).device),
+            "threads": torch.get_num_threads(),
+        },
+    }
+    write_organism(path, merged, proc, card, replies, start=start, force=force, checkpoints=cfg.checkpoint_dir, say=say)
+    return path
