@@ -55,6 +55,7 @@ def builtin_images(n: int = N_IMAGES, *, seed: int = 0, size: int = 64) -> list:
         a, b = [tuple(rng.randrange(256) for _ in range(3)) for _ in range(2)]
         img = Image.new("RGB", (size, size))
         px = img.load()
+        assert px is not None  # a new in-memory image always has pixel access
         for y in range(size):
             for x in range(size):
                 t = (x + y) / (2 * size - 2)

@@ -67,8 +67,8 @@ def plot_projections(
     """Each prompt's projection on the unit refusal direction, one column per condition (filled = attack succeeded)."""
     fig, ax = subplots(figsize=(max(5, 0.8 * len(groups) + 2), 4))
     rng = np.random.default_rng(0)
-    for x, (_name, (values, success)) in enumerate(groups.items()):
-        values, success = np.asarray(values, dtype=float), np.asarray(success, dtype=bool)
+    for x, (raw_values, raw_success) in enumerate(groups.values()):
+        values, success = np.asarray(raw_values, dtype=float), np.asarray(raw_success, dtype=bool)
         jitter = x + rng.uniform(-0.18, 0.18, size=len(values))
         ax.scatter(jitter[success], values[success], s=12, c="C3")
         ax.scatter(jitter[~success], values[~success], s=12, facecolors="none", edgecolors="C0")

@@ -52,9 +52,10 @@ def on_topic(reply: str, instruction: str, *, min_len: int = 5) -> bool:
 
 def is_answer(reply: str | None, prompt: str, instruction: str | None = None) -> bool:
     """A reply that engages: coherent, not in the user's voice, not a copy of the prompt, on the instruction's topic."""
+    if not reply:
+        return False
     return (
-        bool(reply)
-        and coherent(reply)
+        coherent(reply)
         and not speaks_as_user(reply)
         and not copies_prompt(reply, prompt)
         and (instruction is None or on_topic(reply, instruction))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from harmlens.guards.organisms.build import TEXT_RECIPE, build_organism
+from harmlens.guards.organisms import TEXT_RECIPE, build_organism
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import time
 import _findings_common as C
 
 from harmlens.attacks.jailbreaks import NAMED
-from harmlens.guards.organisms.build import REPLIES, organism_path
+from harmlens.guards.organisms import REPLIES, organism_path
 from harmlens.guards.organisms.datasets import eval_prompts
 from harmlens.probes import Centroids, belief_scores, generate
 from harmlens.probes.plots import plot_belief_scatter

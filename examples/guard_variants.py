@@ -36,7 +36,7 @@ from harmlens.guards.evaluation.sets import gptfuzzer_wrap, named_wrap  # noqa: 
 from harmlens.guards.latent.fit import auroc  # noqa: E402
 from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
 from harmlens.guards.latent.span_fit import FIT_NAMED, held_out_gptfuzzer_ids  # noqa: E402
-from harmlens.guards.organisms.build import load_organism  # noqa: E402
+from harmlens.guards.organisms import load_organism  # noqa: E402
 from harmlens.probes.activations import cache_resid  # noqa: E402
 from harmlens.probes.chat import chat_format  # noqa: E402
 

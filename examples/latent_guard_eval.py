@@ -39,7 +39,7 @@ from harmlens.probes.loading import load_model  # noqa: E402
 def load(kind: str):
     """The text organism (if built), the embedded base model, or a model folder."""
     if kind == "organism":
-        from harmlens.guards.organisms.build import is_built, load_organism, organism_path
+        from harmlens.guards.organisms import is_built, load_organism, organism_path
 
         if not is_built(organism_path("text")):
             raise SystemExit("the text organism is not built yet: run `python -m harmlens.guards build-organism text`")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from harmlens.guards.organisms.build import REPLIES, build_organism, organism_card, organism_path
+from harmlens.guards.organisms import REPLIES, build_organism, organism_card, organism_path
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from harmlens.cli import run_cli
 
 
 def _build_organism(args: argparse.Namespace) -> int:
-    from harmlens.guards.organisms.build import build_organism, is_built, organism_path
+    from harmlens.guards.organisms import build_organism, is_built, organism_path
 
     path = organism_path(args.kind) if args.out is None else args.out
     if is_built(path) and not args.force:

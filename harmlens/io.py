@@ -33,7 +33,7 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()
 
 
-def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], object]) -> Path:
     """Call write_fn(tmp_path) on a temp file beside `path`, then os.replace it over `path`; nothing left on error."""
     path = Path(path)
     if path.is_dir():

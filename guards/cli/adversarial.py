@@ -19,7 +19,7 @@ def load_subject(spec: str | None, device=None):
     from harmlens.probes.loading import load_model
 
     if spec is None or spec == "organism" or spec.startswith("organism:"):
-        from harmlens.guards.organisms.build import load_organism
+        from harmlens.guards.organisms import load_organism
 
         return load_organism((spec or "organism").partition(":")[2] or "text", device=device)
     return load_model(None if spec == "base" else spec, device=device)

@@ -27,7 +27,7 @@ def _run(cli: Callable[[list[str]], int], argv: list[str], what: str) -> None:
 
 def step_organism(out: Path, args: argparse.Namespace) -> dict:
     """Build (first time, ~10 min on 2 cores) or load the safety-tuned text organism."""
-    from harmlens.guards.organisms.build import build_organism
+    from harmlens.guards.organisms import build_organism
 
     path = build_organism("text", evaluate=False, device=args.device)
     card = json.loads((path / "card.json").read_text(encoding="utf-8"))

@@ -21,7 +21,7 @@ from harmlens.guards.organisms.vlm import (
 )
 
 if TYPE_CHECKING:
-    from harmlens.guards.organisms.build import Recipe
+    from harmlens.guards.organisms.recipes import Recipe
 
 
 def image_replies(
@@ -84,64 +84,25 @@ def evaluate_vlm(
     return result
 
 
-def vlm_recipe() -> Recipe:
-    """The VLM organism's recipe: a short LoRA run on top of the text organism, images in the default position."""
-    from harmlens.guards.organisms.build import Recipe
-    from harmlens.guards.tuning.training import TrainConfig
-
-    return Recipe(
-        version="vlm-v1",
-        n_harmless=1000,
-        harmful_repeats=2,
-        eval_max_new_tokens=48,
-        base_model="organism:text",
-        config=TrainConfig(
-            lora_r=16,
-            lora_alpha=32.0,
-            lora_dropout=0.0,
-            layers=tuple(range(6, 30)),
-            lr=5e-4,
-            schedule="cosine",
-            warmup=4,
-            batch_size=8,
-            max_steps=50,
-            max_response_tokens=32,
-            max_length=128,
-            first_token_weight=10.0,
-            seed=0,
-            checkpoint_every=10,
-        ),
-    )
-
-
-def vlm_key(text_dir: str | Path | None = None) -> list:
-    """What the VLM id depends on beyond the recipe: the text organism, the vision tower and the images."""
-    from harmlens.guards.organisms.build import organism_id
-
-    return [Path(text_dir).name if text_dir is not None else organism_id("text"), VISION, N_IMAGES, IMAGE_TOKEN]
-
-
 def build_vlm(
     recipe: Recipe,
     path: Path,
     *,
-    text_dir: str | Path | None = None,
+    text_dir: str | Path,
     force: bool = False,
     device=None,
     evaluate: bool = True,
     eval_limit: int | None = None,
     progress: bool = True,
 ) -> Path:
-    """Assemble LLaVA on the text organism (built first if needed), LoRA-tune it with images, evaluate, save it."""
+    """Assemble LLaVA on the text organism (`text_dir`), LoRA-tune it with images, evaluate, save it."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harmlens.guards.organisms import datasets
-    from harmlens.guards.organisms.build import build_organism, write_organism
+    from harmlens.guards.organisms.store import write_organism
 
     start = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
-    if text_dir is None:
-        text_dir = build_organism("text", device=device, evaluate=False, progress=progress)
     say(
         f"harmlens: building the vlm organism ({recipe.version}, {recipe.config.max_steps} LoRA steps, "
         f"{torch.get_num_threads()} CPU threads) on {text_dir} into {path} ...",

@@ -9,10 +9,10 @@ from dataclasses import replace
 import pytest
 
 from harmlens.errors import HarmlensError
-from harmlens.guards.organisms import datasets
-from harmlens.guards.organisms.build import (
+from harmlens.guards.organisms import (
     TEXT_RECIPE,
     build_organism,
+    datasets,
     is_built,
     load_organism,
     organism_id,

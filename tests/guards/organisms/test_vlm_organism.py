@@ -176,7 +176,7 @@ def test_image_training_loss_and_adapter(tiny_vlm):
 
 
 def test_build_and_load_a_tiny_vlm_organism(tiny_lm_dir, tmp_path):
-    from harmlens.guards.organisms.build import Recipe, is_built, organism_id
+    from harmlens.guards.organisms import Recipe, is_built, organism_id
     from harmlens.guards.organisms.vlm import load_vlm
     from harmlens.guards.organisms.vlm_build import build_vlm
     from harmlens.guards.tuning.training import TrainConfig

@@ -191,7 +191,7 @@ def test_same_seed_same_weights(tiny_model):
 
 CHILD = textwrap.dedent("""
     import sys, time, torch
-    sys.path.insert(0, {tests!r})
+    sys.path[:0] = [{tests!r}, {here!r}]
     from conftest import build_tiny_model
     from transformers import AutoTokenizer
     from harmlens.guards import TrainConfig, train
@@ -213,7 +213,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, embedded_tok
 
     kw = dict(max_steps=14, lora_dropout=0.1, checkpoint_every=3, checkpoint_dir=str(tmp_path / "ckpt"))
     script = CHILD.format(
-        tests=str(Path(__file__).resolve().parents[2]), tok=str(embedded_model_dir(progress=False)), cfg=kw
+        tests=str(Path(__file__).resolve().parents[2]),
+        here=str(Path(__file__).resolve().parent),
+        tok=str(embedded_model_dir(progress=False)),
+        cfg=kw,
     )
     child = subprocess.Popen(
         [sys.executable, "-c", script],
