@@ -80,7 +80,8 @@ class Centroids:
             "system": system,
             "source": "activations",
         }
-        return cls(*means, metadata=meta)
+        harmful, harmless, refuse, accept = means
+        return cls(harmful, harmless, refuse, accept, metadata=meta)
 
     def rows(self, layers: Sequence[int] | None) -> tuple[list[int], list[int]]:
         """(row indices, absolute layers) for a layer subset (None = all centroid layers)."""
@@ -109,7 +110,8 @@ class Centroids:
             raise HarmlensError(f"{path}: centroid shapes do not match its metadata {want}")
         if model is not None:
             check_compatible(meta, model)
-        return cls(*(tensors[k] for k in _NAMES), metadata=meta)
+        harmful, harmless, refuse, accept = (tensors[k] for k in _NAMES)
+        return cls(harmful, harmless, refuse, accept, metadata=meta)
 
 
 @dataclass(repr=False)

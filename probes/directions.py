@@ -80,6 +80,10 @@ class Directions:
         """L2 norm of each row of `kind`: [n_layers_sel]."""
         return self.direction(kind).double().norm(dim=-1).float()
 
+    def cosine_per_layer(self) -> torch.Tensor:
+        """Cosine between the harmfulness and refusal directions per extracted layer: [n_layers_sel]."""
+        return torch.nn.functional.cosine_similarity(self.harmfulness.double(), self.refusal.double(), dim=-1).float()
+
     def cosine(self, layer: int | None = None) -> torch.Tensor | float:
         """Cosine between the harmfulness and refusal directions: per layer [n_layers_sel], or a float for one layer."""
         cos = torch.nn.functional.cosine_similarity(self.harmfulness.double(), self.refusal.double(), dim=-1)
@@ -87,7 +91,11 @@ class Directions:
 
     def cosine_table(self) -> list[dict]:
         """One dict per extracted layer: {layer, cosine, norm_harmfulness, norm_refusal}."""
-        cos, nh, nr = self.cosine().tolist(), self.norms("harmfulness").tolist(), self.norms("refusal").tolist()
+        cos, nh, nr = (
+            self.cosine_per_layer().tolist(),
+            self.norms("harmfulness").tolist(),
+            self.norms("refusal").tolist(),
+        )
         return [
             {"layer": layer, "cosine": c, "norm_harmfulness": a, "norm_refusal": b}
             for layer, c, a, b in zip(self.layers, cos, nh, nr)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,7 +59,13 @@ def image_replies(
 
 
 def evaluate_vlm(
-    hf, processor, sets: dict[str, Sequence[str]], images: Sequence, *, max_new_tokens: int = 48, progress: bool = True
+    hf,
+    processor,
+    sets: Mapping[str, Sequence[str]],
+    images: Sequence,
+    *,
+    max_new_tokens: int = 48,
+    progress: bool = True,
 ) -> dict:
     """Refusal rate per set (greedy, image in the default position, substring judge) and every reply."""
     from harmlens.guards.organisms.evaluate import refusal_rate
@@ -160,5 +166,7 @@ def build_vlm(
             "threads": torch.get_num_threads(),
         },
     }
-    write_organism(path, merged, proc, card, replies, start=start, force=force, checkpoints=cfg.checkpoint_dir, say=say)
+    write_organism(
+        path, merged, proc, card, replies, start=start, force=force, checkpoints=str(cfg.checkpoint_dir), say=say
+    )
     return path

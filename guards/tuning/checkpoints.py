@@ -21,7 +21,7 @@ KEEP = 2  # checkpoints kept on disk (the newest ones)
 
 def _rng_state() -> tuple[dict, dict]:
     """(tensors, json) snapshot of the torch, CUDA, Python and NumPy random generators."""
-    tensors = {"rng.torch": torch.get_rng_state()}
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
             tensors[f"rng.cuda.{i}"] = s

@@ -11,6 +11,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -216,7 +217,7 @@ def train(
     device = torch.device(config.device) if config.device else next(hf.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     plan = batch_plan([len(e.input_ids) for e in encoded], config)
-    lora = {
+    lora: dict[str, Any] = {
         "r": config.lora_r,
         "alpha": config.lora_alpha,
         "dropout": config.lora_dropout,
@@ -234,7 +235,7 @@ def train(
             hf,
             LoraConfig(
                 r=config.lora_r,
-                lora_alpha=config.lora_alpha,
+                lora_alpha=config.lora_alpha,  # type: ignore[arg-type]  # peft annotates int, accepts float
                 lora_dropout=config.lora_dropout,
                 bias="none",
                 target_modules=list(config.target_modules),

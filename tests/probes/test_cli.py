@@ -69,5 +69,5 @@ def test_help(capsys):
         with pytest.raises(SystemExit) as info:
             main(cmd)
         assert info.value.code == 0 and "usage: python -m harmlens.probes" in capsys.readouterr().out
-    res = subprocess.run([sys.executable, "-m", "probes", "--help"], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "harmlens.probes", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "extract" in res.stdout and "select" in res.stdout
