@@ -75,7 +75,7 @@ NAMED: dict[str, Jailbreak] = {
 @lru_cache(maxsize=1)
 def gptfuzzer_templates() -> dict[str, str]:
     """The 77 GPTFuzzer seed templates shipped with harmlens, by id ('0'..'76')."""
-    text = resources.files("attacks").joinpath("data/gptfuzzer_templates.csv").read_text(encoding="utf-8")
+    text = resources.files("harmlens.attacks").joinpath("data/gptfuzzer_templates.csv").read_text(encoding="utf-8")
     rows = {row["id"]: row["text"] for row in csv.DictReader(text.splitlines(keepends=True))}
     bad = [k for k, v in rows.items() if GPTFUZZER_SLOT not in v]
     if bad:

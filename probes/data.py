@@ -85,7 +85,7 @@ def builtin_prompts(name: str, split: str | None = None, *, limit: int | None = 
     """A prompt set shipped with harmlens: 'harmful' (Arditi splits, MIT) or 'harmless' (Alpaca, CC BY-NC)."""
     if name not in BUILTIN_SETS:
         raise HarmlensError(f"unknown built-in prompt set {name!r}; choose from {', '.join(BUILTIN_SETS)}")
-    records = json.loads(resources.files("probes").joinpath(f"data/{name}.json").read_text(encoding="utf-8"))
+    records = json.loads(resources.files("harmlens.probes").joinpath(f"data/{name}.json").read_text(encoding="utf-8"))
     if split is not None:
         if split not in {r["split"] for r in records}:
             raise HarmlensError(f"built-in set {name!r} has no split {split!r}")
