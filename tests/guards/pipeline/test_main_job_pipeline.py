@@ -65,3 +65,11 @@ def test_cheap_steps_run_then_resume_after_a_failure(tmp_path, capsys):
     again = capsys.readouterr().out
     assert again.count("done earlier") == 2 and _tables(again) == tables
     assert _stamps(tmp_path / "attacks") == attacks and _stamps(tmp_path / "directions") == directions
+
+
+def test_adversarial_run_settings_are_checked():
+    from harmlens.guards.pipeline import AdversarialRun
+
+    with pytest.raises(HarmlensError, match="at least 2 for the two-stage schedule"):
+        AdversarialRun(steps=1)
+    assert AdversarialRun(steps=1, schedule="mix").steps == 1
