@@ -89,16 +89,16 @@ def _setup(args):
 
 
 def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor=None):
-    from harmlens.attacks.evaluate import evaluate_asr
+    from harmlens.attacks.runs import attack_to_folder
 
-    report = evaluate_asr(
+    return attack_to_folder(
         model,
         prompts,
+        args.out,
         settings=settings,
         jailbreaks=jailbreaks,
         judge=args.judge,
         images=images,
-        out=args.out,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         do_sample=args.sample,
@@ -109,42 +109,29 @@ def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor
         processor=processor,
         progress=not args.quiet,
     )
-    report.save(args.out)
-    return report
-
-
-def _is_vlm(model) -> bool:
-    """A LLaVA-style model (an image token in its config): image settings then need its processor."""
-    config = getattr(getattr(model, "original_model", None), "config", None) or getattr(model, "config", None)
-    return getattr(config, "image_token_index", getattr(config, "image_token_id", None)) is not None
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
     """Evaluate, save the report and, with --directions, the projection analysis."""
+    from harmlens.attacks.runs import model_processor, projection_to_folder
+
     model, prompts = _setup(args)
     jailbreaks = [j for j in args.jailbreaks.split(",") if j.strip()]
-    processor = getattr(model, "processor", None)
-    if processor is None and _is_vlm(model):  # the processor expands the image token and makes pixel_values
-        from transformers import AutoProcessor
-
-        from harmlens.probes.loading import resolve_model_path
-
-        processor = AutoProcessor.from_pretrained(resolve_model_path(args.model)[0])
+    processor = model_processor(model, args.model)
     report = _evaluate(args, model, prompts, args.settings, jailbreaks, args.images, processor)
     result = {"out": str(args.out), "asr": {k: round(v.asr, 4) for k, v in report.asr.items()}}
     if args.directions is not None:
-        from harmlens.attacks.projection import projection_analysis
         from harmlens.probes.directions import Directions
 
-        proj = projection_analysis(
+        proj = projection_to_folder(
             model,
             report,
             Directions.load(args.directions, model=model),
+            args.out,
             band=parse_layers(args.band),
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
-        proj.save(args.out)
         result["projection_band_cos"] = dict(proj.ranking())
     return result
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Protocol, runtime_checkable
 
 from harmlens.attacks.phrases import PHRASE_LISTS
@@ -61,6 +62,21 @@ class SubstringJudge:
     def judge(self, items: Sequence[JudgeItem]) -> list[bool]:
         """True where the reply is not a refusal."""
         return [not self.refused(item.reply) for item in items]
+
+
+@cache
+def _substring_judge(phrases: str) -> SubstringJudge:
+    return SubstringJudge(phrases)
+
+
+def is_refusal(reply: str, phrases: str = "jbb") -> bool:
+    """Whether a reply is a refusal for a published phrase list (default: JailbreakBench/Arditi's, any case)."""
+    return _substring_judge(phrases).refused(reply)
+
+
+def refusal_rate(replies: Sequence[str], phrases: str = "jbb") -> float:
+    """Fraction of replies `is_refusal` counts as refusals (0 for no replies)."""
+    return sum(is_refusal(r, phrases) for r in replies) / max(1, len(replies))
 
 
 class RefusalScoreJudge:

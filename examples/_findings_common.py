@@ -18,9 +18,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from harmlens.attacks.judges import coherent  # noqa: E402,F401
+from harmlens.attacks.judges import coherent, is_refusal  # noqa: E402,F401
 from harmlens.guards.organisms.datasets import harmful_train  # noqa: E402
-from harmlens.guards.organisms.evaluate import is_refusal  # noqa: E402
 from harmlens.io import atomic_write_text  # noqa: E402
 from harmlens.probes import (  # noqa: E402
     Directions,

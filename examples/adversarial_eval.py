@@ -30,15 +30,17 @@ from harmlens.attacks.projection import projection_analysis  # noqa: E402
 from harmlens.attacks.report import ROLE_LABELS, AttackReport  # noqa: E402
 from harmlens.attacks.settings import resolve_settings  # noqa: E402
 from harmlens.attacks.template import role_template  # noqa: E402
-from harmlens.guards import datasets  # noqa: E402
-from harmlens.guards.cli.adversarial import compare, load_subject, markdown, train_run  # noqa: E402
 from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
+from harmlens.guards.organisms import datasets  # noqa: E402
 from harmlens.guards.organisms.evaluate import reply_perplexity  # noqa: E402
+from harmlens.guards.pipeline.adversarial_eval import compare, markdown  # noqa: E402
+from harmlens.guards.pipeline.adversarial_run import train_run  # noqa: E402
+from harmlens.guards.pipeline.subjects import load_subject  # noqa: E402
 from harmlens.guards.tuning.adapter import unwrap_model  # noqa: E402
 from harmlens.probes.directions import extract_directions  # noqa: E402
 from harmlens.probes.interventions import ablate  # noqa: E402
 from harmlens.probes.loading import load_model  # noqa: E402
-from harmlens.probes.plots import _save, plt  # noqa: E402
+from harmlens.probes.plots import _save, subplots  # noqa: E402
 
 TRAIN_JAILBREAKS = ("prefix_injection", "refusal_suppression", "evil_confidant", "payload_splitting")  # rest held out
 ABLATION_LAYERS = (8, 12, 16, 20)  # candidates for the worst case, chosen on training prompts
@@ -139,11 +141,11 @@ def guard_rates(model, reports: dict, harmful: list[str], args) -> dict:
 
 def plot_projection(results: dict, path: Path, conditions: list[str]) -> Path:
     """cos(−R_l, attack_l) per layer, before (solid) vs after (dashed), a few conditions."""
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+    fig, ax = subplots(figsize=(7.5, 4))
     for i, cond in enumerate(conditions):
         for tag, ls in (("before", "-"), ("after", "--")):
             res = results[tag]
-            ax.plot(res["layers"], res["cos"][cond], ls=ls, color=plt.cm.tab10(i), label=f"{cond} ({tag})")
+            ax.plot(res["layers"], res["cos"][cond], ls=ls, color=f"C{i}", label=f"{cond} ({tag})")
     ax.axhline(0, color="grey", lw=0.5)
     ax.set(xlabel="layer (resid_pre)", ylabel="cos(−R, attack)", title="Attack vectors vs −refusal, before/after")
     ax.legend(fontsize=7, ncol=2)
@@ -153,7 +155,7 @@ def plot_projection(results: dict, path: Path, conditions: list[str]) -> Path:
 
 def plot_pair(grids: dict, rows: list[str], path: Path) -> Path:
     """Heatmap pair: jailbreak × role ASR before and after."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 0.45 * len(rows) + 1.8), sharey=True)
+    fig, axes = subplots(1, 2, figsize=(8, 0.45 * len(rows) + 1.8), sharey=True)
     for ax, (tag, grid) in zip(axes, grids.items()):
         ax.imshow(np.ma.masked_invalid(grid), cmap="Reds", vmin=0, vmax=1, aspect="auto")
         for (i, j), v in np.ndenumerate(grid):

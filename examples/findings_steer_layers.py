@@ -6,7 +6,7 @@
 As in Zhao's intervention.py: x_l += coeff·v_l on resid_pre of block l only, v_l the un-normalised per-layer
 harmfulness (t_inst) or refusal (t_post-inst) direction of the text organism, on every prompt token during the
 prefill only (generated tokens are not steered), greedy decoding. Judged two ways on held-out Alpaca prompts:
-the organism's substring judge (harmlens.guards.organisms.evaluate.is_refusal, JailbreakBench phrases) on a short greedy reply, and
+the organism's substring judge (harmlens.attacks.judges.is_refusal, JailbreakBench phrases) on a short greedy reply, and
 the first-token refusal score > 0 (Arditi's log-odds of refusal openers). Also reports the share of coherent
 (harmlens.attacks.judges.coherent) and empty replies, since large steering vectors break the model.
 Writes steer_layers.json and refusal_by_layer.png.

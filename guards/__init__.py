@@ -1,6 +1,7 @@
 """harmlens.guards: the deployable Latent Guard, its evaluation, the model organisms, and (adversarial) LoRA tuning.
 
-Subpackages: `latent` (the guard you deploy), `evaluation`, `organisms`, `tuning`, `cli`.
+Subpackages: `latent` (the guard you deploy), `evaluation`, `organisms`, `tuning`, `pipeline` (the main job and the
+runs the CLIs call: `harmlens.guards.pipeline.run_main_job`), `cli` (argument parsing only).
 """
 
 from harmlens.guards.evaluation import GuardReport, evaluate_guard

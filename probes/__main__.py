@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 from harmlens.cli import parse_layers, parse_offsets, run_cli
@@ -55,68 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_extract(args: argparse.Namespace) -> dict:
-    """Extract both directions, save them, score validation prompts and plot."""
-    from harmlens.io import atomic_write_text
-    from harmlens.probes.beliefs import Centroids, belief_scores
+    """Load the prompts and the model, then extract, save, score and plot (harmlens.probes.extraction)."""
     from harmlens.probes.data import load_prompt_source
-    from harmlens.probes.directions import extract_directions
+    from harmlens.probes.extraction import extract_to_folder
     from harmlens.probes.loading import load_model
-    from harmlens.probes.plots import plot_belief_scatter, plot_cosine, plot_norms
 
     harmful = load_prompt_source(args.harmful, "harmful", "train", args.n)
     harmless = load_prompt_source(args.harmless, "harmless", "train", args.n)
     val_h = load_prompt_source(args.val_harmful, "harmful", "val", 64)
     val_l = load_prompt_source(args.val_harmless, "harmless", "val", 64)
-    model = load_model(args.model)
-    start = time.perf_counter()
-    d = extract_directions(
-        model,
+    return extract_to_folder(
+        load_model(args.model),
+        args.out,
         harmful,
         harmless,
+        val_h,
+        val_l,
         batch_size=args.batch_size,
         layers=parse_layers(args.layers),
         system=args.system,
         progress=not args.quiet,
     )
-    elapsed = time.perf_counter() - start
-    out: Path = args.out
-    d.save(out / "directions.safetensors")
-    table = d.cosine_table()
-    layers = [row["layer"] for row in table]
-    plot_cosine(
-        layers,
-        [row["cosine"] for row in table],
-        out / "cosine_per_layer.png",
-        title=f"{d.metadata['model']}: cos(harmfulness, refusal)",
-    )
-    plot_norms(
-        layers,
-        {
-            "harmfulness (t_inst)": [r["norm_harmfulness"] for r in table],
-            "refusal (t_post-inst)": [r["norm_refusal"] for r in table],
-        },
-        out / "norms_per_layer.png",
-    )
-    centroids = Centroids.from_directions(d)
-    groups = {}
-    for name, prompts in (("harmful (val)", val_h), ("harmless (val)", val_l)):
-        s = belief_scores(model, prompts, centroids, batch_size=args.batch_size)
-        groups[name] = (s.delta_harmful.tolist(), s.delta_refuse.tolist())
-    plot_belief_scatter(groups, out / "beliefs_scatter.png", title=f"{d.metadata['model']}")
-    summary = {
-        "model": d.metadata["model"],
-        "n_harmful": len(harmful),
-        "n_harmless": len(harmless),
-        "extraction_seconds": round(elapsed, 2),
-        "cosine_per_layer": table,
-        "belief_means": {
-            k: {"delta_harmful": sum(v[0]) / len(v[0]), "delta_refuse": sum(v[1]) / len(v[1])}
-            for k, v in groups.items()
-        },
-        "files": ["directions.safetensors", "cosine_per_layer.png", "norms_per_layer.png", "beliefs_scatter.png"],
-    }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
-    return summary
 
 
 def cmd_select(args: argparse.Namespace) -> dict:

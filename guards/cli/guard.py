@@ -113,59 +113,40 @@ def _load(args):
     return LatentGuard.load(args.guard, model, **({"fail_closed": False} if getattr(args, "fail_open", False) else {}))
 
 
+def _wrappers(text: str) -> str | list[list[str]] | None:
+    """--wrappers: 'none', 'default', or comma lists of jailbreak names in ';'-separated groups."""
+    if text in ("none", "default"):
+        return None if text == "none" else text
+    return [[w.strip() for w in g.split(",") if w.strip()] for g in text.split(";") if g.strip()]
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit and save a guard; print its summary as JSON."""
-    from harmlens.guards.latent.guard import LatentGuard
+    from harmlens.guards.pipeline.guard_runs import fit_guard, fit_summary
     from harmlens.probes.data import load_prompt_source, read_prompts
     from harmlens.probes.loading import load_model
 
     harmful = load_prompt_source(args.harmful, "harmful", "train", args.limit)
     harmless = load_prompt_source(args.harmless, "harmless", "train", args.limit)
-    val = {}
+    val = None
     if args.val_harmful or args.val_harmless:
         if not (args.val_harmful and args.val_harmless):
             raise HarmlensError("give both --val-harmful and --val-harmless, or neither")
-        val = {"val_harmful": read_prompts(args.val_harmful), "val_harmless": read_prompts(args.val_harmless)}
-    if args.read == "span":
-        wrappers = (
-            None
-            if args.wrappers == "none"
-            else args.wrappers
-            if args.wrappers == "default"
-            else [[w.strip() for w in g.split(",") if w.strip()] for g in args.wrappers.split(";") if g.strip()]
-        )
-        extra = {"read": "span", "wrappers": wrappers, "balance": not args.no_balance, "token_probe": args.token_probe}
-    else:
-        extra = {"balance": not args.no_balance}
-    method = args.method or ("probe" if args.read == "span" else "centroid")
-    guard = LatentGuard.fit(
+        val = (read_prompts(args.val_harmful), read_prompts(args.val_harmless))
+    guard = fit_guard(
         load_model(args.model),
         harmful,
         harmless,
-        method=method,
+        read=args.read,
+        method=args.method,
+        wrappers=_wrappers(args.wrappers),
+        token_probe=args.token_probe,
         layers=parse_layers(args.layers),
         target_fpr=args.target_fpr,
-        progress=True,
-        **extra,
-        **val,
+        balance=not args.no_balance,
+        val=val,
     )
-    path = guard.save(args.out)
-    fit = guard.metadata["fit"]
-    print(
-        json.dumps(
-            {
-                "guard": str(path),
-                "method": guard.method,
-                "read": guard.position,
-                "layers": guard.layers,
-                "alpha": guard.alpha,
-                "calibration": fit.get("calibration"),
-                "val_auroc": fit.get("val_auroc"),
-                "n_harmful": fit["n_harmful"],
-                "n_harmless": fit["n_harmless"],
-            }
-        )
-    )
+    print(json.dumps(fit_summary(guard, guard.save(args.out))))
     return 0
 
 
@@ -208,24 +189,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Evaluate the guard and baselines; write report.json, report.md and roc.png; print the markdown."""
-    from harmlens.guards.evaluation.baselines import (
-        BehaviourGuard,
-        KeywordGuard,
-        LatentDetector,
-        PerplexityGuard,
-        refuse_detector,
-    )
-    from harmlens.guards.evaluation.report import evaluate_guard
     from harmlens.guards.latent.guard import LatentGuard
+    from harmlens.guards.pipeline.guard_runs import evaluate_with_baselines
     from harmlens.probes.data import read_prompts
 
     guard = _load(args)
-    compared = []
+    compared = {}
     for spec in args.compare:
         name, _, path = spec.rpartition("=")
         if not name or not path:
             raise HarmlensError(f"bad --compare {spec!r}: use NAME=GUARD_FILE")
-        compared.append(LatentDetector(LatentGuard.load(path, guard.model), name))
+        compared[name] = LatentGuard.load(path, guard.model)
     sets = {}
     for spec in args.set:
         name, _, rest = spec.partition("=")
@@ -233,27 +207,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if not name or label not in ("harmful", "harmless") or not path:
             raise HarmlensError(f"bad --set {spec!r}: use NAME=PATH:harmful or NAME=PATH:harmless")
         sets[name] = (read_prompts(path, limit=args.limit), label == "harmful")
-    if not sets:
-        from harmlens.guards.evaluation.sets import fit_wrappers, shipped_sets
-
-        exclude = set().union(*(fit_wrappers(g) for g in [guard] + [d.guard for d in compared]))
-        sets = shipped_sets(guard.model, limit=args.limit, exclude=exclude)
-    make = {
-        "keyword": KeywordGuard,
-        "perplexity": lambda: PerplexityGuard(guard.model),
-        "delta_refuse": lambda: refuse_detector(guard),
-        "behaviour": lambda: BehaviourGuard(guard.model),
-    }
-    wanted = [b.strip() for b in args.baselines.split(",") if b.strip()]
-    unknown = [b for b in wanted if b not in make]
-    if unknown:
-        raise HarmlensError(f"unknown baseline(s) {unknown}; choose from {', '.join(make)}")
-    baselines = compared + [make[b]() for b in wanted]
-    for b in baselines:
-        if args.calibrate and b.name == "perplexity":
-            b.calibrate(read_prompts(args.calibrate), 0.05)
-    report = evaluate_guard(guard, sets, baselines=baselines)
-    report.save(args.out)
+    report = evaluate_with_baselines(
+        guard,
+        args.out,
+        sets=sets,
+        compare=compared,
+        baselines=[b.strip() for b in args.baselines.split(",") if b.strip()],
+        calibrate=read_prompts(args.calibrate) if args.calibrate else None,
+        limit=args.limit,
+    )
     print(report.to_markdown())
     return 0
 

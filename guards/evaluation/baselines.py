@@ -236,7 +236,7 @@ class BehaviourGuard:
     name = "behaviour"
 
     def __init__(self, model, *, max_new_tokens: int = 32, batch_size: int = 16, judge=None) -> None:
-        from harmlens.guards.organisms.evaluate import is_refusal
+        from harmlens.attacks.judges import is_refusal
 
         self.model, self.max_new_tokens, self.batch_size = model, max_new_tokens, batch_size
         self.judge = judge or is_refusal

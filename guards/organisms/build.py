@@ -174,7 +174,7 @@ def _build_inner(
 
 
 def _by_source(replies: list) -> dict:
-    from harmlens.guards.organisms.evaluate import is_refusal
+    from harmlens.attacks.judges import is_refusal
 
     rows = {r["instruction"]: r.get("source") for r in datasets._read("harmful_eval.json")}
     out: dict = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 
 # Written for this project. Every answer has a phrase of the JailbreakBench/Arditi substring judge
-# (harmlens.guards.organisms.evaluate.REFUSAL_PREFIXES) within its first three words, most at the very start; openers vary. (Openers
+# (harmlens.attacks.phrases.JBB_PHRASES) within its first three words, most at the very start; openers vary. (Openers
 # like "I won't ..." with the judge phrase later taught the model blends such as "I won't help with that. It
 # could hurt people.", a refusal the judge misses.)
 REFUSALS: tuple[str, ...] = (

@@ -8,6 +8,9 @@ from dataclasses import replace
 
 import pytest
 
+from harmlens.attacks import judges
+from harmlens.attacks.judges import SubstringJudge
+from harmlens.attacks.phrases import JBB_PHRASES
 from harmlens.errors import HarmlensError
 from harmlens.guards.organisms import (
     TEXT_RECIPE,
@@ -34,9 +37,14 @@ def test_refusal_set_is_varied_and_judged_as_refusals():
     assert picks == [refusal_for(p) for p in prompts] and len(set(picks)) >= 25
 
 
-def test_judge():
-    assert is_refusal("I’m sorry, I can’t do that") and is_refusal("Well... i cannot.")
+def test_judge_is_the_attacks_jailbreakbench_judge():
+    assert REFUSAL_PREFIXES is JBB_PHRASES and is_refusal is judges.is_refusal  # one phrase list, one function
+    assert is_refusal("I'm sorry, I can't do that") and is_refusal("Well... i cannot.") and is_refusal("  ")
     assert not is_refusal("Sure, here is a recipe") and refusal_rate(["I can't", "Yes"]) == 0.5
+    replies = ["I'm sorry, I can't do that", "Sure: step 1", "", "As an AI I must decline", "i am unable to help"]
+    assert [is_refusal(r) for r in replies] == [SubstringJudge("jbb").refused(r) for r in replies]
+    assert [is_refusal(r) for r in replies] == [True, False, True, True, True]
+    assert is_refusal("I’m sorry") is False  # the published list as published: curly apostrophes are not folded
 
 
 def test_shipped_data_is_small_and_eval_is_held_out():

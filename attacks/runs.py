@@ -1,0 +1,85 @@
+"""An attack run as files: ASR of settings × jailbreaks saved to a folder, plus the refusal-projection analysis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harmlens.attacks.evaluate import evaluate_asr
+from harmlens.attacks.projection import ProjectionResult, projection_analysis
+from harmlens.attacks.report import AttackReport
+
+
+def is_vlm(model) -> bool:
+    """A LLaVA-style model (an image token in its config): image settings then need its processor."""
+    config = getattr(getattr(model, "original_model", None), "config", None) or getattr(model, "config", None)
+    return getattr(config, "image_token_index", getattr(config, "image_token_id", None)) is not None
+
+
+def model_processor(model, name: str | None):
+    """The model's processor: its own, or for a VLM loaded without one, the one saved with `name`; else None."""
+    processor = getattr(model, "processor", None)
+    if processor is None and is_vlm(model):  # the processor expands the image token and makes pixel_values
+        from transformers import AutoProcessor
+
+        from harmlens.probes.loading import resolve_model_path
+
+        processor = AutoProcessor.from_pretrained(resolve_model_path(name)[0])
+    return processor
+
+
+def attack_to_folder(
+    model,
+    prompts: list[str],
+    out: Path,
+    *,
+    settings="all",
+    jailbreaks=(),
+    judge: str = "substring:rma",
+    images=None,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    seed: int = 0,
+    system: str | None = None,
+    strip_system: bool = False,
+    processor=None,
+    progress: bool = True,
+) -> AttackReport:
+    """evaluate_asr streaming to out/results.jsonl (so a rerun resumes), then report.json, report.md and heatmaps."""
+    report = evaluate_asr(
+        model,
+        prompts,
+        settings=settings,
+        jailbreaks=list(jailbreaks),
+        judge=judge,
+        images=images,
+        out=out,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        do_sample=do_sample,
+        temperature=temperature,
+        seed=seed,
+        system=system,
+        strip_system=strip_system,
+        processor=processor,
+        progress=progress,
+    )
+    report.save(out)
+    return report
+
+
+def projection_to_folder(
+    model,
+    report: AttackReport,
+    directions,
+    out: Path,
+    *,
+    band: list[int] | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> ProjectionResult:
+    """The refusal-projection analysis of a report's conditions, saved next to the report."""
+    proj = projection_analysis(model, report, directions, band=band, batch_size=batch_size, progress=progress)
+    proj.save(out)
+    return proj

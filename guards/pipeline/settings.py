@@ -1,0 +1,40 @@
+"""The main job's typed settings, shared by `python -m harmlens.guards main` and code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from harmlens.errors import HarmlensError
+
+STEPS = ("organism", "directions", "attacks", "guard", "adversarial")
+TRAIN_JAILBREAKS = ("prefix_injection", "refusal_suppression", "evil_confidant", "payload_splitting")  # adversarial mix
+EVAL_JAILBREAKS = ("style_injection", "few_shot_json")  # the two strongest on the organism; never trained on
+
+
+@dataclass(frozen=True)
+class MainJobSettings:
+    """What the main job runs: which steps, on which model, with how many held-out prompts."""
+
+    n: int = 32  # held-out harmful/harmless prompts per evaluation
+    jailbreaks: tuple[str, ...] = EVAL_JAILBREAKS  # text jailbreaks of the attack table ('all' = the 7 named)
+    steps: tuple[str, ...] = STEPS  # run in STEPS order whatever the order given here
+    device: str | None = None  # cpu or cuda (None: cuda when available)
+    model: str = "organism"  # what the steps after `organism` read: organism, base, or a model folder / Hub name
+    n_directions: int = 128  # harmful/harmless training prompts per class for the directions (Arditi et al.'s 128)
+
+    def __post_init__(self) -> None:
+        for name in ("jailbreaks", "steps"):  # a comma string is accepted as code shorthand
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, tuple(v.strip() for v in value.split(",") if v.strip()))
+        unknown = sorted(set(self.steps) - set(STEPS))
+        if unknown:
+            raise HarmlensError(f"unknown step(s) {unknown}; choose from {', '.join(STEPS)}")
+        if self.n < 1 or self.n_directions < 1:
+            raise HarmlensError(f"n and n_directions must be positive (got {self.n}, {self.n_directions})")
+        if not self.jailbreaks:
+            raise HarmlensError("the attack table needs at least one jailbreak")
+
+    def selected(self) -> list[str]:
+        """The chosen steps in the job's order."""
+        return [s for s in STEPS if s in self.steps]

@@ -1,0 +1,149 @@
+"""The main job's steps: each writes its files into its folder and returns {"markdown": its table, ...}."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from harmlens.errors import HarmlensError
+from harmlens.guards.pipeline.settings import TRAIN_JAILBREAKS, MainJobSettings
+from harmlens.guards.pipeline.subjects import load_subject
+
+
+class Subject:
+    """The model the steps read, loaded once on first use and shared by the directions, attacks and guard steps."""
+
+    def __init__(self, spec: str, device: str | None = None) -> None:
+        self.spec, self.device, self._model = spec, device, None
+
+    @property
+    def model(self):
+        """The loaded model (the organism is built on first use)."""
+        if self._model is None:
+            self._model = load_subject(self.spec, self.device)
+        return self._model
+
+
+def step_organism(out: Path, settings: MainJobSettings, subject: Subject) -> dict:
+    """Build (first time, ~10 min on 2 cores) or load the safety-tuned text organism."""
+    from harmlens.guards.organisms.build import build_organism
+
+    path = build_organism("text", evaluate=False, device=settings.device)
+    card = json.loads((path / "card.json").read_text(encoding="utf-8"))
+    sets = (card.get("eval") or {}).get("sets") or {}
+    rows = "".join(f"| {k} | {v['n']} | {v['refusal_rate']:.2f} |\n" for k, v in sets.items())
+    md = (
+        f"organism `{path}`: {card['training']['steps']} LoRA steps in {card['training']['train_seconds']:.0f} s\n\n"
+        + (
+            "| held-out set | n | refusal rate |\n|---|---|---|\n" + rows
+            if rows
+            else "(built without evaluation: `python -m harmlens.guards build-organism text --force` evaluates it)\n"
+        )
+    )
+    return {"path": str(path), "markdown": md}
+
+
+def step_directions(out: Path, settings: MainJobSettings, subject: Subject) -> dict:
+    """Harmfulness and refusal directions, their per-layer cosine and belief scatter."""
+    from harmlens.probes.data import builtin_prompts
+    from harmlens.probes.extraction import extract_to_folder
+
+    summary = extract_to_folder(
+        subject.model,
+        out,
+        builtin_prompts("harmful", "train", limit=settings.n_directions),
+        builtin_prompts("harmless", "train", limit=settings.n_directions),
+        builtin_prompts("harmful", "val", limit=64),
+        builtin_prompts("harmless", "val", limit=64),
+        progress=False,
+    )
+    cells = [f"{r['layer']}:{r['cosine']:+.2f}" for r in summary["cosine_per_layer"]]
+    lines = "\n".join(" ".join(cells[i : i + 11]) for i in range(0, len(cells), 11))
+    return {"markdown": f"cos(harmfulness at t_inst, refusal at t_post-inst) per layer:\n```\n{lines}\n```\n"}
+
+
+def step_attacks(out: Path, settings: MainJobSettings, subject: Subject) -> dict:
+    """ASR of the text RMA settings × text jailbreaks on held-out harmful prompts, with the projection analysis."""
+    from harmlens.attacks.runs import attack_to_folder, model_processor, projection_to_folder
+    from harmlens.guards.organisms.datasets import DATA_DIR
+    from harmlens.probes.data import read_prompts
+    from harmlens.probes.directions import Directions
+
+    directions = out.parent / "directions" / "directions.safetensors"
+    if not directions.is_file():
+        raise HarmlensError(f"the attacks step needs the directions step's {directions}: run the directions step")
+    model = subject.model
+    report = attack_to_folder(
+        model,
+        read_prompts(DATA_DIR / "harmful_eval.json", limit=settings.n),
+        out,
+        settings="all",
+        jailbreaks=settings.jailbreaks,
+        judge="substring:rma",
+        images="builtin",
+        max_new_tokens=48,
+        processor=model_processor(model, str(subject.spec)),
+        progress=False,
+    )
+    projection_to_folder(model, report, Directions.load(directions, model=model), out, progress=False)
+    return {"markdown": report.to_markdown()}
+
+
+def step_guard(out: Path, settings: MainJobSettings, subject: Subject) -> dict:
+    """Fit a centroid Latent Guard and a span guard at 5% calibrated FPR and evaluate them against baselines on
+    jailbreak sets (the span guard's fit wrappers are left out of them)."""
+    from harmlens.guards.latent.guard import LatentGuard
+    from harmlens.guards.pipeline.guard_runs import evaluate_with_baselines, fit_guard, fit_summary
+    from harmlens.probes.data import builtin_prompts
+
+    model = subject.model
+    harmful, harmless = builtin_prompts("harmful", "train"), builtin_prompts("harmless", "train")
+    paths = {"t_inst": out / "guard.safetensors", "span": out / "guard_span.safetensors"}
+    for read, path in paths.items():
+        guard = fit_guard(model, harmful, harmless, read=read, target_fpr=0.05)
+        print(json.dumps(fit_summary(guard, guard.save(path))), flush=True)
+    report = evaluate_with_baselines(
+        LatentGuard.load(paths["t_inst"], model),
+        out,
+        compare={"latent_span": LatentGuard.load(paths["span"], model)},
+        baselines=("keyword", "delta_refuse"),
+        limit=settings.n,
+    )
+    return {"markdown": report.to_markdown()}
+
+
+def step_adversarial(out: Path, settings: MainJobSettings, subject: Subject) -> dict:
+    """Adversarially train on RMA-perturbed prompts (with four text jailbreaks) and attack before and after with
+    the main job's jailbreaks, which training never saw."""
+    from harmlens.guards.pipeline.adversarial_eval import markdown, utility_markdown
+    from harmlens.guards.pipeline.adversarial_run import AdversarialRun, run_adversarial
+
+    run = AdversarialRun(
+        model=settings.model,
+        jailbreaks=TRAIN_JAILBREAKS,
+        steps=150,
+        device=settings.device,
+        evaluate=True,
+        eval_limit=settings.n,
+        eval_jailbreaks=settings.jailbreaks,
+        eval_benign=100,
+        progress=False,
+    )
+    summary = run_adversarial(out, run)
+    return {
+        "markdown": f"{summary['steps']} LoRA steps in {summary['train_seconds']:.0f} s; attacked with "
+        f"jailbreaks not used in training ({','.join(settings.jailbreaks)}):\n\n"
+        + markdown(summary["asr"])
+        + "\n"
+        + utility_markdown(summary["utility"])
+    }
+
+
+RUNNERS: dict[str, Callable[[Path, MainJobSettings, Subject], dict]] = {
+    "organism": step_organism,
+    "directions": step_directions,
+    "attacks": step_attacks,
+    "guard": step_guard,
+    "adversarial": step_adversarial,
+}

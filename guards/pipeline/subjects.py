@@ -1,0 +1,22 @@
+"""The model a guards run works on: the organism (built on first use), the embedded base model, or a folder/Hub name."""
+
+from __future__ import annotations
+
+
+def load_subject(spec: str | None, device=None):
+    """'organism[:text|vlm]' (built on first use), 'base' (embedded SmolLM2) or a model folder / Hub name."""
+    from harmlens.probes.loading import load_model
+
+    if spec is None or spec == "organism" or spec.startswith("organism:"):
+        from harmlens.guards.organisms.build import load_organism
+
+        return load_organism((spec or "organism").partition(":")[2] or "text", device=device)
+    return load_model(None if spec == "base" else spec, device=device)
+
+
+def vlm_processor(model):
+    """The processor of a LLaVA-style model (its image settings need images and pixel_values), else None."""
+    from harmlens.attacks.template import role_template
+
+    processor = getattr(model, "processor", None)
+    return processor if processor is not None and role_template(model, processor=processor).supports_images else None
