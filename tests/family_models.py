@@ -6,12 +6,14 @@ weights are random (2 layers, d_model 64), the architecture classes are the real
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -63,6 +65,12 @@ def template(name: str) -> str:
 
 
 def tokenizer(family: str):
+    """The family's real tokenizer with its official chat template and a pad token (a private copy)."""
+    return copy.deepcopy(_tokenizer(family))
+
+
+@cache
+def _tokenizer(family: str):
     """The family's real tokenizer with its official chat template and a pad token (as harmlens.load_hf sets)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -241,3 +249,9 @@ def build_family(family: str, seed: int = 0) -> Family:
     reason = tl_cannot_boot(family)
     bridge = None if reason else boot(hf, tok, processor)
     return Family(family, hf, tok, processor, bridge, {"no_bridge": reason} if reason else {})
+
+
+@cache
+def shared_family(family: str) -> Family:
+    """build_family(family), built once per test session and shared by every test that uses it."""
+    return build_family(family)

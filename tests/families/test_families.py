@@ -7,7 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from family_models import FAMILIES, TOKENIZERS_DIR, VLM_FAMILIES, build_family, hf_model, no_torchvision_install
+from family_models import (
+    FAMILIES,
+    TOKENIZERS_DIR,
+    VLM_FAMILIES,
+    Family,
+    hf_model,
+    no_torchvision_install,
+    shared_family,
+)
 from PIL import Image
 
 from harmlens.attacks.settings import perturb, resolve_settings
@@ -32,23 +40,17 @@ RENDERED = {
 pytestmark = pytest.mark.skipif(not TOKENIZERS_DIR.is_dir(), reason=f"shared tokenizers not found: {TOKENIZERS_DIR}")
 
 
-@pytest.fixture(scope="session")
-def families():
-    """Built replicas, one per family (seeded), shared by every test of the session."""
-    return {}
-
-
-def built(families, name: str, need_bridge: bool = True):
-    if name not in families:
-        families[name] = build_family(name)
-    if need_bridge and families[name].bridge is None:
-        pytest.skip(families[name].meta["no_bridge"])
-    return families[name]
+def built(name: str, need_bridge: bool = True) -> Family:
+    """The session's replica of a family; skips when TransformerLens cannot wrap it here and a bridge is needed."""
+    fam = shared_family(name)
+    if need_bridge and fam.bridge is None:
+        pytest.skip(fam.meta["no_bridge"])
+    return fam
 
 
 @pytest.fixture(params=FAMILIES)
-def fam(request, families):
-    return built(families, request.param)
+def fam(request):
+    return built(request.param)
 
 
 def picture(seed: int = 0, side: int = 56) -> Image.Image:
@@ -151,8 +153,8 @@ def test_guard_fit_check_and_guarded_generation(fam):
 
 
 @pytest.fixture(params=VLM_FAMILIES)
-def vlm(request, families):
-    return built(families, request.param)
+def vlm(request):
+    return built(request.param)
 
 
 def test_image_reads_with_the_real_processor(vlm):
@@ -194,8 +196,8 @@ def test_llava15_role_template_from_the_real_processor_keeps_the_newline():
     assert n == 576 and enc["input_ids"][0, 0] == processor.tokenizer.bos_token_id  # the <s> harmlens' ids lack
 
 
-def test_qwen_vl_processor_renders_the_rma_paper_prompts_byte_for_byte(families):
-    vlm = built(families, "qwen25vl", need_bridge=False)
+def test_qwen_vl_processor_renders_the_rma_paper_prompts_byte_for_byte():
+    vlm = built("qwen25vl", need_bridge=False)
     rt = role_template(vlm.hf, processor=vlm.processor, strip_system=True)
     vision = "<|vision_start|><|image_pad|><|vision_end|>"
     paper = "<|im_start|>assistant\n" + vision + "{query}<|im_end|>\n<|im_start|>user\n"  # RMA notebook, img pos_swap
