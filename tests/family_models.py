@@ -206,11 +206,15 @@ def no_torchvision_install():
         helpers._ensure_torchvision = saved
 
 
+def _family_of(hf) -> str:
+    return "qwen25vl" if type(hf).__name__.startswith("Qwen2_5_VL") else type(hf).__name__
+
+
 def boot(hf, tok, processor=None):
     """TransformerBridge.boot_transformers over the replica, as conftest's build_tiny_model does."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    with no_torchvision_install():
+    with no_torchvision_install(), without_required_torchvision(_family_of(hf)):
         bridge = TransformerBridge.boot_transformers(
             hf.config.name_or_path, hf_model=hf, tokenizer=tok, device="cpu", dtype=torch.float32
         )
@@ -238,9 +242,25 @@ def hf_model(family: str, seed: int = 0) -> tuple:
 
 def tl_cannot_boot(family: str) -> str | None:
     """Why TransformerLens 4.3 cannot wrap this family here, or None."""
-    if family == "qwen25vl" and importlib.util.find_spec("torchvision") is None:
-        return "TransformerLens 4.3's Qwen2.5-VL adapter needs torchvision (only a CUDA build is installable here)"
     return None
+
+
+@contextmanager
+def without_required_torchvision(family: str):
+    """TransformerLens 4.3 declares torchvision required for its Qwen2.5-VL adapter (for video preprocessing); the
+    only torchvision installable here is a CUDA build that breaks this CPU torch, and text + image forwards do not
+    use it, so the declaration is lifted while booting when torchvision is absent."""
+    if family != "qwen25vl" or importlib.util.find_spec("torchvision") is not None:
+        yield
+        return
+    from transformer_lens.model_bridge.supported_architectures.qwen2_5_vl import Qwen2_5_VLArchitectureAdapter as A
+
+    saved = A.required_libraries
+    A.required_libraries = []
+    try:
+        yield
+    finally:
+        A.required_libraries = saved
 
 
 def build_family(family: str, seed: int = 0) -> Family:

@@ -50,7 +50,7 @@ def added_bos(processor_ids: Sequence[int], prompt_ids: Sequence[int], bos_id: i
 
 def image_acts(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> torch.Tensor:
     """[n, n_layers, d] at the guard's position (t_inst or t_post_inst), or [n, n_layers, n_pos, d] for a span guard
-    (padded by repeating t_inst), one forward with pixel_values per prompt over the processor's tokens (a BOS the
+    (padded by repeating t_inst), one forward per prompt with everything the processor returns (pixel_values, Qwen-VL's image_grid_thw) over its tokens (a BOS the
     processor prepends, as LLaVA-1.5's does, shifts the positions read)."""
     model = guard._require_model()
     tok = getattr(processor, "tokenizer", None) or model.tokenizer
@@ -67,9 +67,8 @@ def image_acts(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> t
             raise HarmlensError("the processor's tokens do not match the rendered prompt's (image expansion)")
         pos = [shift + p for p in read_positions(guard, item.prompt, image_id, n_image)]
         with torch.no_grad():
-            _, cache = model.run_with_cache(
-                ids.to(device), pixel_values=enc["pixel_values"].to(device), names_filter=lambda n: n in names
-            )
+            extra = {k: v.to(device) for k, v in enc.items() if k != "input_ids" and isinstance(v, torch.Tensor)}
+            _, cache = model.run_with_cache(ids.to(device), **extra, names_filter=lambda n: n in names)
         out.append(torch.stack([cache[n][0, pos] for n in names]).float().cpu())  # [n_layers, n_pos, d]
     width = max(a.shape[1] for a in out)
     out = [torch.cat([a, a[:, -1:].expand(-1, width - a.shape[1], -1)], 1) for a in out]

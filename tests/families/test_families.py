@@ -15,6 +15,7 @@ from family_models import (
     hf_model,
     no_torchvision_install,
     shared_family,
+    without_required_torchvision,
 )
 from PIL import Image
 
@@ -69,7 +70,7 @@ def test_load_matches_the_hf_model_and_from_hf(fam):
         want = fam.hf(input_ids=x).logits
         assert torch.allclose(fam.bridge(x), want, atol=1e-4)
     hf, tok, _ = hf_model(fam.name)  # the same seeded weights, loaded by the user and handed over
-    with no_torchvision_install():
+    with no_torchvision_install(), without_required_torchvision(fam.name):
         again = bridge_from_hf(hf, tok, fam.name)
     assert again.harmlens_name == fam.name and again.cfg.n_layers == 2
     with torch.no_grad():
