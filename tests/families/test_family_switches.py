@@ -53,6 +53,26 @@ def test_no_system_directions_record_it_and_selection_reuses_it():
     sel = select_refusal_direction(fam.bridge, d, harmful, harmless, refusal_ids="qwen", layers=[1], progress=False)
     assert sel.refusal_ids == [40, 2121] and sel.refusal_tokens == ["I", "As"]
     assert sel.layer == 1
+    from harmlens.probes.beliefs import Centroids, belief_scores
+
+    centroids = Centroids.from_directions(d)
+    assert centroids.metadata["no_system"] is True  # belief scores render as the extraction did
+    scores = belief_scores(fam.bridge, harmful, centroids, layers=[1])
+    assert scores.delta_harmful.shape[0] == 2
+
+
+def test_probes_cli_system_switches():
+    import argparse
+
+    from harmlens.probes.__main__ import build_parser, chosen_system, refusal_ids_arg
+
+    args = build_parser().parse_args(["extract", "--out", "x", "--no-system"])
+    assert chosen_system(args) is NO_SYSTEM
+    assert chosen_system(argparse.Namespace(no_system=False, system="Be brief.")) == "Be brief."
+    with pytest.raises(HarmlensError, match="exclude each other"):
+        chosen_system(argparse.Namespace(no_system=True, system="Be brief."))
+    args = build_parser().parse_args(["select", "--out", "x", "--directions", "d", "--refusal-ids", "40,2121"])
+    assert refusal_ids_arg(args.refusal_ids) == [40, 2121] and refusal_ids_arg("qwen") == "qwen"
 
 
 @pytest.mark.parametrize(
