@@ -12,7 +12,7 @@ import json
 import os
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -51,8 +51,7 @@ class Family:
     hf: object
     tokenizer: object
     processor: object | None
-    bridge: object = None
-    meta: dict = field(default_factory=dict)
+    bridge: object
 
     @property
     def is_vlm(self) -> bool:
@@ -240,11 +239,6 @@ def hf_model(family: str, seed: int = 0) -> tuple:
     return hf, tok, processor
 
 
-def tl_cannot_boot(family: str) -> str | None:
-    """Why TransformerLens 4.3 cannot wrap this family here, or None."""
-    return None
-
-
 @contextmanager
 def without_required_torchvision(family: str):
     """TransformerLens 4.3 declares torchvision required for its Qwen2.5-VL adapter (for video preprocessing); the
@@ -264,11 +258,9 @@ def without_required_torchvision(family: str):
 
 
 def build_family(family: str, seed: int = 0) -> Family:
-    """A seeded tiny replica of one family, booted in TransformerLens (bridge None where TL cannot, see meta)."""
+    """A seeded tiny replica of one family, booted in TransformerLens."""
     hf, tok, processor = hf_model(family, seed)
-    reason = tl_cannot_boot(family)
-    bridge = None if reason else boot(hf, tok, processor)
-    return Family(family, hf, tok, processor, bridge, {"no_bridge": reason} if reason else {})
+    return Family(family, hf, tok, processor, boot(hf, tok, processor))
 
 
 @cache

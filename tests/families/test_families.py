@@ -41,12 +41,9 @@ RENDERED = {
 pytestmark = pytest.mark.skipif(not TOKENIZERS_DIR.is_dir(), reason=f"shared tokenizers not found: {TOKENIZERS_DIR}")
 
 
-def built(name: str, need_bridge: bool = True) -> Family:
-    """The session's replica of a family; skips when TransformerLens cannot wrap it here and a bridge is needed."""
-    fam = shared_family(name)
-    if need_bridge and fam.bridge is None:
-        pytest.skip(fam.meta["no_bridge"])
-    return fam
+def built(name: str) -> Family:
+    """The session's replica of a family (built once)."""
+    return shared_family(name)
 
 
 @pytest.fixture(params=FAMILIES)
@@ -198,7 +195,7 @@ def test_llava15_role_template_from_the_real_processor_keeps_the_newline():
 
 
 def test_qwen_vl_processor_renders_the_rma_paper_prompts_byte_for_byte():
-    vlm = built("qwen25vl", need_bridge=False)
+    vlm = built("qwen25vl")
     rt = role_template(vlm.hf, processor=vlm.processor, strip_system=True)
     vision = "<|vision_start|><|image_pad|><|vision_end|>"
     paper = "<|im_start|>assistant\n" + vision + "{query}<|im_end|>\n<|im_start|>user\n"  # RMA notebook, img pos_swap

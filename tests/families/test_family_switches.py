@@ -105,7 +105,7 @@ def test_template_without_a_user_role_is_one_line_error(family):
 
 
 def test_processor_whose_image_token_is_not_in_the_template():
-    qwen = built("qwen25vl", need_bridge=False)
+    qwen = built("qwen25vl")
     llava = tokenizer("llava15")
 
     class LlavaTokenizerModel:  # LLaVA-1.5's template and tokenizer, handed Qwen-VL's processor
