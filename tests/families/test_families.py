@@ -123,7 +123,7 @@ def test_generate_equals_hf_greedy(fam):
             input_ids=torch.tensor([p.input_ids]), max_new_tokens=5, do_sample=False, pad_token_id=0, eos_token_id=None
         )
     want = fam.tokenizer.decode(out[0, len(p) :], skip_special_tokens=True)
-    assert reply.strip() == want.strip()[: len(reply.strip())] and isinstance(reply, str)
+    assert reply.strip() and reply.strip() == want.strip()[: len(reply.strip())]  # harmlens may stop at a stop token
 
 
 def test_rma_settings(fam):
