@@ -36,8 +36,10 @@ class RoleTemplate:
         image_text: str | None = None,
         config=None,
         max_length: int | None = None,
+        image_token: str | None = None,
     ) -> RoleTemplate:
-        """Derive the pieces from the tokenizer's (or the given Jinja) template; image text from the args or config."""
+        """Derive the pieces from the tokenizer's (or the given Jinja) template; image text from the args, else
+        what the template renders for an image holding `image_token` (a processor's) or the config's token."""
         template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
         if not template:
             raise HarmlensError("the tokenizer has no chat template; pass chat_template=... (a Jinja string)")
@@ -51,11 +53,15 @@ class RoleTemplate:
             )
         user, assistant = markers
         if image_text is None:
-            token = image_token(config, tokenizer)
+            token = image_token or _image_token(config, tokenizer)
             if token is not None:
-                image_text = (
-                    _template_image_text(tokenizer, template, system, prefix) if structured else None
-                ) or token
+                rendered = _template_image_text(tokenizer, template, system, prefix) if structured else None
+                if rendered is not None and image_token is not None and image_token.strip() not in rendered:
+                    raise HarmlensError(
+                        f"the processor's image token {image_token!r} is not in the chat template's image text "
+                        f"{rendered!r}: processor and template belong to different models"
+                    )
+                image_text = rendered or token
         if strip_system:
             prefix = _strip_system(prefix, user, getattr(tokenizer, "bos_token", None))
         special = sorted(
@@ -172,6 +178,9 @@ def image_token(config=None, tokenizer=None, processor=None) -> str | None:
     return token
 
 
+_image_token = image_token  # from_tokenizer's image_token argument shadows the function
+
+
 def _template_image_text(tokenizer, template: str, system: str | None, prefix: str) -> str | None:
     """What a structured template renders for an image part at the start of the user turn, if anything."""
     try:
@@ -191,11 +200,11 @@ def role_template(
     image_text: str | None = None,
     processor=None,
 ) -> RoleTemplate:
-    """RoleTemplate of a loaded model (image text from its processor or config), bounded by its context length."""
+    """RoleTemplate of a loaded model (image text as its template renders its processor's or config's image token),
+    bounded by its context length."""
     tok = getattr(model, "tokenizer", None) or getattr(processor, "tokenizer", None)
     config = getattr(getattr(model, "original_model", None), "config", None) or getattr(model, "config", None)
-    if image_text is None and processor is not None:
-        image_text = image_token(config, tok, processor)
+    token = image_token(config, tok, processor) if image_text is None and processor is not None else None
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     return RoleTemplate.from_tokenizer(
         tok,
@@ -205,4 +214,5 @@ def role_template(
         image_text=image_text,
         config=config,
         max_length=n_ctx,
+        image_token=token,
     )

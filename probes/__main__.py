@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from harmlens.cli import parse_layers, parse_offsets, run_cli
+from harmlens.errors import HarmlensError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -17,6 +18,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (created; files are written atomically)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--system", default=None, help="system prompt (default: the chat template's own)")
+    p.add_argument(
+        "--no-system", action="store_true", help="no system turn at all (not even the template's default one)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -50,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--n", type=int, default=32, help="validation prompts per class (default 32)")
     sel.add_argument("--positions", default=None, help="post-inst offsets to try, e.g. '-1,-2' (default: all)")
     sel.add_argument("--layers", default=None, help="layers to try (default: all below 0.8·L)")
+    sel.add_argument(
+        "--refusal-ids",
+        default=None,
+        help="refusal tokens: Arditi's for a family (llama2, llama3, qwen, gemma, yi) or comma-separated ids "
+        "(default: first tokens of refusal openers)",
+    )
     return parser
 
 
@@ -72,9 +82,25 @@ def cmd_extract(args: argparse.Namespace) -> dict:
         val_l,
         batch_size=args.batch_size,
         layers=parse_layers(args.layers),
-        system=args.system,
+        system=chosen_system(args),
         progress=not args.quiet,
     )
+
+
+def chosen_system(args: argparse.Namespace):
+    """--system TEXT, --no-system (NO_SYSTEM) or None (the template's default / the directions' own)."""
+    from harmlens.probes.chat import NO_SYSTEM
+
+    if args.no_system and args.system is not None:
+        raise HarmlensError("--system and --no-system exclude each other")
+    return NO_SYSTEM if args.no_system else args.system
+
+
+def refusal_ids_arg(value: str | None) -> list[int] | str | None:
+    """--refusal-ids: None, a family name for Arditi's ids, or comma-separated token ids."""
+    if value is None or not value.replace(",", "").replace(" ", "").isdigit():
+        return value
+    return [int(x) for x in value.split(",") if x.strip()]
 
 
 def cmd_select(args: argparse.Namespace) -> dict:
@@ -96,6 +122,8 @@ def cmd_select(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         positions=parse_offsets(args.positions),
         layers=parse_layers(args.layers),
+        system=chosen_system(args),
+        refusal_ids=refusal_ids_arg(args.refusal_ids),
         progress=not args.quiet,
     )
     sel.save(args.out)

@@ -12,7 +12,7 @@ import torch
 from harmlens.errors import HarmlensError
 from harmlens.io import check_compatible, load_tensors, model_signature, save_tensors
 from harmlens.probes.activations import iter_resid_batches
-from harmlens.probes.chat import ChatPrompt, chat_format
+from harmlens.probes.chat import ChatPrompt, NoSystem, chat_format, system_from_metadata, system_metadata
 from harmlens.probes.directions import Directions, layer_span, mean_activations, render_prompts
 
 FORMAT = "harmlens.centroids"
@@ -43,6 +43,7 @@ class Centroids:
         """Reuse the class means stored by extract_directions (harmful = refuse side, harmless = accept side)."""
         d = directions
         meta = {k: d.metadata[k] for k in ("model", "d_model", "n_layers", "layers", "system")}
+        meta.update(system_metadata(system_from_metadata(d.metadata)))
         meta.update(format=FORMAT, source="directions", data_sha256=d.metadata.get("data_sha256"))
         return cls(
             d.harmful_inst.clone(),
@@ -62,7 +63,7 @@ class Centroids:
         *,
         model,
         layers: Sequence[int],
-        system: str | None = None,
+        system: str | NoSystem | None = None,
     ) -> Centroids:
         """Means (float64-accumulated) of activations [n, n_layers_sel, d] or iterables of such batches."""
         means = [
@@ -77,7 +78,7 @@ class Centroids:
             "format": FORMAT,
             **model_signature(model),
             "layers": [int(x) for x in layers],
-            "system": system,
+            **system_metadata(system),
             "source": "activations",
         }
         harmful, harmless, refuse, accept = means
@@ -170,7 +171,7 @@ def belief_scores(
     rows, layers = centroids.rows(layers)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise HarmlensError(f"batch_size must be a positive integer, got {batch_size!r}")
-    fmt = chat_format(model, system=centroids.metadata.get("system") if system is _SAME else system)
+    fmt = chat_format(model, system=system_from_metadata(centroids.metadata) if system is _SAME else system)
     rendered = render_prompts(fmt, prompts)
 
     def select(p: ChatPrompt) -> tuple[int, int]:

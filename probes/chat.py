@@ -8,6 +8,17 @@ from functools import cached_property
 from harmlens.errors import HarmlensError
 
 _PLACEHOLDER = "\ue000HARMLENS_INSTRUCTION\ue001"
+_SYS_PLACEHOLDER = "\ue000HARMLENS_SYSTEM\ue001"
+
+
+class NoSystem:
+    """Type of NO_SYSTEM: render no system turn at all, not even the template's default one."""
+
+    def __repr__(self) -> str:
+        return "NO_SYSTEM"
+
+
+NO_SYSTEM = NoSystem()
 
 
 @dataclass(frozen=True)
@@ -43,26 +54,19 @@ class ChatFormat:
         cls,
         tokenizer,
         *,
-        system: str | None = None,
+        system: str | NoSystem | None = None,
         chat_template: str | None = None,
         max_length: int | None = None,
     ) -> ChatFormat:
-        """Derive prefix/suffix from the tokenizer's (or the given Jinja) template; system=None keeps its default."""
-        messages = [{"role": "user", "content": _PLACEHOLDER}]
-        if system is not None:
-            messages.insert(0, {"role": "system", "content": system})
+        """Derive prefix/suffix from the tokenizer's (or the given Jinja) template; system=None keeps its default,
+        system=NO_SYSTEM renders no system turn at all."""
         template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
         if not template:
             raise HarmlensError("the tokenizer has no chat template; pass chat_template=... (a Jinja string)")
-        try:
-            rendered = tokenizer.apply_chat_template(
-                messages, chat_template=template, tokenize=False, add_generation_prompt=True
-            )
-        except Exception as exc:  # jinja raise_exception() and syntax errors
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise HarmlensError(f"chat template cannot render a user turn: {msg}") from None
-        if _PLACEHOLDER not in rendered:
-            raise HarmlensError("chat template has no user role: the user's message does not appear in its output")
+        if isinstance(system, NoSystem):
+            rendered = _render_without_system(tokenizer, template)
+        else:
+            rendered = _render_user_turn(tokenizer, template, system)
         prefix, _, suffix = rendered.rpartition(_PLACEHOLDER)
         if _PLACEHOLDER in prefix:  # template repeats the message; keep every copy identical
             prefix = prefix.replace(_PLACEHOLDER, "\0")
@@ -115,6 +119,62 @@ class ChatFormat:
         return [self.render(x) for x in instructions]
 
 
+def _render_user_turn(tokenizer, template: str, system: str | None) -> str:
+    """The template's rendering of one user turn holding the placeholder (after a system turn when system is set);
+    string content first, then the list-of-parts content VLM templates (LLaVA-1.5) expect."""
+    for structured in (False, True):
+
+        def content(text: str, parts: bool = structured):
+            return [{"type": "text", "text": text}] if parts else text
+
+        messages = [{"role": "user", "content": content(_PLACEHOLDER)}]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": content(system)})
+        try:
+            rendered = tokenizer.apply_chat_template(
+                messages, chat_template=template, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # jinja raise_exception() and syntax errors
+            if not structured:
+                continue
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HarmlensError(f"chat template cannot render a user turn: {msg}") from None
+        if _PLACEHOLDER in rendered:
+            return rendered
+    raise HarmlensError("chat template has no user role: the user's message does not appear in its output")
+
+
+def _render_without_system(tokenizer, template: str) -> str:
+    """A user turn with no system turn: the template's own rendering when it adds no default system turn, else that
+    rendering with its default system turn cut out (the user header has the system header's shape)."""
+    plain = _render_user_turn(tokenizer, template, None)
+    with_sys = _render_user_turn(tokenizer, template, _SYS_PLACEHOLDER)
+    if _SYS_PLACEHOLDER not in with_sys:
+        return plain  # the template ignores system messages
+    a, _, rest = with_sys.partition(_SYS_PLACEHOLDER)
+    b, _, tail = rest.partition(_PLACEHOLDER)
+    head = plain.rpartition(_PLACEHOLDER)[0]
+    if not (head.startswith(a) and head.endswith(b) and len(head) >= len(a) + len(b)):
+        return plain  # no default system turn: the system-less rendering has no system header
+    for i in range(len(a)):  # a = BOS + system header; the user header is the system header with the role renamed
+        user_header = a[i:].replace("system", "user")
+        if user_header != a[i:] and b.endswith(user_header):
+            return a[:i] + user_header + _PLACEHOLDER + tail
+    raise HarmlensError(
+        "cannot render this chat template without its default system turn: pass chat_template=... without one"
+    )
+
+
+def system_metadata(system: str | NoSystem | None) -> dict:
+    """JSON-safe record of a system choice for artefact metadata (NO_SYSTEM -> no_system: true)."""
+    return {"system": None, "no_system": True} if isinstance(system, NoSystem) else {"system": system}
+
+
+def system_from_metadata(meta: dict) -> str | NoSystem | None:
+    """The system choice an artefact's metadata records (the inverse of system_metadata)."""
+    return NO_SYSTEM if meta.get("no_system") else meta.get("system")
+
+
 def clean_instruction(instruction: str) -> str:
     """Strip outer whitespace (templates trim it anyway) and reject empty instructions."""
     if not isinstance(instruction, str):
@@ -125,14 +185,18 @@ def clean_instruction(instruction: str) -> str:
     return stripped
 
 
-def chat_format(model, *, system: str | None = None, chat_template: str | None = None) -> ChatFormat:
-    """ChatFormat of a loaded model, bounded by its context length."""
+def chat_format(model, *, system: str | NoSystem | None = None, chat_template: str | None = None) -> ChatFormat:
+    """ChatFormat of a loaded model, bounded by its context length (system=NO_SYSTEM: no system turn at all)."""
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     return ChatFormat.from_tokenizer(model.tokenizer, system=system, chat_template=chat_template, max_length=n_ctx)
 
 
 def format_instruction(
-    model_or_tokenizer, instruction: str, *, system: str | None = None, chat_template: str | None = None
+    model_or_tokenizer,
+    instruction: str,
+    *,
+    system: str | NoSystem | None = None,
+    chat_template: str | None = None,
 ) -> ChatPrompt:
     """Convenience: render one instruction with a model's (or tokenizer's) own chat template."""
     if hasattr(model_or_tokenizer, "tokenizer") and hasattr(model_or_tokenizer, "cfg"):

@@ -14,7 +14,7 @@ import torch
 from harmlens.errors import HarmlensError
 from harmlens.io import check_compatible, load_tensors, model_signature, save_tensors
 from harmlens.probes.activations import check_layers, iter_resid_batches
-from harmlens.probes.chat import ChatPrompt, chat_format
+from harmlens.probes.chat import ChatPrompt, NoSystem, chat_format, system_metadata
 
 FORMAT = "harmlens.directions"
 VERSION = 1
@@ -132,7 +132,7 @@ def extract_directions(
     *,
     batch_size: int = 16,
     layers: Sequence[int] | None = None,
-    system: str | None = None,
+    system: str | NoSystem | None = None,
     padding_side: str = "right",
     progress: bool = True,
 ) -> Directions:
@@ -169,7 +169,7 @@ def extract_directions(
         "n_harmful": len(harmful),
         "n_harmless": len(harmless),
         "data_sha256": data_hash(harmful, harmless),
-        "system": system,
+        **system_metadata(system),
         "padding_side": padding_side,
     }
     return Directions(

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from harmlens.errors import HarmlensError
 from harmlens.io import check_compatible, json_safe, load_tensors, model_signature, save_tensors
-from harmlens.probes.chat import ChatFormat, chat_format
+from harmlens.probes.chat import ChatFormat, NoSystem, chat_format, system_from_metadata
 from harmlens.probes.generation import last_token_logits
 from harmlens.probes.interventions import ablate, steer
 
@@ -35,23 +35,52 @@ OPENERS = (
     "Apologies",
     "No",
 )
+# Arditi et al.'s per-model refusal token ids (andyrdt/refusal_direction, pipeline/model_utils/*_model.py), with
+# the tokens they decode to, checked against the tokenizer before use.
+ARDITI_REFUSAL_TOKENS: dict[str, dict[int, str]] = {
+    "llama2": {306: "I"},
+    "llama3": {40: "I", 2170: "As"},
+    "qwen": {40: "I", 2121: "As"},
+    "gemma": {235285: "I"},
+    "yi": {59597: "I"},
+}
 _TENSORS = ("direction", "bypass", "induce", "kl", "discarded", "baseline_harmful", "baseline_harmless")
 
 
-def _fallback_pool(evaluated, layer_ok, kl_ok, induces, kl_threshold: float, max_layer: int):
-    """Arditi's repo crashes when every candidate is discarded; relax one rule at a time instead. First KL (a
-    direction that induces refusal but shifts harmless logits a little more than kl_threshold still works, e.g. on
-    a small organism), then induce (a model that barely refuses has induce < 0 everywhere), then both."""
+def _fallback_pool(evaluated, layer_ok, kl, induces, kl_threshold: float, max_layer: int):
+    """Arditi's repo crashes when every candidate is discarded; relax one rule at a time instead, each minimally.
+    First KL (a direction that induces refusal but shifts harmless logits a little more than kl_threshold still
+    works, e.g. on a small organism), then induce (a model that barely refuses has induce < 0 everywhere), then
+    both. Where KL is relaxed, only the candidates with the smallest KL overshoot stay in the pool."""
+    kl_ok = kl <= kl_threshold
     tiers = (
         (evaluated & layer_ok & induces, f"KL <= {kl_threshold} relaxed; kept induce >= 0 and layer < {max_layer}"),
         (evaluated & layer_ok & kl_ok, f"induce >= 0 relaxed; kept KL <= {kl_threshold} and layer < {max_layer}"),
         (evaluated, "no rule kept: none of them keeps KL, induce and layer within bounds"),
     )
     pool, which = next((p, w) for p, w in tiers if p.any())
+    overshoot = (kl - kl_threshold).clamp(min=0).nan_to_num(float("inf"))
+    least = overshoot[pool].min()
+    if least > 0:
+        which += f", KL relaxed only to {kl_threshold + float(least):.4g} (the smallest overshoot)"
+    pool = pool & (overshoot <= least)
     return pool, (
         f"all {int(evaluated.sum())} evaluated candidates were discarded (layer >= {max_layer}, "
         f"KL > {kl_threshold} or induce < 0); returning the lowest bypass score with {which}"
     )
+
+
+def arditi_refusal_ids(family: str, tokenizer) -> list[int]:
+    """Arditi et al.'s refusal token ids for a model family (llama2, llama3, qwen, gemma, yi), checked to decode to
+    the same tokens with this tokenizer."""
+    table = ARDITI_REFUSAL_TOKENS.get(str(family).lower())
+    if table is None:
+        raise HarmlensError(f"no Arditi refusal tokens for {family!r}; choose from {', '.join(ARDITI_REFUSAL_TOKENS)}")
+    for tid, want in table.items():
+        got = tokenizer.decode([tid]).strip() if tid < len(tokenizer) else None
+        if got != want:
+            raise HarmlensError(f"{family} refusal token {tid} is {got!r} with this tokenizer, not {want!r}")
+    return list(table)
 
 
 def refusal_token_ids(tokenizer, openers: Sequence[str] = OPENERS) -> list[int]:
@@ -234,7 +263,8 @@ def select_refusal_direction(
     max_layer_frac: float = 0.8,
     positions: Sequence[int] | None = None,
     layers: Sequence[int] | None = None,
-    system: str | None = None,
+    system: str | NoSystem | None = None,
+    refusal_ids: Sequence[int] | str | None = None,
     progress: bool = True,
 ) -> Selection:
     """Score every candidate (bypass on harmful, induce and KL on harmless) and pick the lowest kept bypass.
@@ -242,6 +272,7 @@ def select_refusal_direction(
     By default only layers < int(max_layer_frac·L) are evaluated (the rest would be discarded); pass `layers=` /
     `positions=` (negative offsets) to choose the candidates evaluated. Zero candidates are skipped (NaN scores).
     system=None uses the system prompt recorded in directions.metadata (that of the extraction), if any.
+    refusal_ids: None = the first tokens of OPENERS; a family name ('llama2', 'qwen', ...) = Arditi's ids; or ids.
     """
     start = time.perf_counter()
     L = int(model.cfg.n_layers)
@@ -251,10 +282,15 @@ def select_refusal_direction(
     default = [x for x in usable if x < max_layer] or usable
     pos_sel, layer_sel = _subset("positions", positions, all_pos, all_pos), _subset("layers", layers, usable, default)
     if system is None:  # score under the template the candidates were extracted with
-        system = (getattr(directions, "metadata", None) or {}).get("system")
+        system = system_from_metadata(getattr(directions, "metadata", None) or {})
     fmt = chat_format(model, system=system)
     harmful, harmless = fmt.render_many(list(harmful_val)), fmt.render_many(list(harmless_val))
-    ids = refusal_token_ids(model.tokenizer)
+    if refusal_ids is None:
+        ids = refusal_token_ids(model.tokenizer)
+    elif isinstance(refusal_ids, str):
+        ids = arditi_refusal_ids(refusal_ids, model.tokenizer)
+    else:
+        ids = [int(t) for t in refusal_ids]
     base_harmful = refusal_score(last_token_logits(model, harmful, batch_size), ids)
     base_logits = last_token_logits(model, harmless, batch_size)
     nan = torch.full((len(all_pos), L), float("nan"))
@@ -281,9 +317,7 @@ def select_refusal_direction(
     pool = ~discarded
     if not pool.any():
         fallback = True
-        pool, reason = _fallback_pool(
-            evaluated, layer_idx < max_layer, kl <= kl_threshold, induce >= 0, kl_threshold, max_layer
-        )
+        pool, reason = _fallback_pool(evaluated, layer_idx < max_layer, kl, induce >= 0, kl_threshold, max_layer)
         warnings.warn(f"refusal direction selection: {reason}", stacklevel=2)
     flat = torch.where(pool, bypass, torch.full_like(bypass, float("inf"))).flatten().argmin()
     i, layer = divmod(int(flat), L)

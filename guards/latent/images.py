@@ -42,9 +42,16 @@ def read_positions(guard: LatentGuard, prompt: ChatPrompt, image_id: int, n_imag
     return [image_position(prompt, p, image_id, n_image) for p in positions]
 
 
+def added_bos(processor_ids: Sequence[int], prompt_ids: Sequence[int], bos_id: int | None) -> int:
+    """1 when the processor prepended a BOS the rendered prompt lacks (LLaVA-1.5's `<s>`), else 0."""
+    first = prompt_ids[0] if prompt_ids else None
+    return int(bos_id is not None and len(processor_ids) > 0 and processor_ids[0] == bos_id and first != bos_id)
+
+
 def image_acts(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> torch.Tensor:
     """[n, n_layers, d] at the guard's position (t_inst or t_post_inst), or [n, n_layers, n_pos, d] for a span guard
-    (padded by repeating t_inst), one forward with pixel_values per prompt."""
+    (padded by repeating t_inst), one forward per prompt with everything the processor returns (pixel_values, Qwen-VL's image_grid_thw) over its tokens (a BOS the
+    processor prepends, as LLaVA-1.5's does, shifts the positions read)."""
     model = guard._require_model()
     tok = getattr(processor, "tokenizer", None) or model.tokenizer
     image_id = tok.convert_tokens_to_ids(processor.image_token)
@@ -54,13 +61,14 @@ def image_acts(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> t
         enc = processor(text=[item.prompt.text], images=[item.image], return_tensors="pt")
         ids, n_images = enc["input_ids"], sum(t == image_id for t in item.prompt.input_ids)
         n_image = int((ids[0] == image_id).sum()) // max(1, n_images)
-        if ids.shape[1] != image_position(item.prompt, len(item.prompt), image_id, n_image):
+        shift = added_bos(ids[0].tolist(), item.prompt.input_ids, tok.bos_token_id)
+        expanded = [t for t in item.prompt.input_ids for _ in range(n_image if t == image_id else 1)]
+        if ids[0, shift:].tolist() != expanded:
             raise HarmlensError("the processor's tokens do not match the rendered prompt's (image expansion)")
-        pos = read_positions(guard, item.prompt, image_id, n_image)
+        pos = [shift + p for p in read_positions(guard, item.prompt, image_id, n_image)]
         with torch.no_grad():
-            _, cache = model.run_with_cache(
-                ids.to(device), pixel_values=enc["pixel_values"].to(device), names_filter=lambda n: n in names
-            )
+            extra = {k: v.to(device) for k, v in enc.items() if k != "input_ids" and isinstance(v, torch.Tensor)}
+            _, cache = model.run_with_cache(ids.to(device), **extra, names_filter=lambda n: n in names)
         out.append(torch.stack([cache[n][0, pos] for n in names]).float().cpu())  # [n_layers, n_pos, d]
     width = max(a.shape[1] for a in out)
     out = [torch.cat([a, a[:, -1:].expand(-1, width - a.shape[1], -1)], 1) for a in out]

@@ -110,13 +110,29 @@ def test_fallback_relaxes_kl_before_induce():
 
     t = torch.tensor
     evaluated, layer_ok = t([True, True, True]), t([True, True, False])
-    kl_ok, induces = t([True, False, True]), t([False, True, True])
-    pool, reason = _fallback_pool(evaluated, layer_ok, kl_ok, induces, 0.1, 2)
+    kl, induces = t([0.05, 0.3, 0.02]), t([False, True, True])
+    pool, reason = _fallback_pool(evaluated, layer_ok, kl, induces, 0.1, 2)
     assert pool.tolist() == [False, True, False] and "KL <= 0.1 relaxed" in reason  # the one that still induces
-    pool, reason = _fallback_pool(evaluated, layer_ok, kl_ok, t([False, False, True]), 0.1, 2)
+    assert "relaxed only to 0.3" in reason
+    pool, reason = _fallback_pool(evaluated, layer_ok, kl, t([False, False, True]), 0.1, 2)
     assert pool.tolist() == [True, False, False] and "induce >= 0 relaxed" in reason
-    pool, reason = _fallback_pool(evaluated, t([False] * 3), kl_ok, induces, 0.1, 2)
-    assert pool.all() and "no rule kept" in reason
+    pool, reason = _fallback_pool(evaluated, t([False] * 3), kl, induces, 0.1, 2)
+    assert pool.tolist() == [True, False, True] and "no rule kept" in reason  # KL within bounds: no overshoot
+
+
+def test_fallback_relaxes_kl_minimally():
+    """The organism case: lowest bypass at any KL picked KL 1.03; the smallest KL overshoot (0.114) wins now."""
+    from harmlens.probes.selection import _fallback_pool
+
+    t = torch.tensor
+    kl = t([[1.03, 0.114, 0.5], [float("nan"), 0.2, 0.114]])
+    bypass = t([[-9.0, -5.29, -8.0], [float("nan"), -7.0, -4.0]])
+    evaluated, layer_ok, induces = ~kl.isnan(), torch.ones(2, 3, dtype=torch.bool), t([[True] * 3, [True] * 3])
+    pool, reason = _fallback_pool(evaluated, layer_ok, kl, induces, 0.1, 3)
+    assert pool.tolist() == [[False, True, False], [False, False, True]]  # both at KL 0.114
+    flat = torch.where(pool, bypass, torch.full_like(bypass, float("inf"))).flatten().argmin()
+    assert divmod(int(flat), 3) == (0, 1) and bypass[0, 1] == -5.29  # lowest bypass among the tied
+    assert "relaxed only to 0.114" in reason
 
 
 def test_bad_candidate_subsets(tiny_model):
