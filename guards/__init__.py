@@ -4,17 +4,30 @@ Subpackages: `latent` (the guard you deploy), `evaluation`, `organisms`, `tuning
 """
 
 from harmlens.guards.evaluation import GuardReport, evaluate_guard
-from harmlens.guards.latent import GuardedModel, GuardedReply, LatentGuard, Verdict
+from harmlens.guards.latent import (
+    CentroidConfig,
+    GuardedModel,
+    GuardedReply,
+    LatentGuard,
+    ProbeConfig,
+    SpanLinearConfig,
+    SpanMLPConfig,
+    Verdict,
+)
 from harmlens.guards.organisms import build_organism, load_organism, organism_path
 from harmlens.guards.tuning import Adapter, Example, Stage, TrainConfig, adversarial_train, train
 
 __all__ = [
     "Adapter",
+    "CentroidConfig",
     "Example",
     "GuardReport",
     "GuardedModel",
     "GuardedReply",
     "LatentGuard",
+    "ProbeConfig",
+    "SpanLinearConfig",
+    "SpanMLPConfig",
     "Stage",
     "TrainConfig",
     "Verdict",

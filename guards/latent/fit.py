@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.guards.latent.guard import FORMAT, METHODS, VERSION
+from harmlens.guards.latent.calibration import (
+    CALIBRATION_RULES,
+    auroc,
+    calibration_record,
+    flagged_allowed,
+    fpr_bound,
+    threshold_for_fpr,
+)
+from harmlens.guards.latent.configs import GuardConfig
+from harmlens.guards.latent.guard_file import FORMAT, VERSION
 from harmlens.guards.latent.span_scoring import probe_features, probe_scores
 from harmlens.io import model_signature
 from harmlens.probes.activations import check_layers, iter_resid_batches
@@ -18,69 +28,8 @@ from harmlens.probes.directions import data_hash
 
 _ENDINGS = ("", ".", "?")
 MIN_VAL = 4  # per class, to hold out for layer choice / calibration
-
-
-def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
-    """Area under the ROC curve of scores `pos` (positives) vs `neg` (ties count half); NaN if a side is empty."""
-    pos, neg = torch.as_tensor(pos).double().flatten(), torch.as_tensor(neg).double().flatten()
-    if not len(pos) or not len(neg):
-        return float("nan")
-    both = torch.cat([pos, neg])
-    ranks = _average_ranks(both)
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    order = torch.argsort(x, stable=True)
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(1, len(x) + 1, dtype=x.dtype)
-    for value in torch.unique(x):  # ties share their mean rank
-        tied = x == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-CALIBRATION_RULES = ("conformal", "empirical")
-
-
-def flagged_allowed(n: int, target_fpr: float, rule: str = "conformal") -> int:
-    """How many of n calibration harmless prompts α may flag: 'empirical' = ⌊target·n⌋; 'conformal' = k =
-    ⌊target·(n+1)⌋ − 1 (at least 0), so a new prompt from the same distribution is flagged with probability
-    ≤ (k+1)/(n+1) ≤ target (when n ≥ 1/target − 1; fewer cannot promise it, fpr_bound says what they do)."""
-    if rule not in CALIBRATION_RULES:
-        raise HarmlensError(f"calibration rule must be one of {CALIBRATION_RULES}, got {rule!r}")
-    if rule == "empirical":
-        return int(target_fpr * n + 1e-9)
-    return max(0, int(target_fpr * (n + 1) + 1e-9) - 1)
-
-
-def fpr_bound(n: int, target_fpr: float, rule: str = "conformal") -> float:
-    """The expected FPR bound on new prompts that a calibration on n harmless ones guarantees: (k+1)/(n+1)."""
-    return (flagged_allowed(n, target_fpr, rule) + 1) / (n + 1)
-
-
-def calibration_record(n: int, target_fpr: float, rule: str = "conformal") -> dict:
-    """What a guard's metadata keeps of its α calibration: rule, n harmless prompts and the FPR bound it gives."""
-    bound = fpr_bound(n, target_fpr, rule)
-    return {"rule": rule, "target_fpr": target_fpr, "n_harmless": int(n), "fpr_bound": round(bound, 4)}
-
-
-def threshold_for_fpr(harmless_scores: torch.Tensor, target_fpr: float, rule: str = "conformal") -> float:
-    """An α (midway to the next higher score) flagging at most flagged_allowed(n, target_fpr, rule) of these harmless
-    scores; the default conformal rule bounds the expected FPR on new prompts, not just on these."""
-    if not 0 <= target_fpr < 1:
-        raise HarmlensError(f"target_fpr must be in [0, 1), got {target_fpr}")
-    s = torch.as_tensor(harmless_scores).double().flatten()
-    s = torch.sort(s[torch.isfinite(s)], descending=True).values
-    if not len(s):
-        raise HarmlensError("no harmless scores to calibrate on")
-    k = flagged_allowed(len(s), target_fpr, rule)
-    if k >= len(s):
-        return float(s[-1])
-    above = s[s > s[k]]  # ties with s[k] stay below α, so at most k are flagged
-    top = float(above[-1]) if len(above) else float(s[0]) + 1e-6 * (abs(float(s[0])) + 1)
-    return (float(s[k]) + top) / 2
+__all__ = ["CALIBRATION_RULES", "auroc", "calibration_record", "flagged_allowed", "fpr_bound", "threshold_for_fpr"]
+__all__ += ["balanced_variants", "check_set", "fit_tinst_guard", "hold_out", "select_window", "train_probes"]
 
 
 def balanced_variants(instruction: str) -> list[str]:
@@ -89,7 +38,7 @@ def balanced_variants(instruction: str) -> list[str]:
     return [core + e for e in _ENDINGS] if core else [clean_instruction(instruction)]
 
 
-def _check_set(name: str, prompts) -> list:
+def check_set(name: str, prompts) -> list:
     if isinstance(prompts, str) or not isinstance(prompts, Sequence):
         raise HarmlensError(f"{name} prompts must be a list of strings")
     if not prompts:
@@ -126,8 +75,8 @@ def hold_out(
         return (
             harmful,
             harmless,
-            _check_set("validation harmful", val_harmful),
-            _check_set("validation harmless", val_harmless),
+            check_set("validation harmful", val_harmful),
+            check_set("validation harmless", val_harmless),
         )
     if not split:
         return harmful, harmless, None, None
@@ -230,52 +179,44 @@ def select_window(val_pos: torch.Tensor, val_neg: torch.Tensor, tol: float = 0.0
     return pick["rows"], table
 
 
-def fit_guard(
-    cls,
+def fit_tinst_guard(
+    make_guard: Callable[[dict, dict], Any],
     model,
-    harmful,
-    harmless,
+    harmful: Sequence[str | ChatPrompt],
+    harmless: Sequence[str | ChatPrompt],
+    config: GuardConfig,
     *,
-    method: str = "centroid",
-    layers=None,
-    target_fpr=None,
-    val_harmful=None,
-    val_harmless=None,
-    val_fraction: float = 0.25,
-    balance: bool = True,
-    system: str | None = None,
-    batch_size: int = 16,
-    seed: int = 0,
+    val_harmful: Sequence[str | ChatPrompt] | None = None,
+    val_harmless: Sequence[str | ChatPrompt] | None = None,
     progress: bool = False,
-    **guard_kwargs,
 ):
-    """See LatentGuard.fit; `balance` renders every fit prompt with three endings (see balanced_variants)."""
-    if method not in METHODS:
-        raise HarmlensError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    harmful, harmless = _check_set("harmful", harmful), _check_set("harmless", harmless)
-    if target_fpr is not None and not 0 <= target_fpr < 1:
-        raise HarmlensError(f"target_fpr must be in [0, 1), got {target_fpr}")
+    """A centroid or probe guard read at t_inst (see LatentGuard.fit); `make_guard(tensors, metadata)` builds it."""
+    if config.position != "t_inst":
+        raise HarmlensError(f"fit_tinst_guard fits t_inst variants, not {config.variant!r}")
+    harmful, harmless = check_set("harmful", harmful), check_set("harmless", harmless)
+    layers, target_fpr, balance = config.layers, config.target_fpr, config.balance
     harmful, harmless, val_harmful, val_harmless = hold_out(
         harmful,
         harmless,
         val_harmful,
         val_harmless,
-        val_fraction=val_fraction,
-        rng=random.Random(seed),
+        val_fraction=config.val_fraction,
+        rng=random.Random(config.seed),
         target_fpr=target_fpr,
         split=layers is None or target_fpr is not None,
     )
-    fmt = chat_format(model, system=system)
-    rows = check_layers(model, layers)
+    fmt = chat_format(model, system=config.system)
+    rows = check_layers(model, None if layers is None else list(layers))
 
     def expand(ps: list) -> list:
         return [v for p in ps for v in (balanced_variants(p) if balance and isinstance(p, str) else [p])]
 
-    kw = dict(layers=rows, batch_size=batch_size, progress=progress)
+    kw = dict(layers=rows, batch_size=config.batch_size, progress=progress)
     pos, neg = (
         _acts(model, fmt, expand(harmful), what="harmful", **kw),
         _acts(model, fmt, expand(harmless), what="harmless", **kw),
     )
+    method = config.method
     params = _params(method, pos[:, :, 0], neg[:, :, 0])
     fit_info = {
         "n_harmful": len(harmful),
@@ -316,8 +257,9 @@ def fit_guard(
         "alpha": alpha,
         "alpha_refuse": alpha_refuse,
         "target_fpr": target_fpr,
-        "system": system,
+        "system": config.system,
+        "config": config.to_dict(),
         "fit": fit_info,
     }
     tensors = {**params, "refuse": refuse["harmful"].float(), "accept": refuse["harmless"].float()}
-    return cls(tensors, meta, model, **guard_kwargs)
+    return make_guard(tensors, meta)
