@@ -112,13 +112,14 @@ def add_guard_commands(subparsers) -> None:
 
 
 def _load(args):
+    """The guard file, checked before its model is loaded (a malformed file is refused at once)."""
     from harmlens.guards.latent.guard import LatentGuard
-    from harmlens.io import load_tensors
+    from harmlens.guards.latent.guard_file import read_guard_file
     from harmlens.probes.loading import load_model
 
-    _, meta = load_tensors(args.guard)
+    tensors, meta, _ = read_guard_file(args.guard)
     model = load_model(args.model or meta.get("model"))
-    return LatentGuard.load(args.guard, model, **({"fail_closed": False} if getattr(args, "fail_open", False) else {}))
+    return LatentGuard(tensors, meta, model, fail_closed=not getattr(args, "fail_open", False))
 
 
 def cmd_fit(args: argparse.Namespace) -> int:

@@ -141,6 +141,8 @@ class LatentGuard:
     def verdicts_from_acts(self, acts: torch.Tensor, truncated: Sequence[bool] | None = None) -> list[Verdict]:
         """Verdicts for a batch of activations; rows with NaN/inf fail closed (harmful unless fail_closed=False)."""
         truncated = truncated or [False] * len(acts)
+        if not math.isfinite(self.alpha):  # set behind the setter's back: no verdict can be trusted
+            raise HarmlensError(f"alpha is not finite ({self.alpha})")
         finite = torch.isfinite(acts).flatten(1).all(-1)
         layer_ok = torch.isfinite(acts).flatten(2).all(-1)  # [n, n_layers]
         score, per_layer = self.score_acts(torch.where(torch.isfinite(acts), acts, torch.zeros_like(acts)))

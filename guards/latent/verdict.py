@@ -52,6 +52,7 @@ def render_prompt(fmt: ChatFormat, prompt: str | ChatPrompt, max_length: int | N
     if isinstance(prompt, ChatPrompt):
         if max_length is not None and len(prompt) > max_length:
             raise HarmlensError(f"pre-rendered prompt is {len(prompt)} tokens, over the context of {max_length}")
+        check_rendered(prompt, len(fmt.tokenizer))  # type: ignore[arg-type]
         return prompt, False
     free = dataclasses.replace(fmt, max_length=None)
     rendered = free.render(prompt)
@@ -70,6 +71,16 @@ def render_prompt(fmt: ChatFormat, prompt: str | ChatPrompt, max_length: int | N
         else:
             keep -= 1
     raise HarmlensError(f"the chat template alone does not fit the context of {max_length} tokens")
+
+
+def check_rendered(prompt: ChatPrompt, vocab: int) -> None:
+    """Raise HarmlensError unless a pre-rendered prompt's token ids and positions are ones the model can read."""
+    n, ids = len(prompt.input_ids), prompt.input_ids
+    if not n or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < vocab for i in ids):
+        raise HarmlensError(f"pre-rendered prompt has token ids outside the vocabulary of {vocab}")
+    positions = (prompt.t_inst, *prompt.post_inst)
+    if not prompt.post_inst or not all(isinstance(i, int) and 0 <= i < n for i in positions):
+        raise HarmlensError(f"pre-rendered prompt has t_inst/post-instruction positions outside its {n} tokens")
 
 
 def one_line(exc: BaseException) -> str:
