@@ -20,6 +20,7 @@ from harmlens.guards.latent.calibration import (
 from harmlens.guards.latent.configs import GuardConfig
 from harmlens.guards.latent.guard_file import FORMAT, VERSION
 from harmlens.guards.latent.span_scoring import probe_features, probe_scores
+from harmlens.guards.latent.splits import MIN_VAL, calibration_split, check_set, hold_out, prompt_roles
 from harmlens.io import model_signature
 from harmlens.probes.activations import check_layers, iter_resid_batches
 from harmlens.probes.beliefs import delta_scores
@@ -27,69 +28,15 @@ from harmlens.probes.chat import ChatPrompt, chat_format, clean_instruction
 from harmlens.probes.directions import data_hash
 
 _ENDINGS = ("", ".", "?")
-MIN_VAL = 4  # per class, to hold out for layer choice / calibration
 __all__ = ["CALIBRATION_RULES", "auroc", "calibration_record", "flagged_allowed", "fpr_bound", "threshold_for_fpr"]
-__all__ += ["balanced_variants", "check_set", "fit_tinst_guard", "hold_out", "select_window", "train_probes"]
+__all__ += ["MIN_VAL", "balanced_variants", "check_set", "fit_tinst_guard", "hold_out", "select_window"]
+__all__ += ["train_probes"]
 
 
 def balanced_variants(instruction: str) -> list[str]:
     """The instruction ending in a word, '.' and '?': t_inst is the last token, so classes get the same endings."""
     core = clean_instruction(instruction).rstrip(".?!;: ").rstrip()
     return [core + e for e in _ENDINGS] if core else [clean_instruction(instruction)]
-
-
-def check_set(name: str, prompts) -> list:
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-        raise HarmlensError(f"{name} prompts must be a list of strings")
-    if not prompts:
-        raise HarmlensError(f"no {name} prompts: a guard needs both harmful and harmless examples (got one class only)")
-    return list(prompts)
-
-
-def _split(prompts: list, fraction: float, rng: random.Random) -> tuple[list, list]:
-    """(fit, held-out) with a seeded shuffle; no held-out part when there are too few prompts."""
-    n_val = max(MIN_VAL, round(len(prompts) * fraction))
-    if len(prompts) - n_val < 2:
-        return prompts, []
-    idx = list(range(len(prompts)))
-    rng.shuffle(idx)
-    held = set(idx[:n_val])
-    return [p for i, p in enumerate(prompts) if i not in held], [p for i, p in enumerate(prompts) if i in held]
-
-
-def hold_out(
-    harmful: list,
-    harmless: list,
-    val_harmful,
-    val_harmless,
-    *,
-    val_fraction: float,
-    rng: random.Random,
-    target_fpr: float | None,
-    split: bool = True,
-) -> tuple[list, list, list | None, list | None]:
-    """(fit harmful, fit harmless, validation harmful, validation harmless): the given validation sets, else (when
-    `split`) a seeded val_fraction of each fit set; HarmlensError when calibration needs held-out prompts and has
-    none."""
-    if val_harmful is not None or val_harmless is not None:
-        return (
-            harmful,
-            harmless,
-            check_set("validation harmful", val_harmful),
-            check_set("validation harmless", val_harmless),
-        )
-    if not split:
-        return harmful, harmless, None, None
-    fit_h, val_h = _split(harmful, val_fraction, rng)
-    fit_l, val_l = _split(harmless, val_fraction, rng)
-    if val_h and val_l:
-        return fit_h, fit_l, val_h, val_l
-    if target_fpr is not None:
-        raise HarmlensError(
-            f"calibrating to target_fpr needs at least {MIN_VAL} held-out prompts per class "
-            f"(pass val_harmful/val_harmless or more prompts)"
-        )
-    return harmful, harmless, val_h, val_l
 
 
 def _acts(model, fmt, prompts, layers, batch_size, progress, what) -> torch.Tensor:
@@ -195,16 +142,23 @@ def fit_tinst_guard(
         raise HarmlensError(f"fit_tinst_guard fits t_inst variants, not {config.variant!r}")
     harmful, harmless = check_set("harmful", harmful), check_set("harmless", harmless)
     layers, target_fpr, balance = config.layers, config.target_fpr, config.balance
+    rng, given = random.Random(config.seed), val_harmful is not None or val_harmless is not None
     harmful, harmless, val_harmful, val_harmless = hold_out(
         harmful,
         harmless,
         val_harmful,
         val_harmless,
         val_fraction=config.val_fraction,
-        rng=random.Random(config.seed),
+        rng=rng,
         target_fpr=target_fpr,
         split=layers is None or target_fpr is not None,
     )
+    selects = layers is None and bool(val_harmful and val_harmless)  # the layer window is chosen on held-out prompts
+    cal_harmless = val_harmless
+    if target_fpr is not None and selects:  # α on prompts used for nothing else
+        harmless, val_harmless, cal_harmless = calibration_split(
+            harmless, val_harmless, given, config.val_fraction, rng
+        )
     fmt = chat_format(model, system=config.system)
     rows = check_layers(model, None if layers is None else list(layers))
 
@@ -241,12 +195,18 @@ def fit_tinst_guard(
             ],
         )
         if target_fpr is not None:
-            alpha = threshold_for_fpr(sn[:, keep].mean(1), target_fpr)
-            rn = _per_layer("centroid", refuse, vn[:, :, 1])[:, keep].mean(1)
+            cn = vn if cal_harmless is val_harmless else _acts(model, fmt, cal_harmless, what="calibration", **kw)
+            alpha = threshold_for_fpr(_per_layer(method, params, cn[:, :, 0])[:, keep].mean(1), target_fpr)
+            rn = _per_layer("centroid", refuse, cn[:, :, 1])[:, keep].mean(1)
             alpha_refuse = threshold_for_fpr(rn, target_fpr)
-            fit_info["calibration"] = calibration_record(len(sn), target_fpr)
+            fit_info["calibration"] = calibration_record(len(cn), target_fpr)
         rows, params = rows[keep], {k: v[keep] for k, v in params.items()}
         refuse = {k: v[keep] for k, v in refuse.items()}
+    fit_info["prompt_roles"] = prompt_roles(
+        (harmful, harmless),
+        (val_harmful, val_harmless) if selects else None,
+        cal_harmless if target_fpr is not None else None,
+    )
     meta = {
         "format": FORMAT,
         "version": VERSION,

@@ -24,10 +24,11 @@ from harmlens.attacks.jailbreaks import Jailbreak, get_jailbreak, gptfuzzer_temp
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.calibration import auroc, calibration_record, threshold_for_fpr
 from harmlens.guards.latent.configs import SpanConfig, SpanMLPConfig
-from harmlens.guards.latent.fit import balanced_variants, check_set, hold_out, train_probes
+from harmlens.guards.latent.fit import balanced_variants, train_probes
 from harmlens.guards.latent.guard_file import FORMAT, MLP_VERSION, VERSION
 from harmlens.guards.latent.mlp_probe import MLPProbeConfig, train_mlp_probe
 from harmlens.guards.latent.span_scoring import scaled_max, scales_from, span_parts
+from harmlens.guards.latent.splits import calibration_split, check_set, hold_out, prompt_roles
 from harmlens.guards.latent.verdict import span_positions
 from harmlens.io import model_signature
 from harmlens.probes.activations import check_layers, iter_resid_batches
@@ -173,10 +174,14 @@ def fit_span_guard(
     harmful, harmless = check_set("harmful", harmful), check_set("harmless", harmless)
     if any(not isinstance(p, str) for p in harmful + harmless):
         raise HarmlensError("a span guard is fitted on plain-text prompts (it wraps them itself)")
-    rng = random.Random(seed)
+    rng, given = random.Random(seed), val_harmful is not None or val_harmless is not None
     harmful, harmless, val_harmful, val_harmless = hold_out(
         harmful, harmless, val_harmful, val_harmless, val_fraction=config.val_fraction, rng=rng, target_fpr=target_fpr
     )
+    selects = two_part and bool(val_harmful and val_harmless)  # the part scales are chosen on held-out prompts
+    cal = val_harmless
+    if target_fpr is not None and selects:  # α on prompts used for nothing else
+        harmless, val_harmless, cal = calibration_split(harmless, val_harmless, given, config.val_fraction, rng)
     fmt = chat_format(model, system=config.system)
     rows = check_layers(model, span_layers(model) if layers is None else list(layers))
     groups = _groups(default_wrappers(seed) if wrappers == "default" else wrappers)
@@ -236,8 +241,12 @@ def fit_span_guard(
             n_val_harmful=len(val_harmful), n_val_harmless=len(val_harmless), val_auroc=auroc(sp, sn)
         )
         if target_fpr is not None:
-            guard.alpha = threshold_for_fpr(sn, target_fpr)
-            refuse = torch.tensor([v.score for v in guard.refusal_guard().check(val_harmless)])
+            sc = sn if cal is val_harmless else torch.tensor([v.score for v in guard.check(cal)])
+            guard.alpha = threshold_for_fpr(sc, target_fpr)
+            refuse = torch.tensor([v.score for v in guard.refusal_guard().check(cal)])
             guard.metadata["alpha_refuse"] = threshold_for_fpr(refuse, target_fpr)
-            guard.metadata["fit"]["calibration"] = calibration_record(len(sn), target_fpr)
+            guard.metadata["fit"]["calibration"] = calibration_record(len(sc), target_fpr)
+    selection = (val_harmful, val_harmless) if selects else None
+    calibrated = cal if target_fpr is not None and val_harmful and val_harmless else None
+    guard.metadata["fit"]["prompt_roles"] = prompt_roles((harmful, harmless), selection, calibrated)
     return guard
