@@ -67,15 +67,25 @@ class _Reader:
         self.store[name] = x[self.rows, self.pos].detach().float()
         if name == self.last:
             try:
-                acts = torch.stack([self.store[n] for n in self.names], dim=1)  # [batch, n_layers, width, d]
-                self.verdicts = self.guard.verdicts_from_acts(acts, self.truncated)
-            except Exception as exc:  # noqa: BLE001 - fail closed, say why
-                self.verdicts = [
-                    self.guard.failed(f"internal error: {one_line(exc)}", t, attempted=True) for t in self.truncated
-                ]
+                self.verdicts = self._verdicts(slice(None), self.truncated)
+            except Exception:  # noqa: BLE001 - retry row by row, so one bad row fails alone
+                self.verdicts = [self._alone(i, t) for i, t in enumerate(self.truncated)]
             if self.block and all(v.harmful for v in self.verdicts):
                 raise _AllBlocked
         return None
+
+    def _verdicts(self, rows: slice, truncated: list[bool]) -> list[Verdict]:
+        acts = torch.stack([self.store[n][rows] for n in self.names], dim=1)  # [batch, n_layers, width, d]
+        verdicts = self.guard.verdicts_from_acts(acts, truncated)
+        if len(verdicts) != len(truncated):
+            raise HarmlensError(f"{len(verdicts)} verdicts for {len(truncated)} rows")
+        return verdicts
+
+    def _alone(self, i: int, truncated: bool) -> Verdict:
+        try:
+            return self._verdicts(slice(i, i + 1), [truncated])[0]
+        except Exception as exc:  # noqa: BLE001 - fail closed, say why
+            return self.guard.failed(f"internal error: {one_line(exc)}", truncated, attempted=True)
 
     def blocked(self, device) -> torch.Tensor:
         """Bool mask [batch] of rows to stop (computed once)."""

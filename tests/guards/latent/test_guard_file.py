@@ -175,3 +175,22 @@ def test_cli_check_prints_strict_json_and_never_fails_unscored_lines_open(tmp_pa
     ok, broken = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert ok["error"] is None and broken["line"] == 2 and broken["harmful"] is True and "UTF-8" in broken["error"]
     assert broken["score"] is None
+
+
+def test_guarded_generation_retries_a_failed_batch_row_by_row(tiny_model, guard, monkeypatch):
+    """The prefill's verdicts: a batch that cannot be scored is scored row by row (here only batches fail)."""
+    standalone = [v.score for v in guard(PROMPTS[:3])]
+    real = guard.verdicts_from_acts
+
+    def only_single_rows(acts, truncated=None):
+        if len(acts) > 1:
+            raise RuntimeError("batch too big")
+        return real(acts, truncated)
+
+    monkeypatch.setattr(guard, "verdicts_from_acts", only_single_rows)
+    replies = guard.wrap(block=False).generate(PROMPTS[:3], max_new_tokens=2)
+    assert all(r.verdict.error is None for r in replies)
+    assert [r.verdict.score for r in replies] == pytest.approx(standalone, abs=1e-4)
+    monkeypatch.setattr(guard, "verdicts_from_acts", lambda acts, truncated=None: 1 / 0)
+    failed = guard.wrap(block=False).generate(PROMPTS[:2], max_new_tokens=2)
+    assert all(r.verdict.harmful and "ZeroDivisionError" in r.verdict.error for r in failed)
