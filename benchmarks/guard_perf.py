@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from harmlens.guards import LatentGuard
+    from harmlens.guards import CentroidConfig, LatentGuard, SpanMLPConfig
     from harmlens.probes.data import builtin_prompts
     from harmlens.probes.loading import load_model
 
@@ -126,8 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         fit_h, fit_l = builtin_prompts("harmful", "train", limit=16), builtin_prompts("harmless", "train", limit=16)
         n = int(model.cfg.n_layers)
         choices = {"early": range(2, n // 3 + 1), "middle": range(n // 3, 2 * n // 3), "all": range(n + 1)}
-        guards = {name: LatentGuard.fit(model, fit_h, fit_l, layers=list(layers)) for name, layers in choices.items()}
-        guards["span"] = LatentGuard.fit(model, fit_h, fit_l, method="probe", read="span", wrappers=["aim"])
+        guards = {
+            name: LatentGuard.fit(model, fit_h, fit_l, CentroidConfig(layers=tuple(layers)))
+            for name, layers in choices.items()
+        }
+        guards["span"] = LatentGuard.fit(model, fit_h, fit_l, SpanMLPConfig(wrappers=["aim"]))
     result = {
         "model": str(getattr(model, "harmlens_name", "?")),
         "threads": torch.get_num_threads(),

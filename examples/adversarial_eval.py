@@ -30,6 +30,7 @@ from harmlens.attacks.projection import projection_analysis  # noqa: E402
 from harmlens.attacks.report import ROLE_LABELS, AttackReport  # noqa: E402
 from harmlens.attacks.settings import resolve_settings  # noqa: E402
 from harmlens.attacks.template import role_template  # noqa: E402
+from harmlens.guards.latent.configs import CentroidConfig  # noqa: E402
 from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
 from harmlens.guards.organisms import datasets  # noqa: E402
 from harmlens.guards.organisms.evaluate import reply_perplexity  # noqa: E402
@@ -119,7 +120,7 @@ def utility(model, tag: str, pairs, args) -> dict:
 def guard_rates(model, reports: dict, harmful: list[str], args) -> dict:
     """LatentGuard fitted on this model; ASR of guard + model per condition, FPR on benign (none, swap), XSTest."""
     fit_h, fit_l = datasets.harmful_train()[:128], [i for i, _ in datasets.harmless_train(128)]
-    guard = LatentGuard.fit(model, fit_h, fit_l, target_fpr=0.05, seed=0)
+    guard = LatentGuard.fit(model, fit_h, fit_l, CentroidConfig(target_fpr=0.05, seed=0))
     template = role_template(model)
     settings = resolve_settings("all", supports_images=False)
     prompts = build_prompts(template, harmful, settings, resolve_jailbreaks("all"))

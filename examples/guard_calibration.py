@@ -6,7 +6,7 @@ Scores the guard once on two calibration pools: the harmless prompts `python -m 
 built-in train split, seed 0) and --n-alpaca shipped Alpaca prompts (the organism's training prompts, outside every
 guard fit). It also scores the held-out evaluation sets of harmlens.guards.evaluation.sets.shipped_sets, leaving out the guard's fit
 wrappers. Then it sets α on each pool by each rule ('empirical': exactly 5% of the pool flagged; 'conformal': expected
-FPR ≤ 5% on new prompts, see harmlens.guards.latent.fit.flagged_allowed) and prints the share of each set flagged.
+FPR ≤ 5% on new prompts, see harmlens.guards.latent.calibration.flagged_allowed) and prints the share of each set flagged.
 Writes OUT/calibration.{json,md} (default OUT: runs/guard_calibration).
 """
 
@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harmlens.guards.evaluation.sets import fit_wrappers, shipped_sets  # noqa: E402
-from harmlens.guards.latent.fit import CALIBRATION_RULES, calibration_record, hold_out, threshold_for_fpr  # noqa: E402
+from harmlens.guards.latent.calibration import CALIBRATION_RULES, calibration_record, threshold_for_fpr  # noqa: E402
+from harmlens.guards.latent.fit import hold_out  # noqa: E402
 from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
 from harmlens.guards.organisms.datasets import harmless_train  # noqa: E402
 from harmlens.probes.data import builtin_prompts  # noqa: E402

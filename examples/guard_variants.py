@@ -8,7 +8,7 @@ Six guards on the text organism, each calibrated to 5% FPR on --n-cal shipped Al
   probe+jb      the same, fitted on plain prompts plus their versions wrapped in four named jailbreaks
                 (aim, refusal_suppression, evil_confidant, payload_splitting)
   probe-max     `probe` scored at every instruction token, keeping the maximum (reads the request inside a wrapper)
-  span          LatentGuard.fit(read="span"): a token probe (a small MLP over the layers) fitted on the same four
+  span          LatentGuard.fit(SpanMLPConfig()): a token probe (a small MLP over the layers) fitted on the same four
                 named jailbreaks plus half of GPTFuzzer's templates, scored at every token up to t_inst, keeping the
                 maximum
   span-linear   the same with a logistic probe per layer (token_probe="linear"), plus a t_inst probe on the plain
@@ -31,12 +31,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harmlens.guards import datasets  # noqa: E402
 from harmlens.guards.evaluation.sets import gptfuzzer_wrap, named_wrap  # noqa: E402
-from harmlens.guards.latent.fit import auroc  # noqa: E402
+from harmlens.guards.latent.calibration import auroc  # noqa: E402
+from harmlens.guards.latent.configs import CentroidConfig, ProbeConfig, SpanLinearConfig, SpanMLPConfig  # noqa: E402
 from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
 from harmlens.guards.latent.span_fit import FIT_NAMED, held_out_gptfuzzer_ids  # noqa: E402
-from harmlens.guards.organisms import load_organism  # noqa: E402
+from harmlens.guards.organisms import datasets, load_organism  # noqa: E402
 from harmlens.probes.activations import cache_resid  # noqa: E402
 from harmlens.probes.chat import chat_format  # noqa: E402
 
@@ -97,17 +97,15 @@ def main() -> int:
     alpaca = [i for i, _ in datasets.harmless_train()]
     harmless, calibration = alpaca[: len(harmful)], alpaca[len(harmful) : len(harmful) + args.n_cal]
     wrapped = named_wrap(harmful, FIT_JAILBREAKS), named_wrap(harmless, FIT_JAILBREAKS)
-    probe_layers = list(range(12, model.cfg.n_layers + 1))
+    probe_layers = tuple(range(12, model.cfg.n_layers + 1))
     fits = {
-        "centroid": lambda: LatentGuard.fit(model, harmful, harmless),
-        "probe": lambda: LatentGuard.fit(model, harmful, harmless, method="probe", layers=probe_layers),
+        "centroid": lambda: LatentGuard.fit(model, harmful, harmless, CentroidConfig()),
+        "probe": lambda: LatentGuard.fit(model, harmful, harmless, ProbeConfig(layers=probe_layers)),
         "probe+jb": lambda: LatentGuard.fit(
-            model, harmful + wrapped[0], harmless + wrapped[1], method="probe", layers=probe_layers
+            model, harmful + wrapped[0], harmless + wrapped[1], ProbeConfig(layers=probe_layers)
         ),
-        "span": lambda: LatentGuard.fit(model, harmful, harmless, method="probe", read="span", progress=True),
-        "span-linear": lambda: LatentGuard.fit(
-            model, harmful, harmless, method="probe", read="span", token_probe="linear", progress=True
-        ),
+        "span": lambda: LatentGuard.fit(model, harmful, harmless, SpanMLPConfig(), progress=True),
+        "span-linear": lambda: LatentGuard.fit(model, harmful, harmless, SpanLinearConfig(), progress=True),
     }
     guards = {k: fits[k]() for k in fits if k in wanted or (k == "probe" and "probe-max" in wanted)}
     for g in guards.values():

@@ -30,6 +30,7 @@ from harmlens.guards.evaluation.baselines import (
 )
 from harmlens.guards.evaluation.report import evaluate_guard  # noqa: E402
 from harmlens.guards.evaluation.sets import gcg_sets, gptfuzzer_wrap, named_wrap, rma_perturb  # noqa: E402
+from harmlens.guards.latent.configs import CentroidConfig, ProbeConfig  # noqa: E402
 from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
 from harmlens.guards.organisms.datasets import eval_prompts  # noqa: E402
 from harmlens.probes.data import read_prompts  # noqa: E402
@@ -101,8 +102,8 @@ def main() -> int:
     harmless = read_prompts(args.data / "harmless" / "harmless_train.json")[: args.n_fit]
     calib = read_prompts(args.data / "harmless" / "harmless_train.json")[args.n_fit : args.n_fit + 100]
     start = time.perf_counter()
-    guard = LatentGuard.fit(model, harmful, harmless, target_fpr=0.05, seed=args.seed, progress=True)
-    probe = LatentGuard.fit(model, harmful, harmless, method="probe", target_fpr=0.05, seed=args.seed, progress=True)
+    guard = LatentGuard.fit(model, harmful, harmless, CentroidConfig(target_fpr=0.05, seed=args.seed), progress=True)
+    probe = LatentGuard.fit(model, harmful, harmless, ProbeConfig(target_fpr=0.05, seed=args.seed), progress=True)
     fit_s = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     guard.save(args.out / "guard_centroid.safetensors")

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import harmlens.guards  # noqa: E402
 from harmlens.guards.evaluation.report import evaluate_guard  # noqa: E402
 from harmlens.guards.evaluation.sets import fit_wrappers, shipped_sets  # noqa: E402
+from harmlens.guards.latent.configs import CentroidConfig, SpanMLPConfig  # noqa: E402
 from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
 from harmlens.guards.latent.images import ImageAwareDetector, image_sets  # noqa: E402
 from harmlens.probes.data import builtin_prompts  # noqa: E402
@@ -38,14 +39,13 @@ def main() -> None:
     torch.set_num_threads(1)
     start = time.perf_counter()
     vlm = harmlens.guards.load_organism("vlm")
-    kind = {"method": "probe", "read": "span"} if args.read == "span" else {}
+    config = SpanMLPConfig(target_fpr=0.05) if args.read == "span" else CentroidConfig(target_fpr=0.05)
     guard = LatentGuard.fit(
         vlm,
         builtin_prompts("harmful", "train")[: args.n_fit],
         builtin_prompts("harmless", "train")[: args.n_fit],
-        target_fpr=0.05,
+        config,
         progress=args.read == "span",
-        **kind,
     )
     args.out.mkdir(parents=True, exist_ok=True)
     guard.save(args.out / "guard.safetensors")

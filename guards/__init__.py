@@ -5,17 +5,30 @@ runs the CLIs call: `harmlens.guards.pipeline.run_main_job`), `cli` (argument pa
 """
 
 from harmlens.guards.evaluation import GuardReport, evaluate_guard
-from harmlens.guards.latent import GuardedModel, GuardedReply, LatentGuard, Verdict
+from harmlens.guards.latent import (
+    CentroidConfig,
+    GuardedModel,
+    GuardedReply,
+    LatentGuard,
+    ProbeConfig,
+    SpanLinearConfig,
+    SpanMLPConfig,
+    Verdict,
+)
 from harmlens.guards.organisms import build_organism, load_organism, organism_path
 from harmlens.guards.tuning import Adapter, Example, Stage, TrainConfig, adversarial_train, train
 
 __all__ = [
     "Adapter",
+    "CentroidConfig",
     "Example",
     "GuardReport",
     "GuardedModel",
     "GuardedReply",
     "LatentGuard",
+    "ProbeConfig",
+    "SpanLinearConfig",
+    "SpanMLPConfig",
     "Stage",
     "TrainConfig",
     "Verdict",

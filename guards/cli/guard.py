@@ -59,6 +59,14 @@ def add_guard_commands(subparsers) -> None:
         default=None,
         help="calibrate alpha: expected FPR on new harmless prompts at most this (conformal)",
     )
+    fit.add_argument(
+        "--variant",
+        default=None,
+        help="guard variant (centroid, probe, span-linear, span-mlp); overrides --method/--read/--token-probe",
+    )
+    fit.add_argument("--seed", type=int, default=0, help="seed of the held-out split and the span fit's sampling")
+    fit.add_argument("--val-fraction", type=float, default=0.25, help="share of each set held out (no --val-* sets)")
+    fit.add_argument("--system", default=None, help="system prompt the guard renders prompts with")
     fit.add_argument("--limit", type=int, default=None, help="first N prompts of each fit set")
     fit.add_argument("--no-balance", action="store_true", help="do not balance the instructions' final punctuation")
     fit.add_argument("--out", required=True, type=Path, help="guard file to write (.safetensors)")
@@ -104,50 +112,53 @@ def add_guard_commands(subparsers) -> None:
 
 
 def _load(args):
+    """The guard file, checked before its model is loaded (a malformed file is refused at once)."""
     from harmlens.guards.latent.guard import LatentGuard
-    from harmlens.io import load_tensors
+    from harmlens.guards.latent.guard_file import read_guard_file
     from harmlens.probes.loading import load_model
 
-    _, meta = load_tensors(args.guard)
+    tensors, meta, _ = read_guard_file(args.guard)
     model = load_model(args.model or meta.get("model"))
-    return LatentGuard.load(args.guard, model, **({"fail_closed": False} if getattr(args, "fail_open", False) else {}))
-
-
-def _wrappers(text: str) -> str | list[list[str]] | None:
-    """--wrappers: 'none', 'default', or comma lists of jailbreak names in ';'-separated groups."""
-    if text in ("none", "default"):
-        return None if text == "none" else text
-    return [[w.strip() for w in g.split(",") if w.strip()] for g in text.split(";") if g.strip()]
+    return LatentGuard(tensors, meta, model, fail_closed=not getattr(args, "fail_open", False))
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
     """Fit and save a guard; print its summary as JSON."""
-    from harmlens.guards.pipeline.guard_runs import fit_guard, fit_summary
+    from harmlens.guards.latent.guard import LatentGuard
+    from harmlens.guards.pipeline.guard_runs import fit_summary
     from harmlens.probes.data import load_prompt_source, read_prompts
     from harmlens.probes.loading import load_model
 
+    config = fit_config(args)  # bad flags fail before any model or prompt is loaded
     harmful = load_prompt_source(args.harmful, "harmful", "train", args.limit)
     harmless = load_prompt_source(args.harmless, "harmless", "train", args.limit)
-    val = None
+    val = {}
     if args.val_harmful or args.val_harmless:
         if not (args.val_harmful and args.val_harmless):
             raise HarmlensError("give both --val-harmful and --val-harmless, or neither")
-        val = (read_prompts(args.val_harmful), read_prompts(args.val_harmless))
-    guard = fit_guard(
-        load_model(args.model),
-        harmful,
-        harmless,
-        read=args.read,
-        method=args.method,
-        wrappers=_wrappers(args.wrappers),
-        token_probe=args.token_probe,
-        layers=parse_layers(args.layers),
-        target_fpr=args.target_fpr,
-        balance=not args.no_balance,
-        val=val,
-    )
+        val = {"val_harmful": read_prompts(args.val_harmful), "val_harmless": read_prompts(args.val_harmless)}
+    guard = LatentGuard.fit(load_model(args.model), harmful, harmless, config, progress=True, **val)
     print(json.dumps(fit_summary(guard, guard.save(args.out))))
     return 0
+
+
+def fit_config(args: argparse.Namespace):
+    """The guard config the `fit` flags describe: --variant, else the (--method, --read, --token-probe) triple."""
+    from harmlens.guards.latent.configs import config_class, variant_for
+
+    if args.variant is not None:
+        cls = config_class(args.variant)
+    else:
+        method = args.method or ("probe" if args.read == "span" else "centroid")
+        cls = variant_for(method, args.read, args.token_probe)
+    fields = {"layers": parse_layers(args.layers), "target_fpr": args.target_fpr, "balance": not args.no_balance}
+    fields |= {"seed": args.seed, "val_fraction": args.val_fraction, "system": args.system}
+    if cls.position == "span":
+        groups = [[w.strip() for w in g.split(",") if w.strip()] for g in args.wrappers.split(";") if g.strip()]
+        fields["wrappers"] = None if args.wrappers == "none" else "default" if args.wrappers == "default" else groups
+    elif args.wrappers != "default":
+        raise HarmlensError(f"--wrappers applies to span variants only, not {cls.variant}")
+    return cls(**fields)
 
 
 def _lines(args):
@@ -176,7 +187,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         verdicts = iter(guard.check([t for _, t, e in pending if e is None]))
         for n, _text, err in pending:
             verdict = guard.failed(err) if err else next(verdicts)
-            print(json.dumps({"line": n, **verdict.to_dict()}, ensure_ascii=False), flush=True)
+            print(json.dumps({"line": n, **verdict.to_dict()}, ensure_ascii=False, allow_nan=False), flush=True)
         pending.clear()
 
     for item in _lines(args):

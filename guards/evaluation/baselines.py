@@ -154,7 +154,7 @@ class PerplexityGuard:
 
     def calibrate(self, harmless: Sequence[Prompt], target_fpr: float = 0.05) -> float:
         """Set the threshold so the expected FPR on new harmless prompts is ≤ target_fpr (the conformal rule)."""
-        from harmlens.guards.latent.fit import threshold_for_fpr
+        from harmlens.guards.latent.calibration import threshold_for_fpr
 
         self.threshold = threshold_for_fpr(torch.tensor(self.scores(harmless)), target_fpr)
         return self.threshold

@@ -13,7 +13,7 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.evaluation.baselines import LatentDetector, Prompt, can_share, predict_shared
-from harmlens.guards.latent.fit import auroc
+from harmlens.guards.latent.calibration import auroc
 from harmlens.guards.latent.guard import LatentGuard
 from harmlens.io import atomic_write_text, json_safe
 

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.guards.latent.guard import FORMAT, METHODS, VERSION
+from harmlens.guards.latent.calibration import (
+    CALIBRATION_RULES,
+    auroc,
+    calibration_record,
+    flagged_allowed,
+    fpr_bound,
+    threshold_for_fpr,
+)
+from harmlens.guards.latent.configs import GuardConfig
+from harmlens.guards.latent.guard_file import FORMAT, VERSION
 from harmlens.guards.latent.span_scoring import probe_features, probe_scores
+from harmlens.guards.latent.splits import MIN_VAL, calibration_split, check_set, hold_out, prompt_roles
 from harmlens.io import model_signature
 from harmlens.probes.activations import check_layers, iter_resid_batches
 from harmlens.probes.beliefs import delta_scores
@@ -17,130 +28,15 @@ from harmlens.probes.chat import ChatPrompt, chat_format, clean_instruction
 from harmlens.probes.directions import data_hash
 
 _ENDINGS = ("", ".", "?")
-MIN_VAL = 4  # per class, to hold out for layer choice / calibration
-
-
-def auroc(pos: torch.Tensor, neg: torch.Tensor) -> float:
-    """Area under the ROC curve of scores `pos` (positives) vs `neg` (ties count half); NaN if a side is empty."""
-    pos, neg = torch.as_tensor(pos).double().flatten(), torch.as_tensor(neg).double().flatten()
-    if not len(pos) or not len(neg):
-        return float("nan")
-    both = torch.cat([pos, neg])
-    ranks = _average_ranks(both)
-    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
-
-
-def _average_ranks(x: torch.Tensor) -> torch.Tensor:
-    order = torch.argsort(x, stable=True)
-    ranks = torch.empty_like(x)
-    ranks[order] = torch.arange(1, len(x) + 1, dtype=x.dtype)
-    for value in torch.unique(x):  # ties share their mean rank
-        tied = x == value
-        if tied.sum() > 1:
-            ranks[tied] = ranks[tied].mean()
-    return ranks
-
-
-CALIBRATION_RULES = ("conformal", "empirical")
-
-
-def flagged_allowed(n: int, target_fpr: float, rule: str = "conformal") -> int:
-    """How many of n calibration harmless prompts α may flag: 'empirical' = ⌊target·n⌋; 'conformal' = k =
-    ⌊target·(n+1)⌋ − 1 (at least 0), so a new prompt from the same distribution is flagged with probability
-    ≤ (k+1)/(n+1) ≤ target (when n ≥ 1/target − 1; fewer cannot promise it, fpr_bound says what they do)."""
-    if rule not in CALIBRATION_RULES:
-        raise HarmlensError(f"calibration rule must be one of {CALIBRATION_RULES}, got {rule!r}")
-    if rule == "empirical":
-        return int(target_fpr * n + 1e-9)
-    return max(0, int(target_fpr * (n + 1) + 1e-9) - 1)
-
-
-def fpr_bound(n: int, target_fpr: float, rule: str = "conformal") -> float:
-    """The expected FPR bound on new prompts that a calibration on n harmless ones guarantees: (k+1)/(n+1)."""
-    return (flagged_allowed(n, target_fpr, rule) + 1) / (n + 1)
-
-
-def calibration_record(n: int, target_fpr: float, rule: str = "conformal") -> dict:
-    """What a guard's metadata keeps of its α calibration: rule, n harmless prompts and the FPR bound it gives."""
-    bound = fpr_bound(n, target_fpr, rule)
-    return {"rule": rule, "target_fpr": target_fpr, "n_harmless": int(n), "fpr_bound": round(bound, 4)}
-
-
-def threshold_for_fpr(harmless_scores: torch.Tensor, target_fpr: float, rule: str = "conformal") -> float:
-    """An α (midway to the next higher score) flagging at most flagged_allowed(n, target_fpr, rule) of these harmless
-    scores; the default conformal rule bounds the expected FPR on new prompts, not just on these."""
-    if not 0 <= target_fpr < 1:
-        raise HarmlensError(f"target_fpr must be in [0, 1), got {target_fpr}")
-    s = torch.as_tensor(harmless_scores).double().flatten()
-    s = torch.sort(s[torch.isfinite(s)], descending=True).values
-    if not len(s):
-        raise HarmlensError("no harmless scores to calibrate on")
-    k = flagged_allowed(len(s), target_fpr, rule)
-    if k >= len(s):
-        return float(s[-1])
-    above = s[s > s[k]]  # ties with s[k] stay below α, so at most k are flagged
-    top = float(above[-1]) if len(above) else float(s[0]) + 1e-6 * (abs(float(s[0])) + 1)
-    return (float(s[k]) + top) / 2
+__all__ = ["CALIBRATION_RULES", "auroc", "calibration_record", "flagged_allowed", "fpr_bound", "threshold_for_fpr"]
+__all__ += ["MIN_VAL", "balanced_variants", "check_set", "fit_tinst_guard", "hold_out", "select_window"]
+__all__ += ["train_probes"]
 
 
 def balanced_variants(instruction: str) -> list[str]:
     """The instruction ending in a word, '.' and '?': t_inst is the last token, so classes get the same endings."""
     core = clean_instruction(instruction).rstrip(".?!;: ").rstrip()
     return [core + e for e in _ENDINGS] if core else [clean_instruction(instruction)]
-
-
-def _check_set(name: str, prompts) -> list:
-    if isinstance(prompts, str) or not isinstance(prompts, Sequence):
-        raise HarmlensError(f"{name} prompts must be a list of strings")
-    if not prompts:
-        raise HarmlensError(f"no {name} prompts: a guard needs both harmful and harmless examples (got one class only)")
-    return list(prompts)
-
-
-def _split(prompts: list, fraction: float, rng: random.Random) -> tuple[list, list]:
-    """(fit, held-out) with a seeded shuffle; no held-out part when there are too few prompts."""
-    n_val = max(MIN_VAL, round(len(prompts) * fraction))
-    if len(prompts) - n_val < 2:
-        return prompts, []
-    idx = list(range(len(prompts)))
-    rng.shuffle(idx)
-    held = set(idx[:n_val])
-    return [p for i, p in enumerate(prompts) if i not in held], [p for i, p in enumerate(prompts) if i in held]
-
-
-def hold_out(
-    harmful: list,
-    harmless: list,
-    val_harmful,
-    val_harmless,
-    *,
-    val_fraction: float,
-    rng: random.Random,
-    target_fpr: float | None,
-    split: bool = True,
-) -> tuple[list, list, list | None, list | None]:
-    """(fit harmful, fit harmless, validation harmful, validation harmless): the given validation sets, else (when
-    `split`) a seeded val_fraction of each fit set; HarmlensError when calibration needs held-out prompts and has
-    none."""
-    if val_harmful is not None or val_harmless is not None:
-        return (
-            harmful,
-            harmless,
-            _check_set("validation harmful", val_harmful),
-            _check_set("validation harmless", val_harmless),
-        )
-    if not split:
-        return harmful, harmless, None, None
-    fit_h, val_h = _split(harmful, val_fraction, rng)
-    fit_l, val_l = _split(harmless, val_fraction, rng)
-    if val_h and val_l:
-        return fit_h, fit_l, val_h, val_l
-    if target_fpr is not None:
-        raise HarmlensError(
-            f"calibrating to target_fpr needs at least {MIN_VAL} held-out prompts per class "
-            f"(pass val_harmful/val_harmless or more prompts)"
-        )
-    return harmful, harmless, val_h, val_l
 
 
 def _acts(model, fmt, prompts, layers, batch_size, progress, what) -> torch.Tensor:
@@ -230,52 +126,51 @@ def select_window(val_pos: torch.Tensor, val_neg: torch.Tensor, tol: float = 0.0
     return pick["rows"], table
 
 
-def fit_guard(
-    cls,
+def fit_tinst_guard(
+    make_guard: Callable[[dict, dict], Any],
     model,
-    harmful,
-    harmless,
+    harmful: Sequence[str | ChatPrompt],
+    harmless: Sequence[str | ChatPrompt],
+    config: GuardConfig,
     *,
-    method: str = "centroid",
-    layers=None,
-    target_fpr=None,
-    val_harmful=None,
-    val_harmless=None,
-    val_fraction: float = 0.25,
-    balance: bool = True,
-    system: str | None = None,
-    batch_size: int = 16,
-    seed: int = 0,
+    val_harmful: Sequence[str | ChatPrompt] | None = None,
+    val_harmless: Sequence[str | ChatPrompt] | None = None,
     progress: bool = False,
-    **guard_kwargs,
 ):
-    """See LatentGuard.fit; `balance` renders every fit prompt with three endings (see balanced_variants)."""
-    if method not in METHODS:
-        raise HarmlensError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
-    harmful, harmless = _check_set("harmful", harmful), _check_set("harmless", harmless)
-    if target_fpr is not None and not 0 <= target_fpr < 1:
-        raise HarmlensError(f"target_fpr must be in [0, 1), got {target_fpr}")
+    """A centroid or probe guard read at t_inst (see LatentGuard.fit); `make_guard(tensors, metadata)` builds it."""
+    if config.position != "t_inst":
+        raise HarmlensError(f"fit_tinst_guard fits t_inst variants, not {config.variant!r}")
+    harmful, harmless = check_set("harmful", harmful), check_set("harmless", harmless)
+    layers, target_fpr, balance = config.layers, config.target_fpr, config.balance
+    rng, given = random.Random(config.seed), val_harmful is not None or val_harmless is not None
     harmful, harmless, val_harmful, val_harmless = hold_out(
         harmful,
         harmless,
         val_harmful,
         val_harmless,
-        val_fraction=val_fraction,
-        rng=random.Random(seed),
+        val_fraction=config.val_fraction,
+        rng=rng,
         target_fpr=target_fpr,
         split=layers is None or target_fpr is not None,
     )
-    fmt = chat_format(model, system=system)
-    rows = check_layers(model, layers)
+    selects = layers is None and bool(val_harmful and val_harmless)  # the layer window is chosen on held-out prompts
+    cal_harmless = val_harmless
+    if target_fpr is not None and selects:  # α on prompts used for nothing else
+        harmless, val_harmless, cal_harmless = calibration_split(
+            harmless, val_harmless, given, config.val_fraction, rng
+        )
+    fmt = chat_format(model, system=config.system)
+    rows = check_layers(model, None if layers is None else list(layers))
 
     def expand(ps: list) -> list:
         return [v for p in ps for v in (balanced_variants(p) if balance and isinstance(p, str) else [p])]
 
-    kw = dict(layers=rows, batch_size=batch_size, progress=progress)
+    kw = dict(layers=rows, batch_size=config.batch_size, progress=progress)
     pos, neg = (
         _acts(model, fmt, expand(harmful), what="harmful", **kw),
         _acts(model, fmt, expand(harmless), what="harmless", **kw),
     )
+    method = config.method
     params = _params(method, pos[:, :, 0], neg[:, :, 0])
     fit_info = {
         "n_harmful": len(harmful),
@@ -300,12 +195,18 @@ def fit_guard(
             ],
         )
         if target_fpr is not None:
-            alpha = threshold_for_fpr(sn[:, keep].mean(1), target_fpr)
-            rn = _per_layer("centroid", refuse, vn[:, :, 1])[:, keep].mean(1)
+            cn = vn if cal_harmless is val_harmless else _acts(model, fmt, cal_harmless, what="calibration", **kw)
+            alpha = threshold_for_fpr(_per_layer(method, params, cn[:, :, 0])[:, keep].mean(1), target_fpr)
+            rn = _per_layer("centroid", refuse, cn[:, :, 1])[:, keep].mean(1)
             alpha_refuse = threshold_for_fpr(rn, target_fpr)
-            fit_info["calibration"] = calibration_record(len(sn), target_fpr)
+            fit_info["calibration"] = calibration_record(len(cn), target_fpr)
         rows, params = rows[keep], {k: v[keep] for k, v in params.items()}
         refuse = {k: v[keep] for k, v in refuse.items()}
+    fit_info["prompt_roles"] = prompt_roles(
+        (harmful, harmless),
+        (val_harmful, val_harmless) if selects else None,
+        cal_harmless if target_fpr is not None else None,
+    )
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -316,8 +217,9 @@ def fit_guard(
         "alpha": alpha,
         "alpha_refuse": alpha_refuse,
         "target_fpr": target_fpr,
-        "system": system,
+        "system": config.system,
+        "config": config.to_dict(),
         "fit": fit_info,
     }
     tensors = {**params, "refuse": refuse["harmful"].float(), "accept": refuse["harmless"].float()}
-    return cls(tensors, meta, model, **guard_kwargs)
+    return make_guard(tensors, meta)

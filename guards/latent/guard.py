@@ -2,85 +2,42 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.guards.latent.mlp_probe import MLP_KEYS, mlp_scores
+from harmlens.guards.latent.calibration import calibration_record, threshold_for_fpr
+from harmlens.guards.latent.configs import VARIANTS, CentroidConfig, GuardConfig, config_class
+from harmlens.guards.latent.fit import fit_tinst_guard
+from harmlens.guards.latent.guard_file import (
+    FORMAT,
+    METHODS,
+    MLP_VERSION,
+    POSITIONS,
+    VERSION,
+    check_metadata,
+    guard_config,
+    read_guard_file,
+)
+from harmlens.guards.latent.guarded import GuardedModel
+from harmlens.guards.latent.mlp_probe import mlp_scores
+from harmlens.guards.latent.span_fit import fit_span_guard
 from harmlens.guards.latent.span_scoring import probe_scores, scaled_max, span_parts, top_position
-from harmlens.io import check_compatible, load_tensors, save_tensors
+from harmlens.guards.latent.verdict import Verdict, one_line, render_prompt, span_positions
+from harmlens.io import check_compatible, save_tensors
 from harmlens.probes.activations import iter_resid_batches
 from harmlens.probes.beliefs import delta_scores
-from harmlens.probes.chat import ChatFormat, ChatPrompt, chat_format
+from harmlens.probes.chat import ChatPrompt, chat_format
 from harmlens.probes.directions import layer_span
 
-FORMAT = "harmlens.latent_guard"
-VERSION = 1
-MLP_VERSION = 2  # guard files with an MLP token probe: older readers refuse them with "written by a newer harmlens"
-METHODS = ("centroid", "probe")
-POSITIONS = ("t_inst", "t_post_inst", "span")  # span: every token up to t_inst, keeping the top score
-_PROBE = ("probe_weight", "probe_bias", "probe_mean")
-_TINST_PROBE = ("tinst_probe_weight", "tinst_probe_bias", "tinst_probe_mean")
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One prompt's decision: harmful ⇔ score ≥ threshold; `error` says why no score exists (then fail-closed)."""
-
-    harmful: bool
-    score: float
-    per_layer: dict[int, float] = field(default_factory=dict)
-    threshold: float = 0.0
-    error: str | None = None
-    truncated: bool = False  # the instruction was cut from the left to fit the context
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict (NaN score -> None)."""
-        score = None if math.isnan(self.score) else round(self.score, 6)
-        return {
-            "harmful": self.harmful,
-            "score": score,
-            "threshold": self.threshold,
-            "error": self.error,
-            "truncated": self.truncated,
-            "per_layer": {str(k): round(v, 6) for k, v in self.per_layer.items()},
-        }
-
-
-def span_positions(prompt: ChatPrompt, width: int) -> tuple[int, ...]:
-    """Every token up to t_inst, padded to `width` by repeating t_inst (a repeat never changes a maximum)."""
-    return tuple(range(prompt.t_inst + 1)) + (prompt.t_inst,) * max(0, width - prompt.t_inst - 1)
-
-
-def render_prompt(fmt: ChatFormat, prompt: str | ChatPrompt, max_length: int | None) -> tuple[ChatPrompt, bool]:
-    """(rendered prompt, truncated): an over-long instruction loses tokens from its left until the prompt fits."""
-    if isinstance(prompt, ChatPrompt):
-        if max_length is not None and len(prompt) > max_length:
-            raise HarmlensError(f"pre-rendered prompt is {len(prompt)} tokens, over the context of {max_length}")
-        return prompt, False
-    free = dataclasses.replace(fmt, max_length=None)
-    rendered = free.render(prompt)
-    if max_length is None or len(rendered) <= max_length:
-        return rendered, False
-    tok = fmt.tokenizer
-    ids = tok(rendered.instruction, add_special_tokens=False)["input_ids"]
-    keep = len(ids) - (len(rendered) - max_length)
-    while keep > 0:
-        text = tok.decode(ids[-keep:]).strip()
-        if text:
-            rendered = free.render(text)
-            if len(rendered) <= max_length:
-                return rendered, True
-            keep -= max(1, len(rendered) - max_length)
-        else:
-            keep -= 1
-    raise HarmlensError(f"the chat template alone does not fit the context of {max_length} tokens")
+__all__ = ["FORMAT", "METHODS", "MLP_VERSION", "POSITIONS", "VERSION", "LatentGuard", "Verdict"]
+__all__ += ["render_prompt", "span_positions"]
+_one_line = one_line  # the name callers imported before verdict.py
+_FITTERS = {v: fit_span_guard if c.position == "span" else fit_tinst_guard for v, c in VARIANTS.items()}
 
 
 class LatentGuard:
@@ -98,8 +55,7 @@ class LatentGuard:
     ) -> None:
         self.tensors = {k: v.detach().float().cpu() for k, v in tensors.items()}
         self.metadata = dict(metadata)
-        if self.method not in METHODS or self.position not in POSITIONS:
-            raise HarmlensError(f"unknown guard method/position {self.method!r}/{self.position!r}")
+        check_metadata(self.metadata)
         self.fail_closed, self.batch_size, self.max_length = fail_closed, batch_size, max_length
         self.model = None
         if model is not None:
@@ -113,20 +69,24 @@ class LatentGuard:
     layers = property(lambda self: [int(x) for x in self.metadata["layers"]], doc="Absolute layers read.")
 
     @property
+    def config(self) -> GuardConfig:
+        """The variant and settings this guard was fitted with (rebuilt from the metadata for older files)."""
+        return guard_config(self.metadata)
+
+    @property
     def alpha(self) -> float:
         """Decision threshold: harmful ⇔ score ≥ alpha (0 unless calibrated)."""
         return float(self.metadata.get("alpha", 0.0))
 
     @alpha.setter
     def alpha(self, value: float) -> None:
-        if not math.isfinite(float(value)):
-            raise HarmlensError(f"alpha must be finite, got {value!r}")
+        if isinstance(value, (bool, str)) or not math.isfinite(float(value)):
+            raise HarmlensError(f"alpha must be a finite number, got {value!r}")
         self.metadata["alpha"] = float(value)
 
     def __repr__(self) -> str:
         return (
-            f"LatentGuard(model={self.metadata.get('model')!r}, method={self.method!r}, "
-            f"position={self.position!r}, "
+            f"LatentGuard(model={self.metadata.get('model')!r}, method={self.method!r}, position={self.position!r}, "
             f"layers={layer_span(self.layers)}, alpha={self.alpha:.4g})"
         )
 
@@ -134,38 +94,23 @@ class LatentGuard:
     def fit(
         cls,
         model,
-        harmful: Sequence[str],
-        harmless: Sequence[str],
+        harmful: Sequence[str | ChatPrompt],
+        harmless: Sequence[str | ChatPrompt],
+        config: GuardConfig | None = None,
         *,
-        method: str = "centroid",
-        layers: Sequence[int] | None = None,
-        target_fpr: float | None = None,
-        read: str = "t_inst",
-        **kwargs,
+        val_harmful: Sequence[str | ChatPrompt] | None = None,
+        val_harmless: Sequence[str | ChatPrompt] | None = None,
+        progress: bool = False,
     ) -> LatentGuard:
-        """Fit centroids (or per-layer logistic probes) at t_inst; layers chosen on held-out data when None.
-
-        Keywords: val_harmful/val_harmless (else val_fraction=0.25 of each set is held out for the layer choice and
-        the alpha calibration; target_fpr sets alpha by the conformal rule, see latent_fit.flagged_allowed, so the
-        expected FPR on new harmless prompts is ≤ target_fpr), balance=True, system=None, batch_size=16, seed=0,
-        progress=False, and the guard's own fail_closed/batch_size/max_length. See harmlens.guards.latent.fit.fit_guard.
-        read='span' (method='probe'): token-level probes scored at every token up to t_inst, keeping the top score,
-        fitted on the prompts plain and wrapped in jailbreaks (wrappers=...); catches requests inside jailbreak
-        wrappers that end in constant text; token_probe='mlp' (default, harmlens.guards.latent.mlp_probe) or 'linear'; two_part
-        (default for 'linear') also reads a t_inst probe, the larger scaled part deciding. See
-        harmlens.guards.latent.span_fit.fit_span_guard.
-        """
-        if read == "span":
-            from harmlens.guards.latent.span_fit import fit_span_guard
-
-            return fit_span_guard(
-                cls, model, harmful, harmless, method=method, layers=layers, target_fpr=target_fpr, **kwargs
-            )
-        if read != "t_inst":
-            raise HarmlensError(f"read must be 't_inst' or 'span', got {read!r}")
-        from harmlens.guards.latent.fit import fit_guard
-
-        return fit_guard(cls, model, harmful, harmless, method=method, layers=layers, target_fpr=target_fpr, **kwargs)
+        """Fit the variant `config` names (default CentroidConfig(); see harmlens.guards.latent.configs for each
+        variant's fields); val_harmful/val_harmless, when given, replace the held-out share of the fit sets."""
+        config = CentroidConfig() if config is None else config
+        if not isinstance(config, GuardConfig):
+            raise HarmlensError(f"fit takes a guard config (e.g. CentroidConfig()), got {type(config).__name__}")
+        fitter = _FITTERS[config_class(config.variant).variant]
+        make = lambda tensors, meta: cls(tensors, meta, model)  # noqa: E731
+        val = {"val_harmful": val_harmful, "val_harmless": val_harmless}
+        return fitter(make, model, harmful, harmless, config, **val, progress=progress)  # type: ignore[arg-type]
 
     def attach(self, model) -> LatentGuard:
         """Bind the model this guard reads (must match the one it was fitted on)."""
@@ -190,11 +135,14 @@ class LatentGuard:
             return scaled_max(span_parts(self.score_acts, self.tensors, acts), scales)
         if self.method == "centroid":
             return delta_scores(acts, self.tensors["harmful"], self.tensors["harmless"])
-        return mlp_scores(self.tensors, acts) if "mlp_w1" in self.tensors else probe_scores(self.tensors, acts)
+        mlp = self.position == "span" and self.metadata.get("token_probe") == "mlp"
+        return mlp_scores(self.tensors, acts) if mlp else probe_scores(self.tensors, acts)
 
     def verdicts_from_acts(self, acts: torch.Tensor, truncated: Sequence[bool] | None = None) -> list[Verdict]:
         """Verdicts for a batch of activations; rows with NaN/inf fail closed (harmful unless fail_closed=False)."""
         truncated = truncated or [False] * len(acts)
+        if not math.isfinite(self.alpha):  # set behind the setter's back: no verdict can be trusted
+            raise HarmlensError(f"alpha is not finite ({self.alpha})")
         finite = torch.isfinite(acts).flatten(1).all(-1)
         layer_ok = torch.isfinite(acts).flatten(2).all(-1)  # [n, n_layers]
         score, per_layer = self.score_acts(torch.where(torch.isfinite(acts), acts, torch.zeros_like(acts)))
@@ -202,7 +150,8 @@ class LatentGuard:
         for i in range(len(acts)):
             if not finite[i] or not math.isfinite(float(score[i])):
                 bad = [layer for layer, ok in zip(self.layers, layer_ok[i].tolist()) if not ok]
-                out.append(self.failed(f"non-finite activations (nan/inf) at layer(s) {bad or '?'}", truncated[i]))
+                reason = f"non-finite activations (nan/inf) at layer(s) {bad or '?'}"
+                out.append(self.failed(reason, truncated[i], attempted=True))
             else:
                 s = float(score[i])
                 out.append(
@@ -217,9 +166,18 @@ class LatentGuard:
                 )
         return out
 
-    def failed(self, reason: str, truncated: bool = False) -> Verdict:
-        """The verdict for a prompt that could not be scored: harmful when failing closed (the default)."""
-        return Verdict(self.fail_closed, float("nan"), {}, self.alpha, reason, truncated)
+    def failed(self, reason: object, truncated: bool = False, *, attempted: bool = False) -> Verdict:
+        """The verdict for a prompt that could not be scored; never raises. Harmful, unless the model read the prompt
+        (`attempted`) and the guard fails open (fail_closed=False): bad input never passes."""
+        try:
+            text = " ".join(str(reason).split())[:300]
+            threshold = self.alpha
+            harmful = True if not attempted else self.fail_closed is not False
+            return Verdict(harmful, float("nan"), {}, threshold, text, truncated is True)
+        except Exception:  # noqa: BLE001 - the fail-closed path cannot fail
+            return Verdict(
+                True, float("nan"), {}, float("nan"), "internal error: the guard could not describe a failure"
+            )
 
     def prepare(self, prompt) -> tuple[ChatPrompt, bool]:
         """Render one prompt (str or pre-rendered ChatPrompt, e.g. RMA-perturbed) as this guard reads it."""
@@ -256,7 +214,8 @@ class LatentGuard:
         return acts
 
     def check(self, prompts: Sequence[str | ChatPrompt]) -> list[Verdict]:
-        """Verdicts for a list, batched by length; bad prompts and internal errors give per-prompt failed verdicts."""
+        """Verdicts for a list, batched by length; a batch that fails is retried prompt by prompt, so only the prompts
+        that fail alone get failed verdicts."""
         self._require_model()  # no model: raise, do not fail every prompt closed
         out: list[Verdict | None] = [None] * len(prompts)
         ready = []
@@ -264,17 +223,29 @@ class LatentGuard:
             try:
                 ready.append((i, *self.prepare(prompt)))
             except Exception as exc:  # noqa: BLE001 - a bad prompt fails closed on its own
-                out[i] = self.failed(_one_line(exc))
+                out[i] = self.failed(one_line(exc))
         ready.sort(key=lambda r: len(r[1]))
         for start in range(0, len(ready), self.batch_size):
             chunk = ready[start : start + self.batch_size]
             try:
-                verdicts = self.verdicts_from_acts(self.read([r[1] for r in chunk]), [r[2] for r in chunk])
-            except Exception as exc:  # noqa: BLE001 - fail closed, say why
-                verdicts = [self.failed(f"internal error: {_one_line(exc)}", r[2]) for r in chunk]
+                verdicts = self._score(chunk)
+            except Exception:  # noqa: BLE001 - retry alone, so one bad prompt fails alone
+                verdicts = [self._score_alone(r) for r in chunk]
             for (i, _, _), verdict in zip(chunk, verdicts):
                 out[i] = verdict
         return out  # type: ignore[return-value]
+
+    def _score(self, chunk: list) -> list[Verdict]:
+        verdicts = self.verdicts_from_acts(self.read([r[1] for r in chunk]), [r[2] for r in chunk])
+        if len(verdicts) != len(chunk):
+            raise HarmlensError(f"{len(verdicts)} verdicts for {len(chunk)} prompts")
+        return verdicts
+
+    def _score_alone(self, item: tuple) -> Verdict:
+        try:
+            return self._score([item])[0]
+        except Exception as exc:  # noqa: BLE001 - fail closed, say why
+            return self.failed(f"internal error: {one_line(exc)}", item[2], attempted=True)
 
     def __call__(self, prompts: str | ChatPrompt | Sequence[str | ChatPrompt]) -> Verdict | list[Verdict]:
         """Verdict for one prompt, or a list of verdicts for a list (runs the model up to the last layer read)."""
@@ -287,8 +258,6 @@ class LatentGuard:
     def calibrate(self, harmless: Sequence[str | ChatPrompt], target_fpr: float, rule: str = "conformal") -> float:
         """Set alpha from these held-out harmless prompts so the expected FPR on new ones is ≤ target_fpr (rule
         'conformal'; 'empirical': at most target_fpr of these are flagged); returns alpha."""
-        from harmlens.guards.latent.fit import calibration_record, threshold_for_fpr
-
         scores = torch.tensor([v.score for v in self.check(list(harmless)) if v.error is None])
         self.alpha = threshold_for_fpr(scores, target_fpr, rule)
         self.metadata["calibration"] = calibration_record(len(scores), target_fpr, rule)
@@ -315,8 +284,6 @@ class LatentGuard:
 
     def wrap(self, model=None, **kwargs):
         """A GuardedModel: generation whose own prefill feeds this guard (zero extra forward passes)."""
-        from harmlens.guards.latent.guarded import GuardedModel
-
         return GuardedModel(model if model is not None else self._require_model(), self, **kwargs)
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -325,41 +292,7 @@ class LatentGuard:
 
     @classmethod
     def load(cls, path: str | os.PathLike, model=None, **kwargs) -> LatentGuard:
-        """Read a guard file; with `model`, check it was fitted on that model (name, d_model, n_layers)."""
-        tensors, meta = load_tensors(path)
-        if meta.get("format") != FORMAT:
-            raise HarmlensError(f"{path} is not a harmlens latent-guard file (format {meta.get('format')!r})")
-        if int(meta.get("version", 0)) > MLP_VERSION:
-            raise HarmlensError(f"{path} was written by a newer harmlens (guard format v{meta.get('version')})")
-        probe = MLP_KEYS if meta.get("token_probe") == "mlp" else _PROBE
-        need = ("harmful", "harmless") + (probe if meta.get("method") == "probe" else ())
-        missing = [k for k in need if k not in tensors]
-        if missing:
-            raise HarmlensError(f"{path} lacks tensors: {', '.join(missing)}")
-        want = (len(meta.get("layers") or []), meta.get("d_model"))
-        if meta.get("scales") and "t_inst" in meta["scales"] and not all(k in tensors for k in _TINST_PROBE):
-            raise HarmlensError(f"{path} lacks the t_inst probe its scales name")
-        for key in (
-            "harmful",
-            "harmless",
-            "refuse",
-            "accept",
-            "probe_weight",
-            "probe_mean",
-            "tinst_probe_weight",
-            "tinst_probe_mean",
-            "mlp_mean",
-            "mlp_std",
-            "mlp_w1",
-        ):
-            if key not in tensors:
-                continue
-            shape = tuple(tensors[key].shape)
-            if (shape[1:] if key == "mlp_w1" else shape) != want:  # mlp_w1: [hidden, n_layers, d_model]
-                raise HarmlensError(f"{path}: tensor {key} has shape {tuple(tensors[key].shape)}, metadata says {want}")
+        """Read a guard file, refusing a malformed one (see guard_file); with `model`, check it was fitted on that
+        model (name, d_model, n_layers)."""
+        tensors, meta, _ = read_guard_file(path)
         return cls(tensors, meta, model, **kwargs)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if isinstance(exc, HarmlensError) else f"{type(exc).__name__}: {text}"[:300]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -11,11 +12,14 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harmlens.compat import ensure_kv_cache_compat
 from harmlens.errors import HarmlensError
-from harmlens.guards.latent.guard import LatentGuard, Verdict, _one_line
+from harmlens.guards.latent.verdict import Verdict, one_line
 from harmlens.probes.activations import pad_batch, resid_hook_name
 from harmlens.probes.chat import ChatPrompt
 from harmlens.probes.generation import pad_id, stop_token_ids
 from harmlens.probes.loading import model_device
+
+if TYPE_CHECKING:  # type-only: guard.py imports this module
+    from harmlens.guards.latent.guard import LatentGuard
 
 DEFAULT_REFUSAL = "I'm sorry, but I can't help with that request."
 
@@ -63,13 +67,25 @@ class _Reader:
         self.store[name] = x[self.rows, self.pos].detach().float()
         if name == self.last:
             try:
-                acts = torch.stack([self.store[n] for n in self.names], dim=1)  # [batch, n_layers, width, d]
-                self.verdicts = self.guard.verdicts_from_acts(acts, self.truncated)
-            except Exception as exc:  # noqa: BLE001 - fail closed, say why
-                self.verdicts = [self.guard.failed(f"internal error: {_one_line(exc)}", t) for t in self.truncated]
+                self.verdicts = self._verdicts(slice(None), self.truncated)
+            except Exception:  # noqa: BLE001 - retry row by row, so one bad row fails alone
+                self.verdicts = [self._alone(i, t) for i, t in enumerate(self.truncated)]
             if self.block and all(v.harmful for v in self.verdicts):
                 raise _AllBlocked
         return None
+
+    def _verdicts(self, rows: slice, truncated: list[bool]) -> list[Verdict]:
+        acts = torch.stack([self.store[n][rows] for n in self.names], dim=1)  # [batch, n_layers, width, d]
+        verdicts = self.guard.verdicts_from_acts(acts, truncated)
+        if len(verdicts) != len(truncated):
+            raise HarmlensError(f"{len(verdicts)} verdicts for {len(truncated)} rows")
+        return verdicts
+
+    def _alone(self, i: int, truncated: bool) -> Verdict:
+        try:
+            return self._verdicts(slice(i, i + 1), [truncated])[0]
+        except Exception as exc:  # noqa: BLE001 - fail closed, say why
+            return self.guard.failed(f"internal error: {one_line(exc)}", truncated, attempted=True)
 
     def blocked(self, device) -> torch.Tensor:
         """Bool mask [batch] of rows to stop (computed once)."""
@@ -132,7 +148,7 @@ class GuardedModel:
             try:
                 ready.append((i, *self.guard.prepare(prompt)))
             except Exception as exc:  # noqa: BLE001 - a bad prompt is answered on its own
-                verdict = self.guard.failed(_one_line(exc))
+                verdict = self.guard.failed(one_line(exc))
                 text = getattr(prompt, "instruction", prompt) if isinstance(prompt, (str, ChatPrompt)) else ""
                 out[i] = GuardedReply(
                     str(text), self._refusal(str(text), verdict) if verdict.harmful else "", verdict, verdict.harmful

@@ -11,7 +11,8 @@ from harmlens.attacks.images import load_images
 from harmlens.attacks.settings import get_setting, perturb
 from harmlens.attacks.template import role_template
 from harmlens.errors import HarmlensError
-from harmlens.guards.latent.guard import LatentGuard, Verdict, _one_line
+from harmlens.guards.latent.guard import LatentGuard
+from harmlens.guards.latent.verdict import Verdict, one_line
 from harmlens.probes.activations import resid_hook_name
 from harmlens.probes.chat import ChatPrompt
 from harmlens.probes.loading import model_device
@@ -82,7 +83,7 @@ def check_images(guard: LatentGuard, items: Sequence[ImagePrompt], processor) ->
         try:
             out.append(guard.verdicts_from_acts(image_acts(guard, [item], processor))[0])
         except Exception as exc:  # noqa: BLE001 - fail closed, say why
-            out.append(guard.failed(f"internal error: {_one_line(exc)}"))
+            out.append(guard.failed(f"internal error: {one_line(exc)}"))
     return out
 
 

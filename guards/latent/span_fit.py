@@ -14,25 +14,22 @@ each part scaled on held-out harmless prompts (fit_scales), the larger one speak
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from harmlens.attacks.jailbreaks import Jailbreak, get_jailbreak, gptfuzzer_templates
 from harmlens.errors import HarmlensError
-from harmlens.guards.latent.fit import (
-    _check_set,
-    auroc,
-    balanced_variants,
-    calibration_record,
-    hold_out,
-    threshold_for_fpr,
-    train_probes,
-)
-from harmlens.guards.latent.guard import FORMAT, MLP_VERSION, VERSION, span_positions
+from harmlens.guards.latent.calibration import auroc, calibration_record, threshold_for_fpr
+from harmlens.guards.latent.configs import SpanConfig, SpanMLPConfig
+from harmlens.guards.latent.fit import balanced_variants, train_probes
+from harmlens.guards.latent.guard_file import FORMAT, MLP_VERSION, VERSION
 from harmlens.guards.latent.mlp_probe import MLPProbeConfig, train_mlp_probe
 from harmlens.guards.latent.span_scoring import scaled_max, scales_from, span_parts
+from harmlens.guards.latent.splits import calibration_split, check_set, hold_out, prompt_roles
+from harmlens.guards.latent.verdict import span_positions
 from harmlens.io import model_signature
 from harmlens.probes.activations import check_layers, iter_resid_batches
 from harmlens.probes.chat import ChatPrompt, chat_format
@@ -157,60 +154,47 @@ def fit_scales(guard, harmless: Sequence[str], batch_size: int = 8) -> torch.Ten
 
 
 def fit_span_guard(
-    cls,
+    make_guard: Callable[[dict, dict], Any],
     model,
-    harmful,
-    harmless,
+    harmful: Sequence[str],
+    harmless: Sequence[str],
+    config: SpanConfig,
     *,
-    method: str = "probe",
-    layers=None,
-    target_fpr=None,
-    wrappers="default",
-    val_harmful=None,
-    val_harmless=None,
-    val_fraction: float = 0.25,
-    negatives_per_prompt: int | None = NEGATIVES_PER_PROMPT,
-    system: str | None = None,
-    batch_size: int = 8,
-    seed: int = 0,
+    val_harmful: Sequence[str] | None = None,
+    val_harmless: Sequence[str] | None = None,
     progress: bool = False,
-    balance: bool = True,
-    token_probe: str = "mlp",
-    mlp: MLPProbeConfig | None = None,
-    two_part: bool | None = None,
-    **guard_kwargs,
 ):
-    """See LatentGuard.fit(read='span'). `wrappers`: jailbreak names or groups of them ('default': default_wrappers,
-    None: plain prompts only), each group wrapping every fit prompt once, cycling through its jailbreaks; `balance`:
-    plain prompts are read with three endings (see balanced_variants); `token_probe`: 'mlp' (one small MLP over the
-    layers, settings `mlp`) or 'linear' (a logistic probe per layer); `two_part` (default: for a linear token probe
-    only): also fit a logistic probe at t_inst of the plain prompts and score max(top token, t_inst probe), each
-    scaled on harmless prompts (see fit_scales)."""
-    if method != "probe":
-        raise HarmlensError("read='span' needs method='probe' (a centroid rule has no token-level training)")
-    if token_probe not in TOKEN_PROBES:
-        raise HarmlensError(f"token_probe must be one of {TOKEN_PROBES}, got {token_probe!r}")
-    two_part = token_probe == "linear" if two_part is None else two_part
-    harmful, harmless = _check_set("harmful", harmful), _check_set("harmless", harmless)
-    if target_fpr is not None and not 0 <= target_fpr < 1:
-        raise HarmlensError(f"target_fpr must be in [0, 1), got {target_fpr}")
+    """A span guard (see LatentGuard.fit and the configs' fields); `make_guard(tensors, metadata)` builds it. Each
+    wrapper group wraps every fit prompt once, cycling through its jailbreaks; a two-part guard also fits a logistic
+    probe at t_inst of the plain prompts, each part scaled on held-out harmless prompts (see fit_scales)."""
+    if not isinstance(config, SpanConfig):
+        raise HarmlensError(f"fit_span_guard fits span variants, not {config.variant!r}")
+    token_probe, two_part, seed, target_fpr = config.token_probe, config.two_part, config.seed, config.target_fpr
+    batch_size, layers, wrappers = config.batch_size, config.layers, config.wrappers
+    harmful, harmless = check_set("harmful", harmful), check_set("harmless", harmless)
     if any(not isinstance(p, str) for p in harmful + harmless):
         raise HarmlensError("a span guard is fitted on plain-text prompts (it wraps them itself)")
-    rng = random.Random(seed)
+    rng, given = random.Random(seed), val_harmful is not None or val_harmless is not None
     harmful, harmless, val_harmful, val_harmless = hold_out(
-        harmful, harmless, val_harmful, val_harmless, val_fraction=val_fraction, rng=rng, target_fpr=target_fpr
+        harmful, harmless, val_harmful, val_harmless, val_fraction=config.val_fraction, rng=rng, target_fpr=target_fpr
     )
-    fmt = chat_format(model, system=system)
-    rows = check_layers(model, span_layers(model) if layers is None else layers)
+    selects = two_part and bool(val_harmful and val_harmless)  # the part scales are chosen on held-out prompts
+    cal = val_harmless
+    if target_fpr is not None and selects:  # α on prompts used for nothing else
+        harmless, val_harmless, cal = calibration_split(harmless, val_harmless, given, config.val_fraction, rng)
+    fmt = chat_format(model, system=config.system)
+    rows = check_layers(model, span_layers(model) if layers is None else list(layers))
     groups = _groups(default_wrappers(seed) if wrappers == "default" else wrappers)
-    examples = _examples(fmt, model.tokenizer, harmful, harmless, groups, negatives_per_prompt, rng, balance)
+    examples = _examples(
+        fmt, model.tokenizer, harmful, harmless, groups, config.negatives_per_prompt, rng, config.balance
+    )
     pos, neg, post = _gather(model, examples, rows, batch_size, progress)
     if not torch.isfinite(pos).all() or not torch.isfinite(neg).all():
         raise HarmlensError("non-finite activations (nan/inf) while fitting: check the model's weights/dtype")
     plain = lambda label, k: torch.stack([a[k] for a in post[label]])  # noqa: E731
     at_harmful, at_harmless = plain(True, 0), plain(False, 0)  # t_inst of the plain prompts
     tinst = {f"tinst_{k}": v for k, v in train_probes(at_harmful, at_harmless).items()} if two_part else {}
-    mlp = mlp or MLPProbeConfig(seed=seed)
+    mlp = (config.mlp if isinstance(config, SpanMLPConfig) else None) or MLPProbeConfig(seed=seed)
     tokens = train_mlp_probe(pos, neg, mlp, progress) if token_probe == "mlp" else train_probes(pos, neg)
     tensors = {
         "harmful": at_harmful.mean(0),
@@ -240,12 +224,13 @@ def fit_span_guard(
         "alpha": 0.0,
         "alpha_refuse": 0.0,
         "target_fpr": target_fpr,
-        "system": system,
+        "system": config.system,
+        "config": config.to_dict(),
         "fit": fit,
     }
     if token_probe == "mlp":
         meta["mlp"] = mlp.to_dict()
-    guard = cls(tensors, meta, model, **guard_kwargs)
+    guard = make_guard(tensors, meta)
     if two_part:
         scaled = fit_scales(guard, val_harmless or harmless, batch_size)  # = the validation harmless scores
         guard.metadata["fit"]["scales_on"] = "validation harmless" if val_harmless else "fit harmless"
@@ -256,8 +241,12 @@ def fit_span_guard(
             n_val_harmful=len(val_harmful), n_val_harmless=len(val_harmless), val_auroc=auroc(sp, sn)
         )
         if target_fpr is not None:
-            guard.alpha = threshold_for_fpr(sn, target_fpr)
-            refuse = torch.tensor([v.score for v in guard.refusal_guard().check(val_harmless)])
+            sc = sn if cal is val_harmless else torch.tensor([v.score for v in guard.check(cal)])
+            guard.alpha = threshold_for_fpr(sc, target_fpr)
+            refuse = torch.tensor([v.score for v in guard.refusal_guard().check(cal)])
             guard.metadata["alpha_refuse"] = threshold_for_fpr(refuse, target_fpr)
-            guard.metadata["fit"]["calibration"] = calibration_record(len(sn), target_fpr)
+            guard.metadata["fit"]["calibration"] = calibration_record(len(sc), target_fpr)
+    selection = (val_harmful, val_harmless) if selects else None
+    calibrated = cal if target_fpr is not None and val_harmful and val_harmless else None
+    guard.metadata["fit"]["prompt_roles"] = prompt_roles((harmful, harmless), selection, calibrated)
     return guard

@@ -1,4 +1,4 @@
-"""Latent Guard runs as library calls: fit one (centroid at t_inst or span probe), evaluate it against baselines."""
+"""Latent Guard runs as library calls: summarise a fitted guard, evaluate it against baselines."""
 
 from __future__ import annotations
 
@@ -13,44 +13,12 @@ from harmlens.guards.latent.guard import LatentGuard
 BASELINES = ("keyword", "perplexity", "delta_refuse", "behaviour")
 
 
-def fit_guard(
-    model,
-    harmful: list[str],
-    harmless: list[str],
-    *,
-    read: str = "t_inst",
-    method: str | None = None,
-    wrappers: str | list[list[str]] | None = "default",
-    token_probe: str = "mlp",
-    layers: list[int] | None = None,
-    target_fpr: float | None = None,
-    balance: bool = True,
-    val: tuple[list[str], list[str]] | None = None,
-    progress: bool = True,
-) -> LatentGuard:
-    """LatentGuard.fit with the CLI's defaults: centroid at t_inst, or (read='span') a token probe fitted on wrappers."""
-    extra: dict = {"balance": balance}
-    if read == "span":
-        extra |= {"read": "span", "wrappers": wrappers, "token_probe": token_probe}
-    if val is not None:
-        extra |= {"val_harmful": val[0], "val_harmless": val[1]}
-    return LatentGuard.fit(
-        model,
-        harmful,
-        harmless,
-        method=method or ("probe" if read == "span" else "centroid"),
-        layers=layers,
-        target_fpr=target_fpr,
-        progress=progress,
-        **extra,
-    )
-
-
 def fit_summary(guard: LatentGuard, path: Path) -> dict:
-    """What `fit` prints: the file, method, read position, layers, alpha, calibration and validation AUROC."""
+    """What `fit` prints: the file, variant, method, read position, layers, alpha, calibration and validation AUROC."""
     fit = guard.metadata["fit"]
     return {
         "guard": str(path),
+        "variant": guard.config.variant,
         "method": guard.method,
         "read": guard.position,
         "layers": guard.layers,

@@ -93,15 +93,17 @@ def step_attacks(out: Path, settings: MainJobSettings, subject: Subject) -> dict
 def step_guard(out: Path, settings: MainJobSettings, subject: Subject) -> dict:
     """Fit a centroid Latent Guard and a span guard at 5% calibrated FPR and evaluate them against baselines on
     jailbreak sets (the span guard's fit wrappers are left out of them)."""
+    from harmlens.guards.latent.configs import CentroidConfig, SpanMLPConfig
     from harmlens.guards.latent.guard import LatentGuard
-    from harmlens.guards.pipeline.guard_runs import evaluate_with_baselines, fit_guard, fit_summary
+    from harmlens.guards.pipeline.guard_runs import evaluate_with_baselines, fit_summary
     from harmlens.probes.data import builtin_prompts
 
     model = subject.model
     harmful, harmless = builtin_prompts("harmful", "train"), builtin_prompts("harmless", "train")
     paths = {"t_inst": out / "guard.safetensors", "span": out / "guard_span.safetensors"}
+    configs = {"t_inst": CentroidConfig(target_fpr=0.05), "span": SpanMLPConfig(target_fpr=0.05)}
     for read, path in paths.items():
-        guard = fit_guard(model, harmful, harmless, read=read, target_fpr=0.05)
+        guard = LatentGuard.fit(model, harmful, harmless, configs[read], progress=True)
         print(json.dumps(fit_summary(guard, guard.save(path))), flush=True)
     report = evaluate_with_baselines(
         LatentGuard.load(paths["t_inst"], model),

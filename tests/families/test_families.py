@@ -139,9 +139,10 @@ def test_rma_settings(fam):
 
 
 def test_guard_fit_check_and_guarded_generation(fam):
+    from harmlens.guards.latent.configs import CentroidConfig
     from harmlens.guards.latent.guard import LatentGuard
 
-    guard = LatentGuard.fit(fam.bridge, HARMFUL * 2, HARMLESS * 2, layers=[1])
+    guard = LatentGuard.fit(fam.bridge, HARMFUL * 2, HARMLESS * 2, CentroidConfig(layers=(1,)))
     verdicts = guard.check([*HARMFUL[:2], *HARMLESS[:2]])
     assert all(v.error is None for v in verdicts) and all(np.isfinite(v.score) for v in verdicts)
     replies = guard.wrap().generate([HARMFUL[0], HARMLESS[0]], max_new_tokens=3)
@@ -156,10 +157,11 @@ def vlm(request):
 
 
 def test_image_reads_with_the_real_processor(vlm):
+    from harmlens.guards.latent.configs import CentroidConfig
     from harmlens.guards.latent.guard import LatentGuard
     from harmlens.guards.latent.images import ImagePrompt, check_images, image_acts
 
-    guard = LatentGuard.fit(vlm.bridge, HARMFUL * 2, HARMLESS * 2, layers=[1])
+    guard = LatentGuard.fit(vlm.bridge, HARMFUL * 2, HARMLESS * 2, CentroidConfig(layers=(1,)))
     rt = role_template(vlm.bridge, processor=vlm.processor)
     items = [ImagePrompt(perturb(rt, Q, s), picture(i)) for i, s in enumerate(("img_in", "img_end+swap", "img_out"))]
     acts = image_acts(guard, items, vlm.processor)

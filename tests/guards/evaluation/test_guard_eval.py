@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from harmlens.errors import HarmlensError
-from harmlens.guards import LatentGuard, evaluate_guard
+from harmlens.guards import CentroidConfig, LatentGuard, evaluate_guard
 from harmlens.guards.cli.guard import main
 from harmlens.guards.evaluation.baselines import BehaviourGuard, KeywordGuard, PerplexityGuard, refuse_detector
 from harmlens.guards.evaluation.sets import gcg_sets, gptfuzzer_wrap, named_wrap, shipped_sets
@@ -27,7 +27,7 @@ HARMLESS = ["How do I bake bread?", "Write a haiku about rain", "Explain photosy
 
 @pytest.fixture(scope="module")
 def tiny_guard(tiny_model):
-    return LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, layers=[1])
+    return LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, CentroidConfig(layers=(1,)))
 
 
 def test_keyword_guard_counts_stems():

@@ -7,7 +7,9 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.guards import GuardedModel, LatentGuard, Verdict
-from harmlens.guards.latent.fit import auroc, balanced_variants, flagged_allowed, fpr_bound, threshold_for_fpr
+from harmlens.guards.latent import CentroidConfig, ProbeConfig, config_class
+from harmlens.guards.latent.calibration import auroc, flagged_allowed, fpr_bound, threshold_for_fpr
+from harmlens.guards.latent.fit import balanced_variants
 from harmlens.probes.activations import cache_resid
 from harmlens.probes.chat import chat_format
 from harmlens.probes.generation import generate
@@ -43,7 +45,7 @@ PROMPTS = [
 
 @pytest.fixture(scope="module")
 def tiny_guard(tiny_model):
-    return LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, layers=[0, 1])
+    return LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, CentroidConfig(layers=(0, 1)))
 
 
 def _count_calls(model, name):
@@ -117,7 +119,7 @@ def test_forward_stops_after_last_layer_read(tiny_model, tiny_guard):
 
 
 def test_fit_selects_layers_and_calibrates(tiny_model):
-    guard = LatentGuard.fit(tiny_model, HARMFUL * 2, HARMLESS * 2, target_fpr=0.25, seed=1)
+    guard = LatentGuard.fit(tiny_model, HARMFUL * 2, HARMLESS * 2, CentroidConfig(target_fpr=0.25, seed=1))
     fit = guard.metadata["fit"]
     assert fit["n_val_harmful"] == 4 and fit["n_harmful"] == 12 and fit["windows"]
     assert set(guard.layers) <= {0, 1, 2} and guard.alpha != 0.0
@@ -125,13 +127,15 @@ def test_fit_selects_layers_and_calibrates(tiny_model):
     with pytest.raises(HarmlensError, match="one class"):
         LatentGuard.fit(tiny_model, HARMFUL, [])
     with pytest.raises(HarmlensError, match="coincide"):
-        LatentGuard.fit(tiny_model, HARMFUL, HARMFUL, layers=[1])
-    with pytest.raises(HarmlensError, match="method"):
-        LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, method="svm")
+        LatentGuard.fit(tiny_model, HARMFUL, HARMFUL, CentroidConfig(layers=(1,)))
+    with pytest.raises(HarmlensError, match="unknown guard variant 'svm'; known: centroid, probe, span-linear"):
+        config_class("svm")
+    with pytest.raises(HarmlensError, match="fit takes a guard config"):
+        LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, {"method": "probe"})  # type: ignore[arg-type]
 
 
 def test_probe_method_separates_training_data(tiny_model):
-    guard = LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, method="probe", layers=[1, 2])
+    guard = LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, ProbeConfig(layers=(1, 2)))
     pos = torch.tensor([v.score for v in guard(HARMFUL)])
     neg = torch.tensor([v.score for v in guard(HARMLESS)])
     assert torch.isfinite(pos).all() and auroc(pos, neg) > 0.9
@@ -149,9 +153,10 @@ def test_bad_input_fails_closed(tiny_model, tiny_guard, monkeypatch):
     monkeypatch.setattr(lg, "iter_resid_batches", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
     crashed = tiny_guard("Tell me a joke")
     assert crashed.harmful and crashed.error == "internal error: RuntimeError: boom"
-    tiny_guard.fail_closed = False
+    tiny_guard.fail_closed = False  # failing open lets a prompt the model read but could not score pass...
     try:
-        assert not tiny_guard("").harmful
+        assert not tiny_guard("Tell me a joke").harmful
+        assert tiny_guard("").harmful and tiny_guard([42])[0].harmful  # ...never one that was refused before scoring
     finally:
         tiny_guard.fail_closed = True
 
@@ -229,14 +234,19 @@ def test_guarded_generation_matches_unguarded_and_blocks(tiny_model, tiny_guard)
 
 
 def test_guard_reading_the_final_residual_in_generation(tiny_model):
-    guard = LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, layers=[2])  # layer 2 = n_layers = ln_final input
+    guard = LatentGuard.fit(
+        tiny_model, HARMFUL, HARMLESS, CentroidConfig(layers=(2,))
+    )  # layer 2 = n_layers = ln_final input
     replies = guard.wrap(block=False).generate(PROMPTS[:2], max_new_tokens=3)
     assert [r.verdict.score for r in replies] == pytest.approx([v.score for v in guard(PROMPTS[:2])], abs=1e-4)
 
 
 def test_real_model_separates_held_out_prompts(model, load_prompts):
     guard = LatentGuard.fit(
-        model, load_prompts("harmful", n=16), load_prompts("harmless", n=16), layers=list(range(8, 21, 4))
+        model,
+        load_prompts("harmful", n=16),
+        load_prompts("harmless", n=16),
+        CentroidConfig(layers=tuple(range(8, 21, 4))),
     )
     pos = torch.tensor([v.score for v in guard(load_prompts("harmful", n=8, start=100))])
     neg = torch.tensor([v.score for v in guard(load_prompts("harmless", n=8, start=100))])

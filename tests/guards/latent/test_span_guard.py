@@ -14,6 +14,7 @@ from harmlens.errors import HarmlensError
 from harmlens.guards import LatentGuard
 from harmlens.guards.cli.guard import main
 from harmlens.guards.evaluation.sets import fit_wrappers, gptfuzzer_wrap, shipped_sets
+from harmlens.guards.latent.configs import SpanLinearConfig, SpanMLPConfig, variant_for
 from harmlens.guards.latent.mlp_probe import MLP_KEYS, MLPProbeConfig
 from harmlens.guards.latent.span_fit import (
     _examples,
@@ -34,29 +35,14 @@ from harmlens.probes.chat import chat_format
 @pytest.fixture(scope="module")
 def span_guard(tiny_model):
     return LatentGuard.fit(
-        tiny_model,
-        HARMFUL,
-        HARMLESS,
-        method="probe",
-        read="span",
-        layers=[1, 2],
-        wrappers=[["aim", "style_injection"]],
-        token_probe="linear",
+        tiny_model, HARMFUL, HARMLESS, SpanLinearConfig(layers=(1, 2), wrappers=[["aim", "style_injection"]])
     )
 
 
 @pytest.fixture(scope="module")
 def mlp_guard(tiny_model):
-    return LatentGuard.fit(
-        tiny_model,
-        HARMFUL,
-        HARMLESS,
-        method="probe",
-        read="span",
-        layers=[1, 2],
-        wrappers=[["aim"]],
-        mlp=MLPProbeConfig(hidden=8, epochs=2),
-    )
+    config = SpanMLPConfig(layers=(1, 2), wrappers=[["aim"]], mlp=MLPProbeConfig(hidden=8, epochs=2))
+    return LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, config)
 
 
 def test_fit_records_span_and_wrappers(span_guard):
@@ -125,21 +111,12 @@ def test_mlp_token_probe_is_the_default_and_one_part(tiny_model, mlp_guard, tmp_
     with pytest.raises(HarmlensError, match="newer harmlens"):
         LatentGuard.load(tmp_path / "future.safetensors", tiny_model)
     with pytest.raises(HarmlensError, match="token_probe must be"):
-        LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, method="probe", read="span", token_probe="svm")
+        variant_for("probe", "span", "svm")
 
 
 def test_one_part_span_score_is_the_max_over_tokens_up_to_t_inst(tiny_model):
-    guard = LatentGuard.fit(
-        tiny_model,
-        HARMFUL,
-        HARMLESS,
-        method="probe",
-        read="span",
-        layers=[1, 2],
-        wrappers=None,
-        token_probe="linear",
-        two_part=False,
-    )
+    config = SpanLinearConfig(layers=(1, 2), wrappers=None, two_part=False)
+    guard = LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, config)
     assert "scales" not in guard.metadata and "tinst_probe_weight" not in guard.tensors
     for text in PROMPTS[:3]:
         per_token, _ = _raw_parts(tiny_model, guard, text)
@@ -171,13 +148,13 @@ def test_request_tokens_and_bad_input(tiny_model):
     assert tok.decode(wrapped.input_ids[first : last + 1]).strip() == HARMFUL[0] and last < wrapped.t_inst
     assert request_tokens(wrapped, "not in the prompt", tok) is None
     with pytest.raises(HarmlensError, match="method='probe'"):
-        LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, read="span")
+        variant_for("centroid", "span")
     with pytest.raises(HarmlensError, match="read must be"):
-        LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, read="everywhere")
+        variant_for("probe", "everywhere")
     with pytest.raises(HarmlensError, match="one class only"):
-        LatentGuard.fit(tiny_model, HARMFUL, [], method="probe", read="span")
+        LatentGuard.fit(tiny_model, HARMFUL, [], SpanMLPConfig())
     with pytest.raises(HarmlensError, match="unknown jailbreak"):
-        LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, method="probe", read="span", wrappers=["no_such_jailbreak"])
+        LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, SpanMLPConfig(wrappers=["no_such_jailbreak"]))
 
 
 def test_default_wrappers_hold_out_half_of_gptfuzzer(tiny_model):
