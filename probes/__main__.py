@@ -8,22 +8,22 @@ import sys
 import time
 from pathlib import Path
 
-from harmlens.cli import parse_layers, parse_offsets, run_cli
+from harmlens import validate
+from harmlens.cli import Parser, parse_layers, parse_offsets, positive_int, run_cli, user_text
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default=None, help="Hub name or local HF folder (default: the embedded SmolLM2-135M-Instruct)"
     )
-    p.add_argument("--out", required=True, type=Path, help="output folder (created; files are written atomically)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--system", default=None, help="system prompt (default: the chat template's own)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass (default 16)")
+    p.add_argument("--system", type=user_text, default=None, help="system prompt (default: the chat template's own)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of `python -m harmlens.probes`."""
-    parser = argparse.ArgumentParser(prog="python -m harmlens.probes", description=__doc__)
+    parser = Parser(prog="python -m harmlens.probes", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser(
         "extract",
@@ -35,10 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ex)
     ex.add_argument("--harmful", default=None, help="harmful prompt file (default: builtin:harmful:train)")
     ex.add_argument("--harmless", default=None, help="harmless prompt file (default: builtin:harmless:train)")
-    ex.add_argument("--n", type=int, default=128, help="prompts per class (default 128, as Arditi et al.)")
+    ex.add_argument(
+        "--out", required=True, type=Path, help="output folder; its files are replaced together, as one set"
+    )
+    ex.add_argument("--n", type=positive_int, default=128, help="prompts per class (default 128, as Arditi et al.)")
     ex.add_argument("--layers", default=None, help="layers to extract, e.g. '0-30' (default: all)")
     ex.add_argument("--val-harmful", default=None, help="prompts for the belief-score scatter (default: builtin val)")
-    ex.add_argument("--val-harmless", default=None)
+    ex.add_argument("--val-harmless", default=None, help="same, harmless (default: builtin val)")
     sel = sub.add_parser(
         "select",
         help="Arditi bypass/induce/KL selection of one refusal direction",
@@ -48,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--directions", required=True, type=Path, help="directions.safetensors from `extract`")
     sel.add_argument("--harmful-val", default=None, help="default: builtin:harmful:val")
     sel.add_argument("--harmless-val", default=None, help="default: builtin:harmless:val")
-    sel.add_argument("--n", type=int, default=32, help="validation prompts per class (default 32)")
+    sel.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="selection file (.safetensors), or a folder to write selection.safetensors into",
+    )
+    sel.add_argument("--n", type=positive_int, default=32, help="validation prompts per class (default 32)")
     sel.add_argument("--positions", default=None, help="post-inst offsets to try, e.g. '-1,-2' (default: all)")
     sel.add_argument("--layers", default=None, help="layers to try (default: all below 0.8·L)")
     return parser
@@ -56,13 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_extract(args: argparse.Namespace) -> dict:
     """Extract both directions, save them, score validation prompts and plot."""
-    from harmlens.io import atomic_write_text
+    from harmlens.io import atomic_write_text, output_set
     from harmlens.probes.beliefs import Centroids, belief_scores
     from harmlens.probes.data import load_prompt_source
     from harmlens.probes.directions import extract_directions
     from harmlens.probes.loading import load_model
     from harmlens.probes.plots import plot_belief_scatter, plot_cosine, plot_norms
 
+    validate.out_dir(args.out)
+    layers = parse_layers(args.layers)
     harmful = load_prompt_source(args.harmful, "harmful", "train", args.n)
     harmless = load_prompt_source(args.harmless, "harmless", "train", args.n)
     val_h = load_prompt_source(args.val_harmful, "harmful", "val", 64)
@@ -74,48 +85,48 @@ def cmd_extract(args: argparse.Namespace) -> dict:
         harmful,
         harmless,
         batch_size=args.batch_size,
-        layers=parse_layers(args.layers),
+        layers=layers,
         system=args.system,
         progress=not args.quiet,
     )
     elapsed = time.perf_counter() - start
-    out: Path = args.out
-    d.save(out / "directions.safetensors")
-    table = d.cosine_table()
-    layers = [row["layer"] for row in table]
-    plot_cosine(
-        layers,
-        [row["cosine"] for row in table],
-        out / "cosine_per_layer.png",
-        title=f"{d.metadata['model']}: cos(harmfulness, refusal)",
-    )
-    plot_norms(
-        layers,
-        {
-            "harmfulness (t_inst)": [r["norm_harmfulness"] for r in table],
-            "refusal (t_post-inst)": [r["norm_refusal"] for r in table],
-        },
-        out / "norms_per_layer.png",
-    )
-    centroids = Centroids.from_directions(d)
-    groups = {}
-    for name, prompts in (("harmful (val)", val_h), ("harmless (val)", val_l)):
-        s = belief_scores(model, prompts, centroids, batch_size=args.batch_size)
-        groups[name] = (s.delta_harmful.tolist(), s.delta_refuse.tolist())
-    plot_belief_scatter(groups, out / "beliefs_scatter.png", title=f"{d.metadata['model']}")
-    summary = {
-        "model": d.metadata["model"],
-        "n_harmful": len(harmful),
-        "n_harmless": len(harmless),
-        "extraction_seconds": round(elapsed, 2),
-        "cosine_per_layer": table,
-        "belief_means": {
-            k: {"delta_harmful": sum(v[0]) / len(v[0]), "delta_refuse": sum(v[1]) / len(v[1])}
-            for k, v in groups.items()
-        },
-        "files": ["directions.safetensors", "cosine_per_layer.png", "norms_per_layer.png", "beliefs_scatter.png"],
-    }
-    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
+    with output_set(args.out) as out:  # the whole set replaces the old one, or nothing does
+        d.save(out / "directions.safetensors")
+        table = d.cosine_table()
+        layers = [row["layer"] for row in table]
+        plot_cosine(
+            layers,
+            [row["cosine"] for row in table],
+            out / "cosine_per_layer.png",
+            title=f"{d.metadata['model']}: cos(harmfulness, refusal)",
+        )
+        plot_norms(
+            layers,
+            {
+                "harmfulness (t_inst)": [r["norm_harmfulness"] for r in table],
+                "refusal (t_post-inst)": [r["norm_refusal"] for r in table],
+            },
+            out / "norms_per_layer.png",
+        )
+        centroids = Centroids.from_directions(d)
+        groups = {}
+        for name, prompts in (("harmful (val)", val_h), ("harmless (val)", val_l)):
+            s = belief_scores(model, prompts, centroids, batch_size=args.batch_size)
+            groups[name] = (s.delta_harmful.tolist(), s.delta_refuse.tolist())
+        plot_belief_scatter(groups, out / "beliefs_scatter.png", title=f"{d.metadata['model']}")
+        summary = {
+            "model": d.metadata["model"],
+            "n_harmful": len(harmful),
+            "n_harmless": len(harmless),
+            "extraction_seconds": round(elapsed, 2),
+            "cosine_per_layer": table,
+            "belief_means": {
+                k: {"delta_harmful": sum(v[0]) / len(v[0]), "delta_refuse": sum(v[1]) / len(v[1])}
+                for k, v in groups.items()
+            },
+            "files": ["directions.safetensors", "cosine_per_layer.png", "norms_per_layer.png", "beliefs_scatter.png"],
+        }
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2))
     return summary
 
 
@@ -126,6 +137,9 @@ def cmd_select(args: argparse.Namespace) -> dict:
     from harmlens.probes.loading import load_model
     from harmlens.probes.selection import select_refusal_direction
 
+    out = args.out / "selection.safetensors" if args.out.is_dir() or not args.out.suffix else args.out
+    validate.out_file(out, "selection file")
+    positions, layers = parse_offsets(args.positions), parse_layers(args.layers)
     harmful_val = load_prompt_source(args.harmful_val, "harmful", "val", args.n)
     harmless_val = load_prompt_source(args.harmless_val, "harmless", "val", args.n)
     model = load_model(args.model)
@@ -136,12 +150,12 @@ def cmd_select(args: argparse.Namespace) -> dict:
         harmful_val,
         harmless_val,
         batch_size=args.batch_size,
-        positions=parse_offsets(args.positions),
-        layers=parse_layers(args.layers),
+        positions=positions,
+        layers=layers,
         progress=not args.quiet,
     )
-    sel.save(args.out)
-    return sel.to_json()
+    sel.save(out)
+    return {"out": str(out), **sel.to_json()}
 
 
 def main(argv: list[str] | None = None) -> int:

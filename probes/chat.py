@@ -21,6 +21,13 @@ class ChatPrompt:
     t_inst: int
     post_inst: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        n = len(self.input_ids)
+        if isinstance(self.t_inst, bool) or not isinstance(self.t_inst, int) or not 0 <= self.t_inst < n:
+            raise HarmlensError(f"ChatPrompt t_inst {self.t_inst!r} is not a token index in 0..{n - 1}")
+        if any(not self.t_inst < i < n for i in self.post_inst):  # negative indices would read other tokens
+            raise HarmlensError(f"ChatPrompt post_inst must be indices after t_inst ({self.t_inst}) and below {n}")
+
     @property
     def t_post_inst(self) -> int:
         """Index of the last prompt token (the last post-instruction token)."""
@@ -51,6 +58,8 @@ class ChatFormat:
     ) -> ChatFormat:
         """Derive prefix/suffix from the tokenizer's (or the given Jinja) template; system=None keeps its default."""
         messages = [{"role": "user", "content": _PLACEHOLDER}]
+        if system is not None and "\0" in str(system):
+            raise HarmlensError("system prompt contains a NUL character (\\0)")
         if system is not None:
             messages.insert(0, {"role": "system", "content": system})
         template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from harmlens.cli import device_arg, positive_int
 from harmlens.errors import HarmlensError
 
 STEPS = ("organism", "directions", "attacks", "guard", "adversarial")
@@ -213,7 +214,9 @@ def add_command(sub) -> None:
         description=__doc__.splitlines()[0],
     )
     p.add_argument("--out", default="runs/main", help="output folder (default runs/main; reruns resume)")
-    p.add_argument("--n", type=int, default=32, help="held-out harmful/harmless prompts per evaluation (default 32)")
+    p.add_argument(
+        "--n", type=positive_int, default=32, help="held-out harmful/harmless prompts per evaluation (default 32)"
+    )
     p.add_argument(
         "--jailbreaks",
         default="style_injection,few_shot_json",
@@ -221,5 +224,5 @@ def add_command(sub) -> None:
         "on the organism; 'all' = the 7 named)",
     )
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma list of steps (default: {','.join(STEPS)})")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
     p.set_defaults(func=run_main_job)

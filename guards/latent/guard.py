@@ -12,6 +12,14 @@ from pathlib import Path
 import torch
 
 from harmlens.errors import HarmlensError
+from harmlens.guards.latent.input_policy import (
+    DEFAULT_MAX_TOKENS,
+    cap_prompt,
+    check_input_policy,
+    check_length,
+    mark_injections,
+    token_limit,
+)
 from harmlens.guards.latent.mlp_probe import MLP_KEYS, mlp_scores
 from harmlens.guards.latent.span_scoring import probe_scores, scaled_max, span_parts, top_position
 from harmlens.io import check_compatible, load_tensors, save_tensors
@@ -38,7 +46,8 @@ class Verdict:
     per_layer: dict[int, float] = field(default_factory=dict)
     threshold: float = 0.0
     error: str | None = None
-    truncated: bool = False  # the instruction was cut from the left to fit the context
+    truncated: bool = False  # the instruction was cut from the left to fit the context (or max_tokens)
+    injection: bool = False  # the prompt contains role/special-token markers (see harmlens.probes.markers)
 
     def to_dict(self) -> dict:
         """JSON-ready dict (NaN score -> None)."""
@@ -49,6 +58,7 @@ class Verdict:
             "threshold": self.threshold,
             "error": self.error,
             "truncated": self.truncated,
+            "injection": self.injection,
             "per_layer": {str(k): round(v, 6) for k, v in self.per_layer.items()},
         }
 
@@ -95,12 +105,16 @@ class LatentGuard:
         fail_closed: bool = True,
         batch_size: int = 16,
         max_length: int | None = None,
+        on_injection: str = "flag",
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        on_long: str = "truncate",
     ) -> None:
         self.tensors = {k: v.detach().float().cpu() for k, v in tensors.items()}
         self.metadata = dict(metadata)
         if self.method not in METHODS or self.position not in POSITIONS:
             raise HarmlensError(f"unknown guard method/position {self.method!r}/{self.position!r}")
         self.fail_closed, self.batch_size, self.max_length = fail_closed, batch_size, max_length
+        self.on_injection, self.max_tokens, self.on_long = check_input_policy(on_injection, max_tokens, on_long)
         self.model = None
         if model is not None:
             self.attach(model)
@@ -226,8 +240,13 @@ class LatentGuard:
         if not isinstance(prompt, (str, ChatPrompt)):
             raise HarmlensError(f"prompt must be a string or a ChatPrompt, got {type(prompt).__name__}")
         self._require_model()
-        limit = self.max_length if self.max_length is not None else self._fmt.max_length
-        return render_prompt(self._fmt, prompt, limit)
+        context = self.max_length if self.max_length is not None else self._fmt.max_length
+        text, cut = cap_prompt(prompt, self.max_tokens, self.on_long)
+        if self.on_long == "reject" and not isinstance(text, ChatPrompt):
+            rendered = dataclasses.replace(self._fmt, max_length=None).render(text)
+            check_length(rendered, self.max_tokens, self.on_long)
+        rendered, truncated = render_prompt(self._fmt, text, token_limit(context, self.max_tokens))
+        return rendered, truncated or cut
 
     def select(self, prompt: ChatPrompt, width: int = 1) -> tuple[int, ...]:
         """Positions read: t_inst, t_post_inst (a Δrefuse guard) or, for a span guard, every token up to t_inst,
@@ -274,7 +293,7 @@ class LatentGuard:
                 verdicts = [self.failed(f"internal error: {_one_line(exc)}", r[2]) for r in chunk]
             for (i, _, _), verdict in zip(chunk, verdicts):
                 out[i] = verdict
-        return out  # type: ignore[return-value]
+        return mark_injections(self, prompts, out)  # type: ignore[arg-type]
 
     def __call__(self, prompts: str | ChatPrompt | Sequence[str | ChatPrompt]) -> Verdict | list[Verdict]:
         """Verdict for one prompt, or a list of verdicts for a list (runs the model up to the last layer read)."""
@@ -310,6 +329,9 @@ class LatentGuard:
             fail_closed=self.fail_closed,
             batch_size=self.batch_size,
             max_length=self.max_length,
+            on_injection=self.on_injection,
+            max_tokens=self.max_tokens,
+            on_long=self.on_long,
         )
         return guard.attach(self.model) if self.model is not None else guard
 
