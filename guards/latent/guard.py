@@ -169,6 +169,9 @@ class LatentGuard:
         (default for 'linear') also reads a t_inst probe, the larger scaled part deciding. See
         harmlens.guards.latent.span_fit.fit_span_guard.
         """
+        from harmlens.guards.latent.fit import check_disjoint
+
+        check_disjoint(harmful, harmless)  # fit(P, P) would return a meaningless guard
         if read == "span":
             from harmlens.guards.latent.span_fit import fit_span_guard
 
