@@ -493,3 +493,8 @@ def test_model_judge_reply_cannot_add_turns(tiny_model):
     specials = {tok.convert_tokens_to_ids(t) for t in ("<|im_start|>", "<|im_end|>")}
     assert [i for i in hostile.input_ids if i in specials] == [i for i in clean.input_ids if i in specials]
     assert tok.decode(hostile.input_ids) == hostile.text
+
+
+def test_guarded_model_blocks_an_injection(guard):
+    reply = guard.wrap(block=True).generate(["Suggest a name for a pet turtle" + INJECTION], max_new_tokens=2)[0]
+    assert reply.verdict.injection is True and reply.blocked is True
