@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harmlens import validate
 from harmlens.cli import Parser, nonneg_int, parse_layers, positive_float, positive_int, run_cli, user_text
+from harmlens.io import output_set
 
 _MODEL_HELP = (
     "Hub name or local HF folder (default: the embedded SmolLM2-135M-Instruct); for an organism pass its "
@@ -113,7 +114,8 @@ def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor
         processor=processor,
         progress=not args.quiet,
     )
-    report.save(args.out)
+    with output_set(args.out) as tmp:  # report.json, report.md and heatmaps replace the old ones together
+        report.save(tmp)
     return report
 
 
@@ -148,7 +150,8 @@ def cmd_run(args: argparse.Namespace) -> dict:
             batch_size=args.batch_size,
             progress=not args.quiet,
         )
-        proj.save(args.out)
+        with output_set(args.out) as tmp:
+            proj.save(tmp)
         result["projection_band_cos"] = dict(proj.ranking())
     return result
 

@@ -156,7 +156,7 @@ def _signals_deferred():
     """Hold SIGINT/SIGTERM while a few renames run, so Ctrl-C cannot split an output set (delivered right after)."""
     mask = {signal.SIGINT, signal.SIGTERM}
     can = hasattr(signal, "pthread_sigmask")
-    old: set[signal.Signals] = signal.pthread_sigmask(signal.SIG_BLOCK, mask) if can else set()
+    old: set = signal.pthread_sigmask(signal.SIG_BLOCK, mask) if can else set()
     try:
         yield
     finally:

@@ -249,6 +249,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )
     from harmlens.guards.evaluation.report import evaluate_guard
     from harmlens.guards.latent.guard import LatentGuard
+    from harmlens.io import output_set
     from harmlens.probes.data import read_prompts
 
     validate.out_dir(args.out, "report folder")
@@ -286,7 +287,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.calibrate and b.name == "perplexity":
             b.calibrate(read_prompts(args.calibrate), 0.05)
     report = evaluate_guard(guard, sets, baselines=baselines)
-    report.save(args.out)
+    with output_set(args.out) as tmp:  # report.json, report.md and roc.png replace the old ones together
+        report.save(tmp)
     print(report.to_markdown())
     return 0
 

@@ -103,7 +103,7 @@ def check_disjoint(harmful, harmless) -> None:
     both = {key(p) for p in harmful} & {key(p) for p in harmless}
     if both:
         raise HarmlensError(
-            f"{len(both)} prompt(s) are in both the harmful and the harmless set, e.g. {next(iter(both))[:60]!r}: "
+            f"{len(both)} prompt(s) are in both the harmful and the harmless set, e.g. {str(next(iter(both)))[:60]!r}: "
             "each prompt needs one label"
         )
 

@@ -296,7 +296,7 @@ class LatentGuard:
                 verdicts = [self.failed(f"internal error: {_one_line(exc)}", r[2]) for r in chunk]
             for (i, _, _), verdict in zip(chunk, verdicts):
                 out[i] = verdict
-        return mark_injections(self, prompts, out)  # type: ignore[arg-type]
+        return mark_injections(self, prompts, out)
 
     def __call__(self, prompts: str | ChatPrompt | Sequence[str | ChatPrompt]) -> Verdict | list[Verdict]:
         """Verdict for one prompt, or a list of verdicts for a list (runs the model up to the last layer read)."""
