@@ -37,9 +37,9 @@ def main(centroid: str, span: str, n: int = 24) -> dict:
             out[f"{name}/{v}/score_catch"] = sum(x.score >= guard.alpha for x in verdicts) / len(base)
             out[f"{name}/{v}/harmful"] = sum(x.harmful for x in verdicts) / len(base)
             out[f"{name}/{v}/injection_flag"] = sum(getattr(x, "injection", False) for x in verdicts) / len(base)
-    for v, prompts in variants.items():
-        rendered = [fmt.render(p) for p in prompts]
-        replies = generate(model, rendered, max_new_tokens=48, batch_size=8, progress=False)
+    for v in ("plain", "injected"):
+        rendered = [fmt.render(p) for p in variants[v]]
+        replies = generate(model, rendered, max_new_tokens=24, batch_size=24, progress=False)
         out[f"organism/{v}/refusal"] = sum(map(is_refusal, replies)) / len(base)
         out[f"organism/{v}/example"] = replies[0][:120]
         out[f"organism/{v}/n_tokens"] = len(rendered[0].input_ids)
