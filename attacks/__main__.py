@@ -8,7 +8,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from harmlens.cli import parse_layers, run_cli
+from harmlens import validate
+from harmlens.cli import Parser, nonneg_int, parse_layers, positive_float, positive_int, run_cli, user_text
 
 _MODEL_HELP = (
     "Hub name or local HF folder (default: the embedded SmolLM2-135M-Instruct); for an organism pass its "
@@ -24,26 +25,26 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="prompt file (.json/.jsonl/.csv/.txt) or builtin:harmful[:val] "
         "(default: builtin:harmful:val, not used to train the organisms)",
     )
-    p.add_argument("--limit", type=int, default=None, help="first N prompts only")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N prompts only")
     p.add_argument("--out", required=True, type=Path, help="output folder (results stream to results.jsonl; resumable)")
     p.add_argument(
         "--judge",
         default="substring:rma",
         help="substring:jbb|rma|zhao, refusal_score (no generation) or model:<name or path>",
     )
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="reply length cap in tokens (default 64)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per generation batch (default 16)")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (seeded)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--system", default=None, help="system prompt (default: the chat template's own)")
+    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature with --sample")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed for sampling and randomised jailbreaks")
+    p.add_argument("--system", type=user_text, default=None, help="system prompt (default: the chat template's own)")
     p.add_argument("--strip-system", action="store_true", help="drop the template's default system prompt (RMA)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of `python -m harmlens.attacks`."""
-    parser = argparse.ArgumentParser(prog="python -m harmlens.attacks", description=__doc__)
+    parser = Parser(prog="python -m harmlens.attacks", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run",
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'all' (the 7 named ones), 'gptfuzzer' (77 templates) or gptfuzzer:<id>.",
     )
     _common(run)
-    run.add_argument("--settings", default="all")
+    run.add_argument("--settings", default="all", help="'all' (every setting the model supports) or e.g. none,swap")
     run.add_argument("--jailbreaks", default="", help="e.g. aim,prefix_injection or all (default: none)")
     run.add_argument(
         "--images",
@@ -71,11 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gcg = sub.add_parser("gcg", help="GCG suffix per prompt, then their ASR with and without role swap")
     _common(gcg)
-    gcg.add_argument("--steps", type=int, default=40)
-    gcg.add_argument("--suffix-len", type=int, default=10)
-    gcg.add_argument("--top-k", type=int, default=64)
-    gcg.add_argument("--candidates", type=int, default=64)
-    gcg.add_argument("--target", default="Sure, here is")
+    gcg.add_argument("--steps", type=positive_int, default=40, help="GCG optimisation steps per prompt (default 40)")
+    gcg.add_argument("--suffix-len", type=positive_int, default=10, help="adversarial suffix length in tokens")
+    gcg.add_argument("--top-k", type=positive_int, default=64, help="token substitutions kept per suffix position")
+    gcg.add_argument("--candidates", type=positive_int, default=64, help="candidate suffixes scored per step")
+    gcg.add_argument("--target", default="Sure, here is", help="reply opening the suffix is optimised to elicit")
     sub.add_parser("list", help="the settings, jailbreaks and judges")
     return parser
 
@@ -84,6 +85,9 @@ def _setup(args):
     from harmlens.probes.data import load_prompt_source
     from harmlens.probes.loading import load_model
 
+    validate.out_dir(args.out)
+    if getattr(args, "band", None):
+        parse_layers(args.band)
     prompts = load_prompt_source(args.prompts, "harmful", "val", args.limit)
     return load_model(args.model), prompts
 

@@ -14,12 +14,13 @@ from harmlens.attacks.images import load_images
 from harmlens.attacks.jailbreaks import Jailbreak, jailbreak_name, resolve_jailbreaks
 from harmlens.attacks.judges import Judge, JudgeItem, coherent, get_judge
 from harmlens.attacks.report import AttackReport
-from harmlens.attacks.settings import Setting, get_setting, perturb, resolve_settings
+from harmlens.attacks.settings import Setting, get_setting, perturb, perturbed_pieces, resolve_settings
 from harmlens.attacks.template import RoleTemplate, role_template
 from harmlens.attacks.vlm import generate_with_images
 from harmlens.errors import HarmlensError
 from harmlens.probes.chat import ChatPrompt
 from harmlens.probes.loading import model_name
+from harmlens.probes.markers import tokenize_prompt
 
 RESULTS_FILE = "results.jsonl"
 _KEYS = (
@@ -225,22 +226,37 @@ def evaluate_asr(
     return AttackReport([done[k] for k in prompts], meta)
 
 
+def _stored_prompt(template: RoleTemplate, record: dict) -> ChatPrompt:
+    """A stored prompt re-tokenized with its user text (between the setting's template pieces) kept plain text."""
+    text = record["prompt"]
+    head, tail = perturbed_pieces(template, "", get_setting(record["setting"]))
+    if not (text.startswith(head) and text.endswith(tail) and len(text) > len(head) + len(tail)):
+        raise HarmlensError(
+            f"stored prompt {record['index']} does not match the model's template for {record['setting']}"
+        )
+    end = len(text) - len(tail)
+    ids, t_inst = tokenize_prompt(template.tokenizer, text, end, [(len(head), end)])
+    return ChatPrompt(record["instruction"], text, tuple(ids), t_inst, tuple(range(t_inst + 1, len(ids))))
+
+
 def rejudge(report: AttackReport, judge: str | Judge, model=None) -> AttackReport:
     """The same replies judged again by another judge (no generation), e.g. to compare phrase lists."""
     judge = get_judge(judge, model)
     if not judge.needs_reply and model is None:
         raise HarmlensError(f"judge {judge.name} reads the model, pass model=")
-    tok = model.tokenizer if model is not None else None
     items = []
-    for r in report.records:
-        ids = tuple(tok(r["prompt"], add_special_tokens=False)["input_ids"]) if tok is not None else (0, 0)
-        items.append(
-            JudgeItem(
-                r["instruction"],
-                ChatPrompt(r["instruction"], r["prompt"], ids, len(ids) - 2, (len(ids) - 1,)),
-                r["reply"],
-            )
+    template = None
+    if model is not None and not judge.needs_reply:
+        template = role_template(
+            model, system=report.meta.get("system"), strip_system=bool(report.meta.get("strip_system"))
         )
+    for r in report.records:
+        prompt = (
+            _stored_prompt(template, r)
+            if template is not None
+            else ChatPrompt(r["instruction"], r["prompt"], (0, 0), 0, (1,))
+        )
+        items.append(JudgeItem(r["instruction"], prompt, r["reply"]))
     records = [
         {**r, "success": success, "error": error}
         for r, (success, error) in zip(report.records, judge_safely(judge, items))

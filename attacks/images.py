@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from pathlib import Path
 
 from harmlens.errors import HarmlensError
@@ -37,8 +38,12 @@ def _load(image):
         if not path.is_file():
             raise HarmlensError(f"image not found: {path}")
         try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)  # over MAX_IMAGE_PIXELS: refuse
+                with Image.open(path) as img:
+                    return img.convert("RGB")
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise HarmlensError(f"{path} is too large to decode (decompression bomb): {exc}") from None
         except (UnidentifiedImageError, OSError) as exc:
             raise HarmlensError(f"{path} is not a readable image: {exc}") from None
     raise HarmlensError(f"an image must be a PIL image or a path, got {type(image).__name__}")

@@ -7,8 +7,10 @@ from collections.abc import Sequence
 from harmlens.attacks.judges import JudgeItem
 from harmlens.errors import HarmlensError
 from harmlens.probes.chat import ChatPrompt
+from harmlens.probes.markers import fill_placeholders, has_special, tokenize_prompt
 
 FORMATS = ("llamaguard", "harmbench", "ask")
+_PH_BEHAVIOR, _PH_GENERATION = "\ue000HARMLENS_BEHAVIOR\ue001", "\ue000HARMLENS_GENERATION\ue001"
 MAX_REPLY_CHARS = 4000
 
 # HarmBench's Llama-2 classifier prompt (cais/HarmBench-Llama-2-13b-cls; MIT), as used by Arditi et al.
@@ -72,19 +74,27 @@ class ModelJudge:
         if item.reply is None:
             raise HarmlensError("the model judge needs a generated reply")
         tok, reply = self.model.tokenizer, item.reply[:MAX_REPLY_CHARS]
+        escape = has_special(tok, item.instruction) or has_special(tok, reply)
+        # user text with special-token strings goes in as placeholders, then is tokenized as plain text
+        behavior, generation = (_PH_BEHAVIOR, _PH_GENERATION) if escape else (item.instruction, reply)
+        values = {_PH_BEHAVIOR: item.instruction, _PH_GENERATION: reply}
         if self.fmt == "harmbench":
-            text = HARMBENCH_PROMPT.format(behavior=item.instruction, generation=reply)
+            text = HARMBENCH_PROMPT.format(behavior=behavior, generation=generation)
+            text, spans = fill_placeholders(text, values) if escape else (text, [])
             ids = tok(text, add_special_tokens=True)["input_ids"]
+            if escape:  # the tokenizer's own leading specials (BOS), then the text with user spans as plain text
+                ids = tok("", add_special_tokens=True)["input_ids"] + tokenize_prompt(tok, text, len(text), spans)[0]
         else:
             if self.fmt == "llamaguard":
-                msgs = [{"role": "user", "content": item.instruction}, {"role": "assistant", "content": reply}]
+                msgs = [{"role": "user", "content": behavior}, {"role": "assistant", "content": generation}]
             else:
-                msgs = [{"role": "user", "content": ASK_PROMPT.format(behavior=item.instruction, generation=reply)}]
+                msgs = [{"role": "user", "content": ASK_PROMPT.format(behavior=behavior, generation=generation)}]
             try:
                 text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
             except Exception as exc:
                 raise HarmlensError(f"judge model's chat template cannot render the pair: {exc}") from None
-            ids = tok(text, add_special_tokens=False)["input_ids"]
+            text, spans = fill_placeholders(text, values) if escape else (text, [])
+            ids = tokenize_prompt(tok, text, len(text), spans)[0]
         return ChatPrompt(item.instruction, text, tuple(ids), len(ids) - 2, (len(ids) - 1,))
 
     def parse(self, output: str) -> bool:

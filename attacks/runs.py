@@ -7,6 +7,7 @@ from pathlib import Path
 from harmlens.attacks.evaluate import evaluate_asr
 from harmlens.attacks.projection import ProjectionResult, projection_analysis
 from harmlens.attacks.report import AttackReport
+from harmlens.io import output_set
 
 
 def is_vlm(model) -> bool:
@@ -65,7 +66,8 @@ def attack_to_folder(
         processor=processor,
         progress=progress,
     )
-    report.save(out)
+    with output_set(out) as tmp:  # report.json, report.md and heatmaps replace the old ones together
+        report.save(tmp)
     return report
 
 
@@ -81,5 +83,6 @@ def projection_to_folder(
 ) -> ProjectionResult:
     """The refusal-projection analysis of a report's conditions, saved next to the report."""
     proj = projection_analysis(model, report, directions, band=band, batch_size=batch_size, progress=progress)
-    proj.save(out)
+    with output_set(out) as tmp:
+        proj.save(tmp)
     return proj

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from harmlens.attacks.template import RoleTemplate
 from harmlens.errors import HarmlensError
 from harmlens.probes.chat import ChatPrompt, clean_instruction
+from harmlens.probes.markers import tokenize_prompt
 
 IMAGE_POSITIONS = ("none", "in", "end", "out")  # no image / start of user turn / end of user turn / assistant turn
 
@@ -86,7 +87,8 @@ def perturbed_pieces(template: RoleTemplate, instruction: str, setting: Setting)
 
 
 def check_special_tokens(template: RoleTemplate, instruction: str) -> None:
-    """Reject (never escape) an instruction containing the template's special tokens or image text."""
+    """Reject an instruction containing the template's special tokens or image text (training data; rendering for a
+    model escapes them instead, see harmlens.probes.markers)."""
     tokens = (*template.special_tokens, *([template.image_text.strip()] if template.image_text else []))
     found = sorted((instruction.find(t), -len(t), t) for t in tokens if t and t in instruction)
     if found:
@@ -106,16 +108,10 @@ def perturb_text(template: RoleTemplate, instruction: str, setting: str | Settin
 def perturb(template: RoleTemplate, instruction: str, setting: str | Setting = "none") -> ChatPrompt:
     """Render and tokenize one instruction under a setting; t_inst is the token holding the instruction's last char."""
     instruction = clean_instruction(instruction)
-    check_special_tokens(template, instruction)
     head, tail = perturbed_pieces(template, instruction, get_setting(setting))
     text, inst_end = head + instruction + tail, len(head) + len(instruction)
-    tok = template.tokenizer
-    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc.get("offset_mapping")
-    if offsets is not None:
-        t_inst = max(i for i, (start, end) in enumerate(offsets) if start < inst_end and end > start)
-    else:  # slow tokenizer
-        t_inst = len(tok(text[:inst_end], add_special_tokens=False)["input_ids"]) - 1
+    # user text's special tokens are tokenized as plain text (harmlens.probes.markers), never as structure
+    ids, t_inst = tokenize_prompt(template.tokenizer, text, inst_end, [(len(head), inst_end)])
     if t_inst >= len(ids) - 1:
         raise HarmlensError("tokenization leaves no post-instruction token after the instruction")
     if template.max_length is not None and len(ids) > template.max_length:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harmlens.errors import HarmlensError
+from harmlens.probes.markers import has_special
 
 _PH = "\ue000HARMLENS_INSTRUCTION\ue001"
 # Templates whose roles the derivation cannot find (no shared header around the role name): (user, assistant).
@@ -43,6 +44,8 @@ class RoleTemplate:
         template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
         if not template:
             raise HarmlensError("the tokenizer has no chat template; pass chat_template=... (a Jinja string)")
+        if system and has_special(tokenizer, system):
+            raise HarmlensError("system prompt contains the tokenizer's special-token strings; remove them")
         prefix, suffix, structured = _split(tokenizer, template, system)
         gen_prompt = _generation_prompt(tokenizer, template, system, structured)
         markers = derive_markers(prefix, gen_prompt or suffix) or _fallback_markers(prefix, suffix)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from harmlens.cli import run_cli
+from harmlens.cli import Parser, device_arg, run_cli
 
 
 def _build_organism(args: argparse.Namespace) -> int:
@@ -32,7 +32,7 @@ def _build_organism(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m harmlens.guards` argument parser (one subparser per command)."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="python -m harmlens.guards", description="harmlens guards: safety-tuned model organisms and latent guards."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--out", default=None, help="folder to write (default: the harmlens cache)")
     build.add_argument("--force", action="store_true", help="rebuild even if it is already built")
-    build.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    build.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
     build.set_defaults(func=_build_organism)
     from harmlens.guards.cli.guard import add_guard_commands  # latent guards: fit, check, eval
 

@@ -1,11 +1,71 @@
-"""Pieces every harmlens CLI shares: layer/offset list parsing and one-line error handling."""
+"""Pieces every harmlens CLI shares: a one-line-error parser, checked argument types, layer/offset lists, run_cli."""
 
 from __future__ import annotations
 
+import argparse
+import pickle
+import signal
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
+from harmlens import validate
 from harmlens.errors import HarmlensError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with bad arguments reported as one line, `error: ...`, exit 2 (no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one line and exit 2."""
+        self.exit(2, f"error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
+def _arg(check: Callable, *args, **kwargs) -> Callable[[str], object]:
+    def parse(text: str):
+        try:
+            return check(text, *args, **kwargs)
+        except HarmlensError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace("value ", "", 1)) from None
+
+    parse.__name__ = check.__name__  # argparse names the type in its messages
+    return parse
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer ≥ 1 (counts, batch sizes, steps)."""
+    return _arg(validate.count, "value")(text)  # type: ignore[return-value]
+
+
+def nonneg_int(text: str) -> int:
+    """argparse type: an integer ≥ 0."""
+    return _arg(validate.count, "value", minimum=0)(text)  # type: ignore[return-value]
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (nan and inf are refused)."""
+    return _arg(validate.finite, "value")(text)  # type: ignore[return-value]
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    return _arg(validate.finite, "value", minimum=0.0, open_min=True)(text)  # type: ignore[return-value]
+
+
+def fraction(text: str) -> float:
+    """argparse type: a finite number in [0, 1]."""
+    return _arg(validate.finite, "value", minimum=0.0, maximum=1.0)(text)  # type: ignore[return-value]
+
+
+def user_text(text: str) -> str:
+    """argparse type: text without NUL characters (e.g. --system)."""
+    return _arg(validate.text, "value")(text)  # type: ignore[return-value]
+
+
+def device_arg(text: str) -> str:
+    """argparse type: a device that exists on this machine (cpu, cuda, cuda:N, mps)."""
+    _arg(validate.device)(text)
+    return text
 
 
 def parse_layers(text: str | None) -> list[int] | None:
@@ -16,8 +76,15 @@ def parse_layers(text: str | None) -> list[int] | None:
     try:
         for part in text.split(","):
             lo, _, hi = part.strip().partition("-")
-            out.extend(range(int(lo), int(hi) + 1) if hi else [int(lo)])
-    except ValueError:
+            a, b = int(lo), int(hi) if hi else int(lo)
+            if max(a, b) > validate.MAX_LAYER:  # checked before the range is built (0-20000000 would take GBs)
+                raise HarmlensError(f"bad layer list {text!r}: layer {max(a, b)} is beyond any model")
+            if b < a:
+                raise HarmlensError(f"bad layer list {text!r}: range {a}-{b} is empty")
+            out.extend(range(a, b + 1))
+    except ValueError as exc:
+        if isinstance(exc, HarmlensError):
+            raise
         raise HarmlensError(f"bad layer list {text!r}: use e.g. '4,8,10-12'") from None
     return out
 
@@ -32,8 +99,34 @@ def parse_offsets(text: str | None) -> list[int] | None:
         raise HarmlensError(f"bad position list {text!r}: use negative offsets, e.g. '-1,-2'") from None
 
 
+def _on_sigterm(signum, frame) -> NoReturn:
+    raise KeyboardInterrupt  # unwinds like Ctrl-C: temp files and folders are removed on the way out
+
+
+def library_error(exc: BaseException) -> str | None:
+    """A one-line message for library errors bad input can cause (None: a bug, let the traceback show)."""
+    name = type(exc).__name__
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
+    if isinstance(exc, RecursionError):
+        return "input is nested too deeply to read"
+    if isinstance(exc, pickle.UnpicklingError):
+        return f"refusing a pickled file (harmlens never executes pickles; use safetensors): {str(exc)[:120]}"
+    if name in ("DecompressionBombError", "UnidentifiedImageError"):
+        return f"unusable image: {' '.join(str(exc).split())[:200]}"
+    if isinstance(exc, MemoryError):
+        return "out of memory"
+    return None
+
+
 def run_cli(command: Callable[[], int], *, interrupted: str = "interrupted: nothing half-written") -> int:
-    """Run a CLI command: HarmlensError -> 'error: …' on stderr and exit 2; Ctrl-C -> exit 130 with a hint."""
+    """Run a CLI command: HarmlensError and library errors from bad input (OSError, RecursionError, pickles, images)
+    -> 'error: …' on stderr and exit 2; Ctrl-C or SIGTERM -> exit 130 with a hint."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        previous = None
     try:
         return command()
     except HarmlensError as exc:
@@ -42,3 +135,18 @@ def run_cli(command: Callable[[], int], *, interrupted: str = "interrupted: noth
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+    except (OSError, RecursionError, pickle.UnpicklingError, MemoryError, ValueError) as exc:
+        message = library_error(exc)
+        if message is None:
+            raise
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # PIL's DecompressionBombError and friends (PIL is imported lazily)
+        message = library_error(exc)
+        if message is None:
+            raise
+        print(f"error: {' '.join(message.split())}", file=sys.stderr)
+        return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

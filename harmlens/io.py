@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +103,8 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict
         metadata = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError:
         raise HarmlensError(f"{path} has corrupt harmlens metadata (not valid JSON)") from None
+    except RecursionError:
+        raise HarmlensError(f"{path} has corrupt harmlens metadata (nested too deeply)") from None
     if not isinstance(metadata, dict):
         raise HarmlensError(f"{path} has corrupt harmlens metadata (not a JSON object)")
     return tensors, metadata
@@ -131,3 +136,64 @@ def json_safe(obj):
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     return obj
+
+
+COMPLETE_MARKER = ".harmlens-complete"
+
+
+def remove_stale_temps(directory: str | os.PathLike, name: str) -> None:
+    """Remove temp folders a killed run left beside `directory/name` (.NAME.tmp-*, .NAME.old-*)."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
+            for stale in directory.glob(pattern):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+
+
+@contextmanager
+def _signals_deferred():
+    """Hold SIGINT/SIGTERM while a few renames run, so Ctrl-C cannot split an output set (delivered right after)."""
+    mask = {signal.SIGINT, signal.SIGTERM}
+    can = hasattr(signal, "pthread_sigmask")
+    old: set = signal.pthread_sigmask(signal.SIG_BLOCK, mask) if can else set()
+    try:
+        yield
+    finally:
+        if can:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+@contextmanager
+def output_set(directory: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp folder for a set of output files; on success they replace those in `directory` together
+    (a new folder is renamed into place; in an existing one the files are moved with signals held) and
+    `directory/.harmlens-complete` lists them; on any error or Ctrl-C nothing changes in `directory`."""
+    out = Path(directory)
+    if out.exists() and not out.is_dir():
+        raise HarmlensError(f"output folder {out} exists and is not a folder")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out.parent, out.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise HarmlensError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    try:
+        yield tmp
+        files = sorted(p.name for p in tmp.iterdir())
+        (tmp / COMPLETE_MARKER).write_text(json.dumps({"files": files}) + "\n", encoding="utf-8")
+        with _signals_deferred():
+            if not out.exists():
+                os.replace(tmp, out)
+                return
+            (out / COMPLETE_MARKER).unlink(missing_ok=True)
+            for name in files:
+                target = out / name
+                if target.is_dir() and not (tmp / name).is_dir():
+                    raise HarmlensError(f"cannot write {target}: it is a folder")
+                os.replace(tmp / name, target)
+            os.replace(tmp / COMPLETE_MARKER, out / COMPLETE_MARKER)
+    except OSError as exc:
+        raise HarmlensError(f"cannot write to {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from harmlens.cli import parse_layers, parse_offsets, run_cli
+from harmlens import validate
+from harmlens.cli import Parser, parse_layers, parse_offsets, positive_int, run_cli, user_text
 from harmlens.errors import HarmlensError
 
 
@@ -15,9 +16,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model", default=None, help="Hub name or local HF folder (default: the embedded SmolLM2-135M-Instruct)"
     )
-    p.add_argument("--out", required=True, type=Path, help="output folder (created; files are written atomically)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--system", default=None, help="system prompt (default: the chat template's own)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass (default 16)")
+    p.add_argument("--system", type=user_text, default=None, help="system prompt (default: the chat template's own)")
     p.add_argument(
         "--no-system", action="store_true", help="no system turn at all (not even the template's default one)"
     )
@@ -26,7 +26,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse tree of `python -m harmlens.probes`."""
-    parser = argparse.ArgumentParser(prog="python -m harmlens.probes", description=__doc__)
+    parser = Parser(prog="python -m harmlens.probes", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser(
         "extract",
@@ -38,10 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(ex)
     ex.add_argument("--harmful", default=None, help="harmful prompt file (default: builtin:harmful:train)")
     ex.add_argument("--harmless", default=None, help="harmless prompt file (default: builtin:harmless:train)")
-    ex.add_argument("--n", type=int, default=128, help="prompts per class (default 128, as Arditi et al.)")
+    ex.add_argument(
+        "--out", required=True, type=Path, help="output folder; its files are replaced together, as one set"
+    )
+    ex.add_argument("--n", type=positive_int, default=128, help="prompts per class (default 128, as Arditi et al.)")
     ex.add_argument("--layers", default=None, help="layers to extract, e.g. '0-30' (default: all)")
     ex.add_argument("--val-harmful", default=None, help="prompts for the belief-score scatter (default: builtin val)")
-    ex.add_argument("--val-harmless", default=None)
+    ex.add_argument("--val-harmless", default=None, help="same, harmless (default: builtin val)")
     sel = sub.add_parser(
         "select",
         help="Arditi bypass/induce/KL selection of one refusal direction",
@@ -51,7 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     sel.add_argument("--directions", required=True, type=Path, help="directions.safetensors from `extract`")
     sel.add_argument("--harmful-val", default=None, help="default: builtin:harmful:val")
     sel.add_argument("--harmless-val", default=None, help="default: builtin:harmless:val")
-    sel.add_argument("--n", type=int, default=32, help="validation prompts per class (default 32)")
+    sel.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="selection file (.safetensors), or a folder to write selection.safetensors into",
+    )
+    sel.add_argument("--n", type=positive_int, default=32, help="validation prompts per class (default 32)")
     sel.add_argument("--positions", default=None, help="post-inst offsets to try, e.g. '-1,-2' (default: all)")
     sel.add_argument("--layers", default=None, help="layers to try (default: all below 0.8·L)")
     sel.add_argument(
@@ -69,6 +78,8 @@ def cmd_extract(args: argparse.Namespace) -> dict:
     from harmlens.probes.extraction import extract_to_folder
     from harmlens.probes.loading import load_model
 
+    validate.out_dir(args.out)
+    layers = parse_layers(args.layers)
     harmful = load_prompt_source(args.harmful, "harmful", "train", args.n)
     harmless = load_prompt_source(args.harmless, "harmless", "train", args.n)
     val_h = load_prompt_source(args.val_harmful, "harmful", "val", 64)
@@ -81,7 +92,7 @@ def cmd_extract(args: argparse.Namespace) -> dict:
         val_h,
         val_l,
         batch_size=args.batch_size,
-        layers=parse_layers(args.layers),
+        layers=layers,
         system=chosen_system(args),
         progress=not args.quiet,
     )
@@ -110,6 +121,9 @@ def cmd_select(args: argparse.Namespace) -> dict:
     from harmlens.probes.loading import load_model
     from harmlens.probes.selection import select_refusal_direction
 
+    out = args.out / "selection.safetensors" if args.out.is_dir() or not args.out.suffix else args.out
+    validate.out_file(out, "selection file")
+    positions, layers = parse_offsets(args.positions), parse_layers(args.layers)
     harmful_val = load_prompt_source(args.harmful_val, "harmful", "val", args.n)
     harmless_val = load_prompt_source(args.harmless_val, "harmless", "val", args.n)
     model = load_model(args.model)
@@ -120,14 +134,14 @@ def cmd_select(args: argparse.Namespace) -> dict:
         harmful_val,
         harmless_val,
         batch_size=args.batch_size,
-        positions=parse_offsets(args.positions),
-        layers=parse_layers(args.layers),
+        positions=positions,
+        layers=layers,
         system=chosen_system(args),
         refusal_ids=refusal_ids_arg(args.refusal_ids),
         progress=not args.quiet,
     )
-    sel.save(args.out)
-    return sel.to_json()
+    sel.save(out)
+    return {"out": str(out), **sel.to_json()}
 
 
 def main(argv: list[str] | None = None) -> int:

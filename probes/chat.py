@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from harmlens.errors import HarmlensError
+from harmlens.probes.markers import has_special, tokenize_prompt
 
 _PLACEHOLDER = "\ue000HARMLENS_INSTRUCTION\ue001"
 _SYS_PLACEHOLDER = "\ue000HARMLENS_SYSTEM\ue001"
@@ -31,6 +32,13 @@ class ChatPrompt:
     t_inst: int
     post_inst: tuple[int, ...]
 
+    def __post_init__(self) -> None:
+        n = len(self.input_ids)
+        if isinstance(self.t_inst, bool) or not isinstance(self.t_inst, int) or not 0 <= self.t_inst < n:
+            raise HarmlensError(f"ChatPrompt t_inst {self.t_inst!r} is not a token index in 0..{n - 1}")
+        if any(not self.t_inst < i < n for i in self.post_inst):  # negative indices would read other tokens
+            raise HarmlensError(f"ChatPrompt post_inst must be indices after t_inst ({self.t_inst}) and below {n}")
+
     @property
     def t_post_inst(self) -> int:
         """Index of the last prompt token (the last post-instruction token)."""
@@ -48,6 +56,7 @@ class ChatFormat:
     suffix: str
     tokenizer: object
     max_length: int | None = None
+    system_span: tuple[int, int] | None = None  # where a system prompt with special-token strings sits in prefix
 
     @classmethod
     def from_tokenizer(
@@ -60,6 +69,8 @@ class ChatFormat:
     ) -> ChatFormat:
         """Derive prefix/suffix from the tokenizer's (or the given Jinja) template; system=None keeps its default,
         system=NO_SYSTEM renders no system turn at all."""
+        if isinstance(system, str) and "\0" in system:
+            raise HarmlensError("system prompt contains a NUL character (\\0)")
         template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
         if not template:
             raise HarmlensError("the tokenizer has no chat template; pass chat_template=... (a Jinja string)")
@@ -76,7 +87,9 @@ class ChatFormat:
             max_length = getattr(tokenizer, "model_max_length", None)
             if max_length is not None and max_length > 10**7:
                 max_length = None
-        return cls(prefix=prefix, suffix=suffix, tokenizer=tokenizer, max_length=max_length)
+        special = isinstance(system, str) and system and has_special(tokenizer, system)
+        span = _system_span(tokenizer, template, prefix, system) if special else None
+        return cls(prefix=prefix, suffix=suffix, tokenizer=tokenizer, max_length=max_length, system_span=span)
 
     @cached_property
     def suffix_ids(self) -> tuple[int, ...]:
@@ -91,18 +104,25 @@ class ChatFormat:
         head = self.prefix.replace("\0", instruction) + instruction
         return head + self.suffix, len(head)
 
+    def _user_spans(self, instruction: str, inst_end: int) -> list[tuple[int, int]]:
+        """Where user text (instruction and its copies, system prompt) sits in the prompt; see probes.markers."""
+        spans, grow, pos = [(inst_end - len(instruction), inst_end)], len(instruction) - 1, self.prefix.find("\0")
+        while pos >= 0:  # copies of the instruction the template repeats in the prefix
+            start = pos + grow * len(spans[1:])
+            spans.append((start, start + len(instruction)))
+            pos = self.prefix.find("\0", pos + 1)
+        if self.system_span is not None:
+            a, b = self.system_span
+            shift = grow * self.prefix[:a].count("\0")
+            spans.append((a + shift, b + shift))
+        return spans
+
     def render(self, instruction: str) -> ChatPrompt:
         """Render and tokenize one instruction, locating t_inst and the post-instruction positions."""
         instruction = clean_instruction(instruction)
         text, inst_end = self._split(instruction)
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = enc["input_ids"]
-        offsets = enc.get("offset_mapping")
-        if offsets is not None:
-            # t_inst: the token holding the instruction's last character.
-            t_inst = max(i for i, (start, end) in enumerate(offsets) if start < inst_end and end > start)
-        else:  # slow tokenizer: count the tokens of the text up to the instruction's end
-            t_inst = len(self.tokenizer(text[:inst_end], add_special_tokens=False)["input_ids"]) - 1
+        # t_inst: the token holding the instruction's last character; user text's special tokens stay plain text.
+        ids, t_inst = tokenize_prompt(self.tokenizer, text, inst_end, self._user_spans(instruction, inst_end))
         if t_inst >= len(ids) - 1:
             raise HarmlensError("tokenization leaves no post-instruction token after the instruction")
         if self.max_length is not None and len(ids) > self.max_length:
@@ -173,6 +193,18 @@ def system_metadata(system: str | NoSystem | None) -> dict:
 def system_from_metadata(meta: dict) -> str | NoSystem | None:
     """The system choice an artefact's metadata records (the inverse of system_metadata)."""
     return NO_SYSTEM if meta.get("no_system") else meta.get("system")
+
+
+def _system_span(tokenizer, template: str, prefix: str, system: str) -> tuple[int, int]:
+    """Where the system prompt lies in the prefix, found by rendering a placeholder in its place."""
+    messages = [{"role": "system", "content": _PLACEHOLDER}, {"role": "user", "content": "\ue002"}]
+    rendered = tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=True
+    )
+    start = rendered.find(_PLACEHOLDER)
+    if start < 0 or prefix[start : start + len(system)] != system:
+        raise HarmlensError("system prompt contains special-token strings and the template transforms it; remove them")
+    return start, start + len(system)
 
 
 def clean_instruction(instruction: str) -> str:

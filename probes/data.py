@@ -30,6 +30,8 @@ def _read_json(path: Path, text: str) -> list[str]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise HarmlensError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise HarmlensError(f"{path}: JSON nested too deeply") from None
     if isinstance(data, dict):
         data = next((v for v in data.values() if isinstance(v, list)), None)
     if not isinstance(data, list):
@@ -45,6 +47,8 @@ def _read_jsonl(path: Path, text: str) -> list[str]:
                 out.append(_pick(json.loads(line), f"{path}:{n}"))
             except json.JSONDecodeError as exc:
                 raise HarmlensError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+            except RecursionError:
+                raise HarmlensError(f"{path}:{n}: JSON nested too deeply") from None
     return out
 
 
@@ -64,13 +68,15 @@ _READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".txt
 def read_prompts(path: str | Path, *, limit: int | None = None) -> list[str]:
     """Prompts from a JSON list, JSONL, CSV with a prompt column, or plain text (one per line)."""
     path = Path(path)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise HarmlensError(f"limit must be a positive integer, got {limit!r}")
     if not path.is_file():
         raise HarmlensError(f"prompt file not found: {path}")
     suffix = path.suffix.lower()
     if suffix not in _READERS:
         raise HarmlensError(f"{path}: unknown prompt file format {suffix or '(none)'}; use .json, .jsonl, .csv or .txt")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a leading UTF-8 BOM is not part of the first prompt
     except UnicodeDecodeError:
         raise HarmlensError(f"{path}: not UTF-8 text") from None
     reader = _READERS[suffix]
@@ -83,6 +89,8 @@ def read_prompts(path: str | Path, *, limit: int | None = None) -> list[str]:
 
 def builtin_prompts(name: str, split: str | None = None, *, limit: int | None = None) -> list[str]:
     """A prompt set shipped with harmlens: 'harmful' (Arditi splits, MIT) or 'harmless' (Alpaca, CC BY-NC)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise HarmlensError(f"limit must be a positive integer, got {limit!r}")
     if name not in BUILTIN_SETS:
         raise HarmlensError(f"unknown built-in prompt set {name!r}; choose from {', '.join(BUILTIN_SETS)}")
     records = json.loads(resources.files("harmlens.probes").joinpath(f"data/{name}.json").read_text(encoding="utf-8"))

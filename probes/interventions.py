@@ -10,6 +10,7 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.probes.activations import n_layers, resid_hook_name
+from harmlens.validate import finite
 
 POSITIONS = ("all", "prompt")
 
@@ -61,7 +62,8 @@ def steer(model, vector: torch.Tensor, layer: int, coeff: float = 1.0, *, positi
     if isinstance(layer, bool) or not hasattr(layer, "__index__"):
         raise HarmlensError(f"layer must be an integer, got {layer!r}")
     name = resid_hook_name(model, operator.index(layer))
-    add = _OnDevice(check_vector(model, vector).float() * float(coeff))
+    coeff = finite(coeff, "steering coeff")  # nan/inf would silently empty every reply
+    add = _OnDevice(check_vector(model, vector).float() * coeff)
 
     def hook(x: torch.Tensor, hook) -> torch.Tensor:
         if positions == "prompt" and x.shape[1] <= 1:

@@ -13,6 +13,7 @@ import torch
 from transformer_lens.model_bridge import TransformerBridge
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from harmlens import validate
 from harmlens.cache import cache_dir, resolve_alias
 from harmlens.errors import HarmlensError
 from harmlens.io import model_name as model_name  # re-exported: loading is where users look for it
@@ -90,10 +91,27 @@ def resolve_model_path(name: str | None) -> tuple[str, str]:
     return str(name), str(name)
 
 
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def _refuse_pickled_weights(path: Path) -> None:
+    """A local model folder must hold safetensors weights: pickled ones are refused unread (never unpickled)."""
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    if pickles:
+        raise HarmlensError(
+            f"model folder {path} has only pickled weights ({pickles[0]}); harmlens loads safetensors only "
+            "and never unpickles (convert them with a tool you trust)"
+        )
+
+
 def load_hf(name: str | None = None, *, dtype: torch.dtype | None = None, device=None):
     """Load (hf_model, tokenizer, canonical_name) for a name; offline-friendly with one-line errors."""
+    device = validate.device(device) or default_device()  # 'tpu:7' or an absent GPU: one line, before any load
+    dtype = validate.dtype(dtype)
     path, canonical = resolve_model_path(name)
-    device = torch.device(device) if device is not None else default_device()
+    _refuse_pickled_weights(Path(path))
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     # Local folders and offline mode never touch the network (HF_HUB_OFFLINE is read now, not at import time).

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from harmlens.cli import device_arg, fraction, nonneg_int, positive_int
+
 
 def add_command(sub) -> None:
     """Register `adversarial-train` on the `python -m harmlens.guards` subparsers."""
@@ -25,33 +27,42 @@ def add_command(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints/, adapter/, model/, eval/")
     p.add_argument("--settings", default="all", help="all (every setting the model supports) or e.g. none,swap")
     p.add_argument("--jailbreaks", default="", help="text jailbreaks composed into the mix, e.g. aim,evil_confidant")
-    p.add_argument("--jailbreak-rate", type=float, default=0.25, help="share of mix examples that get a jailbreak")
-    p.add_argument("--schedule", default="two-stage", choices=["two-stage", "mix"])
+    p.add_argument("--jailbreak-rate", type=fraction, default=0.25, help="share of mix examples that get a jailbreak")
+    p.add_argument(
+        "--schedule",
+        default="two-stage",
+        choices=["two-stage", "mix"],
+        help="two-stage (plain, then the perturbed mix; default) or mix (everything at once)",
+    )
     p.add_argument("--assign", default="chunks", choices=["chunks", "random"], help="setting per example")
-    p.add_argument("--steps", type=int, default=150, help="LoRA steps over all stages")
-    p.add_argument("--n-harmful", type=int, default=None, help="harmful training prompts (default: all 259)")
+    p.add_argument("--steps", type=positive_int, default=150, help="LoRA steps over all stages")
+    p.add_argument("--n-harmful", type=positive_int, default=None, help="harmful training prompts (default: all 259)")
     p.add_argument(
         "--n-benign",
-        type=int,
+        type=positive_int,
         default=800,
         help="Alpaca (instruction, answer) pairs (800 keeps swapped benign refusal at 5%% on the organism; 400: 8%%)",
     )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=10)
-    p.add_argument("--device", default=None)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads while training")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seeds data order, LoRA init and jailbreak choice")
+    p.add_argument(
+        "--checkpoint-every", type=nonneg_int, default=10, help="save a resumable checkpoint every N steps (0 = never)"
+    )
+    p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads while training")
     p.add_argument("--evaluate", action="store_true", help="run the same attack suite before and after")
-    p.add_argument("--eval-limit", type=int, default=40, help="held-out harmful prompts attacked")
+    p.add_argument("--eval-limit", type=positive_int, default=40, help="held-out harmful prompts attacked")
     p.add_argument("--eval-jailbreaks", default=None, help="jailbreaks attacked (default: --jailbreaks)")
     p.add_argument(
         "--eval-benign",
-        type=int,
+        type=nonneg_int,
         default=40,
         help="held-out benign prompts for the refusal rate under every setting (0 = skip)",
     )
-    p.add_argument("--judge", default="substring:rma")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument(
+        "--judge", default="substring:rma", help="attack-success judge for --evaluate (default substring:rma)"
+    )
+    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="reply length for --evaluate (default 32)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 

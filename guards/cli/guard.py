@@ -7,8 +7,10 @@ import json
 import sys
 from pathlib import Path
 
-from harmlens.cli import parse_layers
+from harmlens import validate
+from harmlens.cli import Parser, fraction, nonneg_int, parse_layers, positive_int, user_text
 from harmlens.errors import HarmlensError
+from harmlens.guards.latent.input_policy import DEFAULT_MAX_TOKENS
 
 _MODEL_HELP = "Hub name or local HF folder (default for check/eval: the model recorded in the guard file)"
 
@@ -55,7 +57,7 @@ def add_guard_commands(subparsers) -> None:
     fit.add_argument("--layers", default=None, help="e.g. '10-20' (default: chosen on held-out data)")
     fit.add_argument(
         "--target-fpr",
-        type=float,
+        type=fraction,
         default=None,
         help="calibrate alpha: expected FPR on new harmless prompts at most this (conformal)",
     )
@@ -64,10 +66,12 @@ def add_guard_commands(subparsers) -> None:
         default=None,
         help="guard variant (centroid, probe, span-linear, span-mlp); overrides --method/--read/--token-probe",
     )
-    fit.add_argument("--seed", type=int, default=0, help="seed of the held-out split and the span fit's sampling")
-    fit.add_argument("--val-fraction", type=float, default=0.25, help="share of each set held out (no --val-* sets)")
-    fit.add_argument("--system", default=None, help="system prompt the guard renders prompts with")
-    fit.add_argument("--limit", type=int, default=None, help="first N prompts of each fit set")
+    fit.add_argument(
+        "--seed", type=nonneg_int, default=0, help="seed of the held-out split and the span fit's sampling"
+    )
+    fit.add_argument("--val-fraction", type=fraction, default=0.25, help="share of each set held out (no --val-* sets)")
+    fit.add_argument("--system", type=user_text, default=None, help="system prompt the guard renders prompts with")
+    fit.add_argument("--limit", type=positive_int, default=None, help="first N prompts of each fit set")
     fit.add_argument("--no-balance", action="store_true", help="do not balance the instructions' final punctuation")
     fit.add_argument("--out", required=True, type=Path, help="guard file to write (.safetensors)")
     fit.set_defaults(func=cmd_fit)
@@ -75,11 +79,29 @@ def add_guard_commands(subparsers) -> None:
     check.add_argument("guard", type=Path, help="guard file written by `fit`")
     check.add_argument("--prompts", default="-", help="text file, one prompt per line ('-' = stdin, the default)")
     check.add_argument("--model", default=None, help=_MODEL_HELP)
-    check.add_argument("--batch-size", type=int, default=16)
+    check.add_argument("--batch-size", type=positive_int, default=16, help="prompts per forward pass (default 16)")
     check.add_argument("--fail-open", action="store_true", help="errors give harmful=false instead of true")
+    check.add_argument(
+        "--max-tokens",
+        type=positive_int,
+        default=DEFAULT_MAX_TOKENS,
+        help=f"longest prompt read, in tokens with the template (default {DEFAULT_MAX_TOKENS}); see --on-long",
+    )
+    check.add_argument(
+        "--on-long",
+        choices=["truncate", "reject"],
+        default="truncate",
+        help="over --max-tokens: keep the prompt's end (truncated: true, the default) or fail it closed",
+    )
+    check.add_argument(
+        "--on-injection",
+        choices=["flag", "report"],
+        default="flag",
+        help="role markers in a prompt (injection: true): also flag it harmful (default) or only report them",
+    )
     check.set_defaults(func=cmd_check)
     ev = subparsers.add_parser("eval", help="evaluate a guard and the baselines on prompt sets; JSON, markdown, ROC")
-    ev.add_argument("guard", type=Path)
+    ev.add_argument("guard", type=Path, help="guard file written by `fit`")
     ev.add_argument(
         "--set",
         action="append",
@@ -106,7 +128,7 @@ def add_guard_commands(subparsers) -> None:
         default=None,
         help="harmless prompts to calibrate the perplexity threshold at 5%% FPR (default: NeMo's fixed threshold)",
     )
-    ev.add_argument("--limit", type=int, default=None, help="first N prompts of each set")
+    ev.add_argument("--limit", type=positive_int, default=None, help="first N prompts of each set")
     ev.add_argument("--out", required=True, type=Path, help="folder for report.json, report.md, roc.png")
     ev.set_defaults(func=cmd_eval)
 
@@ -118,8 +140,17 @@ def _load(args):
     from harmlens.probes.loading import load_model
 
     tensors, meta, _ = read_guard_file(args.guard)
-    model = load_model(args.model or meta.get("model"))
-    return LatentGuard(tensors, meta, model, fail_closed=not getattr(args, "fail_open", False))
+    name = args.model
+    if name is None:  # never load a model a received file names without saying so
+        name = meta.get("model")
+        if not isinstance(name, str) or not name:
+            raise HarmlensError(f"{args.guard} names no model; pass --model")
+        print(f"note: loading the model recorded in {args.guard}: {name} (pass --model to choose)", file=sys.stderr)
+    kwargs = {}
+    if hasattr(args, "max_tokens"):
+        kwargs.update(max_tokens=args.max_tokens, on_long=args.on_long, on_injection=args.on_injection)
+    fail_closed = not getattr(args, "fail_open", False)
+    return LatentGuard(tensors, meta, load_model(name), fail_closed=fail_closed, **kwargs)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
@@ -129,6 +160,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from harmlens.probes.data import load_prompt_source, read_prompts
     from harmlens.probes.loading import load_model
 
+    validate.out_file(args.out, "guard file")
     config = fit_config(args)  # bad flags fail before any model or prompt is loaded
     harmful = load_prompt_source(args.harmful, "harmful", "train", args.limit)
     harmless = load_prompt_source(args.harmless, "harmless", "train", args.limit)
@@ -168,6 +200,7 @@ def _lines(args):
         for n, raw in enumerate(stream, 1):
             try:
                 text = raw.decode("utf-8").rstrip("\r\n")
+                text = text.removeprefix("\ufeff") if n == 1 else text  # a UTF-8 BOM is not part of the prompt
             except UnicodeDecodeError as exc:
                 yield n, None, f"line is not valid UTF-8 (byte {exc.start})"
                 continue
@@ -204,6 +237,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from harmlens.guards.pipeline.guard_runs import evaluate_with_baselines
     from harmlens.probes.data import read_prompts
 
+    validate.out_dir(args.out, "report folder")
     guard = _load(args)
     compared = {}
     for spec in args.compare:
@@ -233,7 +267,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Standalone entry point (the same commands are wired into `python -m harmlens.guards`)."""
-    parser = argparse.ArgumentParser(prog="python -m harmlens.guards.cli.guard")
+    parser = Parser(prog="python -m harmlens.guards.cli.guard")
     add_guard_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from harmlens.cli import device_arg, positive_int
 from harmlens.guards.pipeline.settings import EVAL_JAILBREAKS, STEPS, MainJobSettings
 
 __all__ = ["STEPS", "add_command", "run"]
@@ -41,7 +42,9 @@ def add_command(sub) -> None:
         description=__doc__.splitlines()[0],
     )
     p.add_argument("--out", default="runs/main", help="output folder (default runs/main; reruns resume)")
-    p.add_argument("--n", type=int, default=32, help="held-out harmful/harmless prompts per evaluation (default 32)")
+    p.add_argument(
+        "--n", type=positive_int, default=32, help="held-out harmful/harmless prompts per evaluation (default 32)"
+    )
     p.add_argument(
         "--jailbreaks",
         default=",".join(EVAL_JAILBREAKS),
@@ -49,7 +52,7 @@ def add_command(sub) -> None:
         "on the organism; 'all' = the 7 named)",
     )
     p.add_argument("--steps", default=",".join(STEPS), help=f"comma list of steps (default: {','.join(STEPS)})")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument(
         "--model",
         default="organism",
@@ -57,6 +60,9 @@ def add_command(sub) -> None:
         "or a model folder / Hub name)",
     )
     p.add_argument(
-        "--n-directions", type=int, default=128, help="training prompts per class for the directions (default 128)"
+        "--n-directions",
+        type=positive_int,
+        default=128,
+        help="training prompts per class for the directions (default 128)",
     )
     p.set_defaults(func=run)

@@ -24,10 +24,17 @@ from harmlens.guards.latent.guard_file import (
     read_guard_file,
 )
 from harmlens.guards.latent.guarded import GuardedModel
+from harmlens.guards.latent.input_policy import (
+    DEFAULT_MAX_TOKENS,
+    check_input_policy,
+    mark_injections,
+    render_within_limits,
+)
 from harmlens.guards.latent.mlp_probe import mlp_scores
 from harmlens.guards.latent.span_fit import fit_span_guard
 from harmlens.guards.latent.span_scoring import probe_scores, scaled_max, span_parts, top_position
-from harmlens.guards.latent.verdict import Verdict, one_line, render_prompt, span_positions
+from harmlens.guards.latent.splits import check_disjoint
+from harmlens.guards.latent.verdict import Verdict, failed_verdict, one_line, render_prompt, span_positions
 from harmlens.io import check_compatible, save_tensors
 from harmlens.probes.activations import iter_resid_batches
 from harmlens.probes.beliefs import delta_scores
@@ -52,11 +59,15 @@ class LatentGuard:
         fail_closed: bool = True,
         batch_size: int = 16,
         max_length: int | None = None,
+        on_injection: str = "flag",
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+        on_long: str = "truncate",
     ) -> None:
         self.tensors = {k: v.detach().float().cpu() for k, v in tensors.items()}
         self.metadata = dict(metadata)
         check_metadata(self.metadata)
         self.fail_closed, self.batch_size, self.max_length = fail_closed, batch_size, max_length
+        self.on_injection, self.max_tokens, self.on_long = check_input_policy(on_injection, max_tokens, on_long)
         self.model = None
         if model is not None:
             self.attach(model)
@@ -107,6 +118,7 @@ class LatentGuard:
         config = CentroidConfig() if config is None else config
         if not isinstance(config, GuardConfig):
             raise HarmlensError(f"fit takes a guard config (e.g. CentroidConfig()), got {type(config).__name__}")
+        check_disjoint(harmful, harmless)  # fit(P, P) would return a meaningless guard
         fitter = _FITTERS[config_class(config.variant).variant]
         make = lambda tensors, meta: cls(tensors, meta, model)  # noqa: E731
         val = {"val_harmful": val_harmful, "val_harmless": val_harmless}
@@ -153,39 +165,21 @@ class LatentGuard:
                 reason = f"non-finite activations (nan/inf) at layer(s) {bad or '?'}"
                 out.append(self.failed(reason, truncated[i], attempted=True))
             else:
-                s = float(score[i])
-                out.append(
-                    Verdict(
-                        s >= self.alpha,
-                        s,
-                        dict(zip(self.layers, per_layer[i].tolist())),
-                        self.alpha,
-                        None,
-                        truncated[i],
-                    )
-                )
+                s, layer_scores = float(score[i]), dict(zip(self.layers, per_layer[i].tolist()))
+                out.append(Verdict(s >= self.alpha, s, layer_scores, self.alpha, None, truncated[i]))
         return out
 
     def failed(self, reason: object, truncated: bool = False, *, attempted: bool = False) -> Verdict:
-        """The verdict for a prompt that could not be scored; never raises. Harmful, unless the model read the prompt
-        (`attempted`) and the guard fails open (fail_closed=False): bad input never passes."""
-        try:
-            text = " ".join(str(reason).split())[:300]
-            threshold = self.alpha
-            harmful = True if not attempted else self.fail_closed is not False
-            return Verdict(harmful, float("nan"), {}, threshold, text, truncated is True)
-        except Exception:  # noqa: BLE001 - the fail-closed path cannot fail
-            return Verdict(
-                True, float("nan"), {}, float("nan"), "internal error: the guard could not describe a failure"
-            )
+        """The verdict for a prompt that could not be scored; never raises (see verdict.failed_verdict)."""
+        return failed_verdict(self, reason, truncated, attempted=attempted)
 
     def prepare(self, prompt) -> tuple[ChatPrompt, bool]:
         """Render one prompt (str or pre-rendered ChatPrompt, e.g. RMA-perturbed) as this guard reads it."""
         if not isinstance(prompt, (str, ChatPrompt)):
             raise HarmlensError(f"prompt must be a string or a ChatPrompt, got {type(prompt).__name__}")
         self._require_model()
-        limit = self.max_length if self.max_length is not None else self._fmt.max_length
-        return render_prompt(self._fmt, prompt, limit)
+        context = self.max_length if self.max_length is not None else self._fmt.max_length
+        return render_within_limits(self._fmt, prompt, context, self.max_tokens, self.on_long)
 
     def select(self, prompt: ChatPrompt, width: int = 1) -> tuple[int, ...]:
         """Positions read: t_inst, t_post_inst (a Δrefuse guard) or, for a span guard, every token up to t_inst,
@@ -233,7 +227,7 @@ class LatentGuard:
                 verdicts = [self._score_alone(r) for r in chunk]
             for (i, _, _), verdict in zip(chunk, verdicts):
                 out[i] = verdict
-        return out  # type: ignore[return-value]
+        return mark_injections(self, prompts, out)
 
     def _score(self, chunk: list) -> list[Verdict]:
         verdicts = self.verdicts_from_acts(self.read([r[1] for r in chunk]), [r[2] for r in chunk])
@@ -279,6 +273,9 @@ class LatentGuard:
             fail_closed=self.fail_closed,
             batch_size=self.batch_size,
             max_length=self.max_length,
+            on_injection=self.on_injection,
+            max_tokens=self.max_tokens,
+            on_long=self.on_long,
         )
         return guard.attach(self.model) if self.model is not None else guard
 

@@ -12,6 +12,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harmlens.compat import ensure_kv_cache_compat
 from harmlens.errors import HarmlensError
+from harmlens.guards.latent.input_policy import mark_injections
 from harmlens.guards.latent.verdict import Verdict, one_line
 from harmlens.probes.activations import pad_batch, resid_hook_name
 from harmlens.probes.chat import ChatPrompt
@@ -167,6 +168,7 @@ class GuardedModel:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed + start)
                 new, verdicts = self._batch([r[1] for r in chunk], [r[2] for r in chunk], kwargs, stops)
+            verdicts = mark_injections(self.guard, [r[1] for r in chunk], verdicts)  # role markers: injection
             for (i, prompt, _), ids, verdict in zip(chunk, new, verdicts):
                 blocked = self.block and verdict.harmful
                 text = (

@@ -24,6 +24,17 @@ def check_set(name: str, prompts) -> list:
     return list(prompts)
 
 
+def check_disjoint(harmful, harmless) -> None:
+    """Refuse a prompt labelled both harmful and harmless (e.g. fit(P, P)): the guard would be meaningless."""
+    key = lambda p: " ".join(p.split()) if isinstance(p, str) else getattr(p, "text", id(p))  # noqa: E731
+    both = {key(p) for p in harmful} & {key(p) for p in harmless}
+    if both:
+        raise HarmlensError(
+            f"{len(both)} prompt(s) are in both the harmful and the harmless set, e.g. {str(next(iter(both)))[:60]!r}: "
+            "each prompt needs one label"
+        )
+
+
 def _split(prompts: list, fraction: float, rng: random.Random) -> tuple[list, list]:
     """(fit, held-out) with a seeded shuffle; no held-out part when there are too few prompts."""
     n_val = max(MIN_VAL, round(len(prompts) * fraction))

@@ -20,7 +20,8 @@ class Verdict:
     per_layer: dict[int, float] = field(default_factory=dict)
     threshold: float = 0.0
     error: str | None = None
-    truncated: bool = False  # the instruction was cut from the left to fit the context
+    truncated: bool = False  # the instruction was cut from the left to fit the context (or max_tokens)
+    injection: bool = False  # the prompt contains role/special-token markers (see harmlens.probes.markers)
 
     def to_dict(self) -> dict:
         """Strict-JSON-ready dict: a missing or non-finite number (NaN score of a failed verdict) becomes None."""
@@ -30,8 +31,20 @@ class Verdict:
             "threshold": _finite(self.threshold),
             "error": None if self.error is None else str(self.error),
             "truncated": bool(self.truncated),
+            "injection": bool(self.injection),
             "per_layer": {str(k): _finite(v) for k, v in self.per_layer.items()},
         }
+
+
+def failed_verdict(guard: Any, reason: object, truncated: bool = False, *, attempted: bool = False) -> Verdict:
+    """The verdict for a prompt `guard` could not score; never raises. Harmful, unless the model read the prompt
+    (`attempted`) and the guard fails open (fail_closed=False): bad input never passes."""
+    try:
+        text = " ".join(str(reason).split())[:300]
+        harmful = True if not attempted else guard.fail_closed is not False
+        return Verdict(harmful, float("nan"), {}, guard.alpha, text, truncated is True)
+    except Exception:  # noqa: BLE001 - the fail-closed path cannot fail
+        return Verdict(True, float("nan"), {}, float("nan"), "internal error: the guard could not describe a failure")
 
 
 def _finite(x: object) -> float | None:

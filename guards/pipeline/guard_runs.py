@@ -9,6 +9,7 @@ from typing import Any
 from harmlens.errors import HarmlensError
 from harmlens.guards.evaluation.report import GuardReport
 from harmlens.guards.latent.guard import LatentGuard
+from harmlens.io import output_set
 
 BASELINES = ("keyword", "perplexity", "delta_refuse", "behaviour")
 
@@ -73,5 +74,6 @@ def evaluate_with_baselines(
         sets = shipped_sets(guard.model, limit=limit, exclude=exclude)
     detectors = compared + make_baselines(guard, baselines, calibrate)
     report = evaluate_guard(guard, sets, baselines=detectors)
-    report.save(out)
+    with output_set(out) as tmp:  # report.json, report.md and roc.png replace the old ones together
+        report.save(tmp)
     return report

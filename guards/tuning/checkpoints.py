@@ -13,7 +13,7 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.tuning.adapter import atomic_dir
-from harmlens.io import load_tensors, save_tensors
+from harmlens.io import load_tensors, remove_stale_temps, save_tensors
 
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 KEEP = 2  # checkpoints kept on disk (the newest ones)
@@ -79,6 +79,7 @@ def list_checkpoints(directory: str | Path | None) -> list[Path]:
     """Complete checkpoint folders in `directory`, oldest first."""
     if directory is None or not Path(directory).is_dir():
         return []
+    remove_stale_temps(directory, "step-*")  # temp folders of a checkpoint killed mid-write
     return sorted(p for p in Path(directory).iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
 
 

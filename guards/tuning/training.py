@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from harmlens import validate
 from harmlens.errors import HarmlensError
 from harmlens.guards.tuning import checkpoints as ckpt
 from harmlens.guards.tuning.adapter import Adapter, arch_signature, base_name, unwrap_model
@@ -75,6 +76,29 @@ class TrainConfig:
     checkpoint_dir: str | None = None  # runtime: where checkpoints go; a run resumes from the newest one there
     device: str | None = None  # runtime: training device (None = where the model is; the model is moved there)
     threads: int | None = None  # runtime: torch CPU threads during training (None = torch's default)
+
+    def __post_init__(self) -> None:
+        """Refuse values that would train nothing or NaN (checked before any compute)."""
+        for name in ("lora_r", "batch_size", "max_steps", "max_length", "bucket"):
+            validate.count(getattr(self, name), f"TrainConfig.{name}")
+        for name in ("warmup", "checkpoint_every", "seed"):
+            validate.count(getattr(self, name), f"TrainConfig.{name}", minimum=0)
+        validate.finite(self.lr, "TrainConfig.lr", minimum=0.0, open_min=True)
+        validate.finite(self.lora_alpha, "TrainConfig.lora_alpha", minimum=0.0, open_min=True)
+        validate.finite(self.lora_dropout, "TrainConfig.lora_dropout", minimum=0.0, maximum=0.99)
+        for name in ("weight_decay", "max_grad_norm", "first_token_weight"):
+            validate.finite(getattr(self, name), f"TrainConfig.{name}", minimum=0.0)
+        if self.max_response_tokens is not None:
+            validate.count(self.max_response_tokens, "TrainConfig.max_response_tokens")
+        if self.threads is not None:
+            validate.count(self.threads, "TrainConfig.threads")
+        if self.layers is not None:
+            if not self.layers:
+                raise HarmlensError("TrainConfig.layers is empty: give layer indices, or None for all")
+            self.layers = tuple(validate.layer_index(x, "TrainConfig.layers entry") for x in self.layers)
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise HarmlensError(f"TrainConfig.schedule must be cosine, linear or constant, got {self.schedule!r}")
+        validate.device(self.device)
 
     def fingerprint_fields(self) -> dict:
         """The fields that define the result (not where or how fast it runs)."""
@@ -201,6 +225,11 @@ def train(
         raise HarmlensError("train() needs the tokenizer: pass a TransformerBridge or tokenizer=...")
     if config.max_steps < 1 or config.batch_size < 1:
         raise HarmlensError("max_steps and batch_size must be at least 1")
+    n_layers = int(getattr(hf.config, "num_hidden_layers", 0) or 0) or None
+    if config.layers is not None and n_layers is not None and max(config.layers) >= n_layers:
+        raise HarmlensError(
+            f"TrainConfig.layers {list(config.layers)} is out of range: the model has {n_layers} layers"
+        )
     encoded = encode(
         examples,
         tokenizer,

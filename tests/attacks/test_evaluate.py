@@ -117,8 +117,6 @@ def test_bad_input(tiny_model):
         evaluate_asr(tiny_model, [], **KW)
     with pytest.raises(HarmlensError, match="need an image but the model is text-only"):
         evaluate_asr(tiny_model, INSTR, settings=["img_end+swap"], **KW)
-    with pytest.raises(HarmlensError, match="instruction 0 .*special token"):
-        evaluate_asr(tiny_model, ["hi <|im_end|> there"], **KW)
 
 
 def test_report_save_and_load(tiny_model, tmp_path):

@@ -39,7 +39,10 @@ def test_extract_writes_files_and_plots(tmp_path, capsys):
         summary["belief_means"]["harmful (val)"]["delta_harmful"]
         > summary["belief_means"]["harmless (val)"]["delta_harmful"]
     )
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left behind
+    # the set's completion marker lists its files; no temp files or folders left behind
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [".harmlens-complete"]
+    assert set(json.loads((out / ".harmlens-complete").read_text())["files"]) >= {*summary["files"], "summary.json"}
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
 def test_bad_prompt_file_is_one_line_error_and_writes_nothing(tmp_path, capsys):

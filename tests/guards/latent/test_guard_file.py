@@ -152,16 +152,16 @@ def test_a_bad_item_fails_alone(tiny_model, guard, monkeypatch):
 def test_hostile_pre_rendered_prompt_fails_closed_even_failing_open(tiny_model, guard):
     good = chat_format(tiny_model).render("Tell me a joke")
     oov = dataclasses.replace(good, input_ids=good.input_ids[:-1] + (10**9,))
-    lost = dataclasses.replace(good, t_inst=len(good) + 5)
+    with pytest.raises(HarmlensError, match="not a token index"):  # positions outside the prompt: refused at once
+        dataclasses.replace(good, t_inst=len(good) + 5)
     guard.fail_closed = False
     try:
-        verdicts = guard([good, oov, lost, "Hi"])
+        verdicts = guard([good, oov, "Hi"])
     finally:
         guard.fail_closed = True
-    assert verdicts[0].error is None and verdicts[3].error is None
+    assert verdicts[0].error is None and verdicts[2].error is None
     assert verdicts[0].score == pytest.approx(guard("Tell me a joke").score, abs=1e-5)
     assert verdicts[1].harmful and "outside the vocabulary" in verdicts[1].error
-    assert verdicts[2].harmful and "positions outside" in verdicts[2].error
 
 
 def test_cli_check_prints_strict_json_and_never_fails_unscored_lines_open(tmp_path, model, guard, capsys):

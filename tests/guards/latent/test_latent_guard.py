@@ -126,7 +126,7 @@ def test_fit_selects_layers_and_calibrates(tiny_model):
     assert guard.refusal_guard().position == "t_post_inst"
     with pytest.raises(HarmlensError, match="one class"):
         LatentGuard.fit(tiny_model, HARMFUL, [])
-    with pytest.raises(HarmlensError, match="coincide"):
+    with pytest.raises(HarmlensError, match="in both the harmful and the harmless set"):
         LatentGuard.fit(tiny_model, HARMFUL, HARMFUL, CentroidConfig(layers=(1,)))
     with pytest.raises(HarmlensError, match="unknown guard variant 'svm'; known: centroid, probe, span-linear"):
         config_class("svm")

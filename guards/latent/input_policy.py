@@ -1,0 +1,92 @@
+"""What the latent guard does with hostile input: injected role markers and over-long prompts (docs/guard-input-rules.md).
+
+- Injection: a prompt whose text contains role/special-token markers (the model tokenizer's special tokens or other
+  families' turn headers, see harmlens.probes.markers) gets ``injection: true``. The markers are always tokenized as
+  plain text (they never become turns). ``on_injection='flag'`` (default) also makes the verdict harmful, whatever
+  the score; ``'report'`` only marks it.
+- Length: a prompt over ``max_tokens`` tokens (rendered, template included; default 2048) is cut from the left until
+  it fits (``truncated: true``, ``on_long='truncate'``, the default) or fails closed with an error
+  (``on_long='reject'``). A string over ``MAX_CHARS_PER_TOKEN * max_tokens`` characters is cut (or rejected) before
+  tokenization, so one request cannot hold a worker for minutes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from harmlens.errors import HarmlensError
+from harmlens.guards.latent.verdict import render_prompt
+from harmlens.probes.chat import ChatFormat, ChatPrompt
+from harmlens.probes.markers import find_markers
+
+DEFAULT_MAX_TOKENS = 2048
+MAX_CHARS_PER_TOKEN = 32
+INJECTION_POLICIES = ("flag", "report")
+LONG_POLICIES = ("truncate", "reject")
+
+
+def check_input_policy(on_injection: str, max_tokens: int | None, on_long: str) -> tuple[str, int | None, str]:
+    """Validated (on_injection, max_tokens, on_long); HarmlensError names the bad one."""
+    if on_injection not in INJECTION_POLICIES:
+        raise HarmlensError(f"on_injection must be one of {', '.join(INJECTION_POLICIES)}, got {on_injection!r}")
+    if on_long not in LONG_POLICIES:
+        raise HarmlensError(f"on_long must be one of {', '.join(LONG_POLICIES)}, got {on_long!r}")
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 8):
+        raise HarmlensError(f"max_tokens must be an integer >= 8 (or None for the model's context), got {max_tokens!r}")
+    return on_injection, max_tokens, on_long
+
+
+def token_limit(context: int | None, max_tokens: int | None) -> int | None:
+    """The tighter of the model's context and the guard's max_tokens (None: no limit)."""
+    limits = [x for x in (context, max_tokens) if x is not None]
+    return min(limits) if limits else None
+
+
+def cap_prompt(prompt: str | ChatPrompt, max_tokens: int | None, on_long: str) -> tuple[str | ChatPrompt, bool]:
+    """(prompt, cut): a string far over max_tokens is cut to its last MAX_CHARS_PER_TOKEN * max_tokens characters
+    before any tokenization (or rejected with on_long='reject'); a rendered ChatPrompt over max_tokens is rejected."""
+    if max_tokens is None:
+        return prompt, False
+    if isinstance(prompt, ChatPrompt):
+        if len(prompt) > max_tokens:
+            raise HarmlensError(
+                f"pre-rendered prompt is {len(prompt)} tokens, over the guard's max_tokens={max_tokens}"
+            )
+        return prompt, False
+    limit = MAX_CHARS_PER_TOKEN * max_tokens
+    if len(prompt) <= limit:
+        return prompt, False
+    if on_long == "reject":
+        raise HarmlensError(f"prompt is {len(prompt)} characters, over the guard's max_tokens={max_tokens}")
+    return prompt[-limit:], True
+
+
+def check_length(rendered: ChatPrompt, max_tokens: int | None, on_long: str) -> None:
+    """Reject a rendered prompt over max_tokens when on_long='reject' (truncation happens in render_prompt)."""
+    if on_long == "reject" and max_tokens is not None and len(rendered) > max_tokens:
+        raise HarmlensError(f"prompt is {len(rendered)} tokens, over the guard's max_tokens={max_tokens}")
+
+
+def render_within_limits(
+    fmt: ChatFormat, prompt: str | ChatPrompt, context: int | None, max_tokens: int | None, on_long: str
+) -> tuple[ChatPrompt, bool]:
+    """(rendered prompt, truncated) within the model's context and the guard's max_tokens, under `on_long`."""
+    text, cut = cap_prompt(prompt, max_tokens, on_long)
+    if on_long == "reject" and not isinstance(text, ChatPrompt):
+        check_length(dataclasses.replace(fmt, max_length=None).render(text), max_tokens, on_long)
+    rendered, truncated = render_prompt(fmt, text, token_limit(context, max_tokens))
+    return rendered, truncated or cut
+
+
+def mark_injections(guard, prompts: Sequence[str | ChatPrompt], verdicts: list) -> list:
+    """Verdicts with injection=True where the prompt's user text carries role markers; harmful too under 'flag'."""
+    tok = getattr(guard.model, "tokenizer", None)
+    out = []
+    for prompt, verdict in zip(prompts, verdicts):
+        text = prompt.instruction if isinstance(prompt, ChatPrompt) else prompt
+        if isinstance(text, str) and find_markers(text, tok):
+            flag = guard.on_injection == "flag"
+            verdict = dataclasses.replace(verdict, injection=True, harmful=verdict.harmful or flag)
+        out.append(verdict)
+    return out
