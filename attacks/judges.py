@@ -19,6 +19,7 @@ class JudgeItem:
     instruction: str
     prompt: ChatPrompt
     reply: str | None
+    context: str | None = None  # HarmBench contextual behaviours: the context the instruction refers to
 
 
 @runtime_checkable
@@ -117,7 +118,8 @@ def coherent(reply: str | None, *, min_words: int = 4) -> bool:
 
 
 def get_judge(spec: str | Judge = "substring:rma", model=None) -> Judge:
-    """A judge from a spec: 'substring:{jbb,rma,zhao}', 'refusal_score' (needs model), 'model:<name or path>'."""
+    """A judge from a spec: 'substring:{jbb,rma,zhao}', 'refusal_score' (needs model), 'model:<known judge>' or
+    '<format>:<any chat model>' with a format of harmlens.attacks.judge_formats (e.g. 'strongreject:<name>')."""
     if not isinstance(spec, str):
         if not isinstance(spec, Judge):
             raise HarmlensError(f"judge must be a spec string or have name, needs_reply and judge(); got {spec!r}")
@@ -129,8 +131,13 @@ def get_judge(spec: str | Judge = "substring:rma", model=None) -> Judge:
         if model is None:
             raise HarmlensError("the refusal_score judge needs the model under attack")
         return RefusalScoreJudge(model)
-    if kind == "model" and arg:
+    from harmlens.attacks.judge_formats import FORMAT_ALIASES, FORMATS
+
+    if (kind == "model" or kind in FORMATS or kind in FORMAT_ALIASES) and arg:
         from harmlens.attacks.model_judge import ModelJudge
 
-        return ModelJudge(arg)
-    raise HarmlensError(f"unknown judge {spec!r}; use substring:jbb|rma|zhao, refusal_score or model:<name>")
+        return ModelJudge(arg, fmt=None if kind == "model" else kind)
+    raise HarmlensError(
+        f"unknown judge {spec!r}; use substring:jbb|rma|zhao, refusal_score, model:<known judge> "
+        f"or <format>:<model> with a format in {', '.join(FORMATS)}"
+    )
