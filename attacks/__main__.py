@@ -29,7 +29,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--judge",
         default="substring:rma",
-        help="substring:jbb|rma|zhao, refusal_score (no generation) or model:<name or path>",
+        help="substring:jbb|rma|zhao, refusal_score (no generation), model:<known judge model> or "
+        "<format>:<model>, e.g. strongreject:embedded (formats: python -m harmlens.attacks list)",
     )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--batch-size", type=int, default=16)
@@ -190,7 +191,14 @@ def cmd_list(args: argparse.Namespace) -> dict:
             **{k: v.description for k, v in NAMED.items()},
             "gptfuzzer:<id>": f"{len(gptfuzzer_templates())} GPTFuzzer templates",
         },
-        "judges": ["substring:jbb", "substring:rma", "substring:zhao", "refusal_score", "model:<name or path>"],
+        "judges": [
+            "substring:jbb",
+            "substring:rma",
+            "substring:zhao",
+            "refusal_score",
+            "model:<known judge>",
+            "<format>:<model> (strongreject, jbb-jailbreak, jbb-refusal, harmbench, llamaguard3, llamaguard4, ask)",
+        ],
     }
 
 
