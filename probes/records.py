@@ -151,8 +151,8 @@ def _catqa(row: dict, where: str) -> PromptRecord:
 
 
 def _generic(row: dict, where: str) -> PromptRecord:
-    key = next(k for k in PROMPT_KEYS if _text(row, k) is not None)
-    return PromptRecord(row[key], id=_text(row, "id"), category=_text(row, "category"), source=_text(row, "source"))
+    prompt = next(t for t in (_text(row, k) for k in PROMPT_KEYS) if t is not None)
+    return PromptRecord(prompt, id=_text(row, "id"), category=_text(row, "category"), source=_text(row, "source"))
 
 
 Parser = Callable[[dict, str], PromptRecord]
