@@ -42,11 +42,13 @@ def main() -> None:
         settings=["none", "swap"],
         jailbreaks=["none", "aim"],
         judge="substring:rma",
+        out=args.out / "attack",
         max_new_tokens=args.max_new_tokens,
         batch_size=8,
         progress=False,
     )
     t1 = time.time()
+    print(f"attack done in {t1 - t0:.0f}s; judging with the StrongREJECT rubric", flush=True)
     judge = get_judge(f"strongreject:{args.judge_model}")
     judge.max_new_tokens = args.judge_tokens
     strong = rejudge(report, judge)
