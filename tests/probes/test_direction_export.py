@@ -61,7 +61,7 @@ def test_layer_mapping_matches_llamacpp_semantics(four, dirs):
     with steer(four, vec, layer=2):
         steered = _logits(four)
     hf = unwrap_model(four)
-    n = 1  # harmlens layer 2 is written as direction.1 (test_directions_round_trip_through_ggufreader)
+    n = 1  # harmlens layer 2 is written as direction.1 (see test_directions_round_trip_through_ggufreader)
 
     def add_after_block(module, args, output):
         if isinstance(output, tuple):
