@@ -30,7 +30,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--judge",
         default="substring:rma",
-        help="substring:jbb|rma|zhao, refusal_score (no generation) or model:<name or path>",
+        help="substring:jbb|rma|zhao, refusal_score (no generation), model:<known judge model> or "
+        "<format>:<model>, e.g. strongreject:embedded (formats: python -m harmlens.attacks list)",
     )
     p.add_argument("--max-new-tokens", type=positive_int, default=64, help="reply length cap in tokens (default 64)")
     p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per generation batch (default 16)")
@@ -181,7 +182,14 @@ def cmd_list(args: argparse.Namespace) -> dict:
             **{k: v.description for k, v in NAMED.items()},
             "gptfuzzer:<id>": f"{len(gptfuzzer_templates())} GPTFuzzer templates",
         },
-        "judges": ["substring:jbb", "substring:rma", "substring:zhao", "refusal_score", "model:<name or path>"],
+        "judges": [
+            "substring:jbb",
+            "substring:rma",
+            "substring:zhao",
+            "refusal_score",
+            "model:<known judge>",
+            "<format>:<model> (strongreject, jbb-jailbreak, jbb-refusal, harmbench, llamaguard3, llamaguard4, ask)",
+        ],
     }
 
 

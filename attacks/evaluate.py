@@ -76,6 +76,12 @@ def judge_safely(judge: Judge, items: list[JudgeItem]) -> list[tuple[bool | None
         return [_judge_one(judge, item) for item in items]
 
 
+def judge_details(judge: Judge, item: JudgeItem) -> dict:
+    """Extra per-item fields a judge offers through an optional details(item) (scores, hazard codes), else {}."""
+    details = getattr(judge, "details", None)
+    return details(item) if callable(details) else {}
+
+
 def _judge_one(judge: Judge, item: JudgeItem) -> tuple[bool | None, str | None]:
     try:
         (verdict,) = judge.judge([item])
@@ -212,6 +218,7 @@ def evaluate_asr(
                     "success": success,
                     "error": error,
                     "coherent": coherent(item.reply) if item.reply is not None else None,
+                    **judge_details(judge, item),
                 }
             )
         done.update({(r["setting"], r["jailbreak"], r["index"]): r for r in records})
@@ -258,7 +265,8 @@ def rejudge(report: AttackReport, judge: str | Judge, model=None) -> AttackRepor
         )
         items.append(JudgeItem(r["instruction"], prompt, r["reply"]))
     records = [
-        {**r, "success": success, "error": error}
-        for r, (success, error) in zip(report.records, judge_safely(judge, items))
+        {**{k: v for k, v in r.items() if not k.startswith("judge_")}, "success": success, "error": error}
+        | judge_details(judge, item)
+        for r, item, (success, error) in zip(report.records, items, judge_safely(judge, items))
     ]
     return AttackReport(records, {**report.meta, "judge": judge.name})

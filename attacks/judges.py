@@ -4,34 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cache
-from typing import Protocol, runtime_checkable
 
+from harmlens.attacks.judge_formats import FORMAT_ALIASES, FORMATS
+from harmlens.attacks.judge_item import Judge, JudgeItem
+from harmlens.attacks.model_judge import ModelJudge
 from harmlens.attacks.phrases import PHRASE_LISTS
 from harmlens.errors import HarmlensError
 from harmlens.probes.chat import ChatPrompt
 
-
-@dataclass(frozen=True)
-class JudgeItem:
-    """What a judge sees: the original instruction, the prompt the model got, and its reply (None if not generated)."""
-
-    instruction: str
-    prompt: ChatPrompt
-    reply: str | None
-
-
-@runtime_checkable
-class Judge(Protocol):
-    """Decides, per item, whether the attack succeeded (the model did not refuse); may raise for bad items."""
-
-    name: str
-    needs_reply: bool
-
-    def judge(self, items: Sequence[JudgeItem]) -> list[bool]:
-        """True where the attack succeeded."""
-        ...
+__all__ = ["Judge", "JudgeItem", "ModelJudge", "RefusalScoreJudge", "SubstringJudge", "get_judge"]
 
 
 class SubstringJudge:
@@ -133,7 +115,8 @@ def coherent(reply: str | None, *, min_words: int = 4) -> bool:
 
 
 def get_judge(spec: str | Judge = "substring:rma", model=None) -> Judge:
-    """A judge from a spec: 'substring:{jbb,rma,zhao}', 'refusal_score' (needs model), 'model:<name or path>'."""
+    """A judge from a spec: 'substring:{jbb,rma,zhao}', 'refusal_score' (needs model), 'model:<known judge>' or
+    '<format>:<any chat model>' with a format of harmlens.attacks.judge_formats (e.g. 'strongreject:<name>')."""
     if not isinstance(spec, str):
         if not isinstance(spec, Judge):
             raise HarmlensError(f"judge must be a spec string or have name, needs_reply and judge(); got {spec!r}")
@@ -145,8 +128,9 @@ def get_judge(spec: str | Judge = "substring:rma", model=None) -> Judge:
         if model is None:
             raise HarmlensError("the refusal_score judge needs the model under attack")
         return RefusalScoreJudge(model)
-    if kind == "model" and arg:
-        from harmlens.attacks.model_judge import ModelJudge
-
-        return ModelJudge(arg)
-    raise HarmlensError(f"unknown judge {spec!r}; use substring:jbb|rma|zhao, refusal_score or model:<name>")
+    if (kind == "model" or kind in FORMATS or kind in FORMAT_ALIASES) and arg:
+        return ModelJudge(arg, fmt=None if kind == "model" else kind)
+    raise HarmlensError(
+        f"unknown judge {spec!r}; use substring:jbb|rma|zhao, refusal_score, model:<known judge> "
+        f"or <format>:<model> with a format in {', '.join(FORMATS)}"
+    )

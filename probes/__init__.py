@@ -4,11 +4,12 @@ from harmlens.errors import HarmlensError
 from harmlens.probes.activations import cache_resid, iter_resid_batches
 from harmlens.probes.beliefs import BeliefScores, Centroids, belief_scores, delta_scores
 from harmlens.probes.chat import ChatFormat, ChatPrompt, chat_format, format_instruction
-from harmlens.probes.data import builtin_prompts, read_prompts
+from harmlens.probes.data import builtin_prompts, read_prompts, read_records
 from harmlens.probes.directions import Directions, extract_directions
 from harmlens.probes.generation import generate, last_token_logits
 from harmlens.probes.interventions import ablate, orthogonalize, steer
 from harmlens.probes.loading import load_model
+from harmlens.probes.records import PromptRecord
 from harmlens.probes.selection import Selection, refusal_score, refusal_token_ids, select_refusal_direction
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "load_model",
     "orthogonalize",
     "read_prompts",
+    "read_records",
+    "PromptRecord",
     "refusal_score",
     "refusal_token_ids",
     "select_refusal_direction",

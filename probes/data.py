@@ -1,31 +1,41 @@
-"""Read prompt files in the formats of public benchmarks, and the built-in prompt sets shipped with harmlens."""
+"""Read prompt files in the formats of public benchmarks (records or bare prompts), and harmlens's built-in sets."""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from importlib import resources
 from pathlib import Path
 
 from harmlens.errors import HarmlensError
+from harmlens.probes.records import PROMPT_KEYS, PromptRecord, layout_of, parse_row
 
-PROMPT_KEYS = ("instruction", "bad_q", "prompt", "goal", "behavior", "Behavior", "question", "Question", "text")
 BUILTIN_SETS = ("harmful", "harmless")
 
 
-def _pick(record, where: str) -> str:
-    """The prompt string of one record (a string, or a dict with a known prompt key)."""
-    if isinstance(record, str):
-        return record
-    if isinstance(record, dict):
-        for key in PROMPT_KEYS:
-            if isinstance(record.get(key), str):
-                return record[key]
-        raise HarmlensError(f"{where}: record has none of the prompt keys {', '.join(PROMPT_KEYS)}")
-    raise HarmlensError(f"{where}: expected a string or an object, got {type(record).__name__}")
+def _records(items: list, where: str) -> list[PromptRecord]:
+    """Records of a JSON/JSONL list; strings and objects, or objects of two benchmark layouts, may not be mixed."""
+    out: list[PromptRecord] = []
+    first: tuple[str, str] | None = None
+    for label, item in items:
+        if isinstance(item, str):
+            kind, record = "plain string", PromptRecord(item, benchmark="plain")
+        elif isinstance(item, dict):
+            kind, record = parse_row(item, f"{where} {label}")
+        else:
+            raise HarmlensError(f"{where} {label}: expected a string or an object, got {type(item).__name__}")
+        if first is None:
+            first = (kind, label)
+        elif kind != first[0]:
+            raise HarmlensError(
+                f"{where}: mixed record types: {first[1]} is {first[0]} but {label} is {kind}; one layout per file"
+            )
+        out.append(record)
+    return out
 
 
-def _read_json(path: Path, text: str) -> list[str]:
+def _read_json(path: Path, text: str) -> list[PromptRecord]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -36,37 +46,39 @@ def _read_json(path: Path, text: str) -> list[str]:
         data = next((v for v in data.values() if isinstance(v, list)), None)
     if not isinstance(data, list):
         raise HarmlensError(f"{path}: JSON must be a list of prompts or records")
-    return [_pick(r, f"{path} item {i}") for i, r in enumerate(data)]
+    return _records([(f"item {i}", r) for i, r in enumerate(data)], str(path))
 
 
-def _read_jsonl(path: Path, text: str) -> list[str]:
-    out = []
+def _read_jsonl(path: Path, text: str) -> list[PromptRecord]:
+    items = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                out.append(_pick(json.loads(line), f"{path}:{n}"))
+                items.append((f"line {n}", json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise HarmlensError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
             except RecursionError:
                 raise HarmlensError(f"{path}:{n}: JSON nested too deeply") from None
-    return out
+    return _records(items, str(path))
 
 
-def _read_csv(path: Path, text: str) -> list[str]:
-    rows = list(csv.DictReader(text.splitlines()))
-    if not rows:
-        return []
-    key = next((k for k in PROMPT_KEYS if k in rows[0]), None)
-    if key is None:
-        raise HarmlensError(f"{path}: CSV has no prompt column (one of {', '.join(PROMPT_KEYS)})")
-    return [row[key] for row in rows]
+def _read_csv(path: Path, text: str) -> list[PromptRecord]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = [c for c in (reader.fieldnames or []) if c is not None]
+    layout = layout_of({c.strip().lower() for c in columns})
+    if layout is None:
+        raise HarmlensError(
+            f"{path}: unknown CSV layout with columns {', '.join(columns) or '(none)'}; expected a known benchmark "
+            f"header or a prompt column ({', '.join(PROMPT_KEYS)})"
+        )
+    return [parse_row(row, f"{path} row {n}", layout)[1] for n, row in enumerate(reader, 2)]
 
 
 _READERS = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".txt": None}
 
 
-def read_prompts(path: str | Path, *, limit: int | None = None) -> list[str]:
-    """Prompts from a JSON list, JSONL, CSV with a prompt column, or plain text (one per line)."""
+def read_records(path: str | Path, *, limit: int | None = None) -> list[PromptRecord]:
+    """Benchmark records from JSON, JSONL, CSV (layouts in harmlens.probes.records) or plain text (one per line)."""
     path = Path(path)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise HarmlensError(f"limit must be a positive integer, got {limit!r}")
@@ -80,11 +92,18 @@ def read_prompts(path: str | Path, *, limit: int | None = None) -> list[str]:
     except UnicodeDecodeError:
         raise HarmlensError(f"{path}: not UTF-8 text") from None
     reader = _READERS[suffix]
-    prompts = [line for line in text.splitlines() if line.strip()] if reader is None else reader(path, text)
-    prompts = [p for p in prompts if p.strip()] if reader is None else prompts
-    if not prompts:
+    if reader is None:
+        records = [PromptRecord(line, benchmark="plain") for line in text.splitlines() if line.strip()]
+    else:
+        records = reader(path, text)
+    if not records:
         raise HarmlensError(f"{path}: no prompts in file")
-    return prompts[:limit] if limit is not None else prompts
+    return records[:limit] if limit is not None else records
+
+
+def read_prompts(path: str | Path, *, limit: int | None = None) -> list[str]:
+    """The prompts of read_records(path): what the model is asked (HarmBench context included)."""
+    return [r.prompt for r in read_records(path, limit=limit)]
 
 
 def builtin_prompts(name: str, split: str | None = None, *, limit: int | None = None) -> list[str]:

@@ -84,6 +84,12 @@ class Directions:
         """Cosine between the harmfulness and refusal directions per extracted layer: [n_layers_sel]."""
         return torch.nn.functional.cosine_similarity(self.harmfulness.double(), self.refusal.double(), dim=-1).float()
 
+    def to_control_vector(self, path: str | os.PathLike, **kwargs) -> Path:
+        """llama.cpp/repeng GGUF control vector (harmlens layer L -> direction.{L-1}); see harmlens.probes.export."""
+        from harmlens.probes.export import directions_to_control_vector
+
+        return directions_to_control_vector(self, path, **kwargs)
+
     def cosine(self, layer: int | None = None) -> torch.Tensor | float:
         """Cosine between the harmfulness and refusal directions: per layer [n_layers_sel], or a float for one layer."""
         cos = torch.nn.functional.cosine_similarity(self.harmfulness.double(), self.refusal.double(), dim=-1)

@@ -159,6 +159,12 @@ class Selection:
         """The selected direction at unit norm."""
         return self.direction / self.direction.norm()
 
+    def to_control_vector(self, path: str | os.PathLike, **kwargs) -> Path:
+        """llama.cpp/repeng GGUF control vector of the selected direction; see harmlens.probes.export."""
+        from harmlens.probes.export import selection_to_control_vector
+
+        return selection_to_control_vector(self, path, **kwargs)
+
     def to_json(self) -> dict:
         """JSON-safe summary: choice, its scores, baselines, refusal tokens and the grids (NaN -> None)."""
         i = self.positions.index(self.position)

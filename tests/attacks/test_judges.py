@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harmlens.attacks.judges import Judge, JudgeItem, RefusalScoreJudge, SubstringJudge, coherent, get_judge
-from harmlens.attacks.model_judge import HARMBENCH_PROMPT, ModelJudge, guess_format
+from harmlens.attacks.model_judge import HARMBENCH_PROMPT, ModelJudge
 from harmlens.attacks.phrases import JBB_PHRASES, RMA_PHRASES, ZHAO_PHRASES
 from harmlens.attacks.report import wilson_interval
 from harmlens.errors import HarmlensError
@@ -56,14 +56,11 @@ def test_refusal_score_judge_matches_a_manual_computation(tiny_model):
 
 
 def test_model_judge_formats_and_parsing(tiny_model):
-    assert guess_format("meta-llama/Llama-Guard-3-8B") == "llamaguard"
-    assert guess_format("cais/HarmBench-Llama-2-13b-cls") == "harmbench"
     guard = ModelJudge(tiny_model, fmt="llamaguard")
-    assert guard.parse("unsafe\nS2") is True and guard.parse(" safe") is False
+    assert guard.parse("unsafe\nS2").success is True and guard.parse(" safe").success is False
     hb = ModelJudge(tiny_model, fmt="harmbench")
-    assert hb.parse("Yes") is True and hb.parse("no") is False
-    with pytest.raises(HarmlensError, match="not a harmbench verdict"):
-        hb.parse("maybe")
+    assert hb.parse("Yes").success is True and hb.parse("no").success is False
+    assert hb.parse("maybe").success is None and "not a harmbench verdict" in hb.parse("maybe").error
     p = hb.prompt(item("Mix A and B."))
     assert p.text == HARMBENCH_PROMPT.format(behavior="How do I make a bomb?", generation="Mix A and B.")
     conv = guard.prompt(item("Mix A and B."))
@@ -73,7 +70,7 @@ def test_model_judge_formats_and_parsing(tiny_model):
 
 
 def test_model_judge_runs_a_real_small_model(tiny_model):
-    """The random tiny model stands in for Llama Guard: it generates, and its gibberish is a clear error."""
+    """The random tiny model stands in for a judge: it generates, and its gibberish leaves items unjudged."""
     judge = get_judge(ModelJudge(tiny_model, fmt="ask", max_new_tokens=3))
     try:
         verdicts = judge.judge([item("Sure, step 1..."), item("I'm sorry.")])

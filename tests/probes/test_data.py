@@ -39,8 +39,8 @@ def test_shared_benchmark_files(rel, n, shared_data):
     [
         ("x.yaml", "- a", "unknown prompt file format"),
         ("x.json", "{not json", "not valid JSON"),
-        ("x.json", '[{"foo": 1}]', "none of the prompt keys"),
-        ("x.csv", "id,foo\n1,a\n", "no prompt column"),
+        ("x.json", '[{"foo": 1}]', "unknown record layout with columns foo"),
+        ("x.csv", "id,foo\n1,a\n", "unknown CSV layout with columns id, foo"),
         ("x.txt", "\n \n", "no prompts"),
     ],
 )

@@ -1,0 +1,72 @@
+"""How judge models generate: a plain HF causal LM (no TransformerLens bridge, no hooks) behind one function.
+
+``judge_generate`` is the only place a judge turns prompt texts into output texts, so it can be swapped for another
+generation backend (vLLM, an API) without touching the judge formats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from harmlens.errors import HarmlensError
+from harmlens.probes.chat import ChatPrompt
+
+
+@dataclass
+class JudgeModel:
+    """A loaded judge: the HF model, its tokenizer and the name it was loaded by (enough for probes.generation)."""
+
+    original_model: Any
+    tokenizer: Any
+    harmlens_name: str
+
+    def parameters(self) -> Iterator[torch.nn.Parameter]:
+        """The HF model's parameters (probes.generation reads the device from them)."""
+        return self.original_model.parameters()
+
+
+def load_judge_model(name: str, *, device=None, dtype: torch.dtype | None = None) -> JudgeModel:
+    """Load a judge by name or folder as a plain HF model (eager hooks and the bridge are not needed to judge)."""
+    from harmlens.probes.loading import load_hf
+
+    hf, tok, canonical = load_hf(name, dtype=dtype, device=device)
+    return JudgeModel(hf, tok, canonical)
+
+
+def as_judge_model(model) -> JudgeModel:
+    """A JudgeModel from a JudgeModel, a harmlens bridge (its HF model is used without hooks) or an HF model."""
+    if isinstance(model, JudgeModel):
+        return model
+    hf = getattr(model, "original_model", None)
+    tok = getattr(model, "tokenizer", None)
+    if hf is not None and tok is not None:
+        return JudgeModel(hf, tok, getattr(model, "harmlens_name", None) or "judge-model")
+    raise HarmlensError(f"a judge model must be a name, a JudgeModel or a harmlens model, got {type(model).__name__}")
+
+
+def judge_generate(
+    model: JudgeModel,
+    texts: Sequence[str | ChatPrompt],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 8,
+    bos: bool = False,
+) -> list[str]:
+    """Greedy continuations of fully rendered judge inputs: strings (bos: prepend the tokenizer's special tokens)
+    or already tokenized ChatPrompts."""
+    from harmlens.probes.generation import generate_ids
+
+    tok = model.tokenizer
+    prompts = []
+    for text in texts:
+        if isinstance(text, ChatPrompt):
+            prompts.append(text)
+            continue
+        ids = tuple(tok(text, add_special_tokens=bos)["input_ids"])
+        prompts.append(ChatPrompt(text, text, ids, max(len(ids) - 2, 0), (len(ids) - 1,)))
+    out = generate_ids(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    return [tok.decode(ids, skip_special_tokens=True) for ids in out]
