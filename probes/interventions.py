@@ -10,6 +10,7 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.probes.activations import n_layers, resid_hook_name
+from harmlens.probes.devices import PerDevice, is_quantized
 
 POSITIONS = ("all", "prompt")
 
@@ -36,19 +37,6 @@ def unit_direction(model, direction) -> torch.Tensor:
     return direction / norm
 
 
-class _OnDevice:
-    """A vector moved to each activation's device/dtype once, then reused."""
-
-    def __init__(self, vector: torch.Tensor) -> None:
-        self.vector, self._cache = vector, {}
-
-    def like(self, x: torch.Tensor) -> torch.Tensor:
-        key = (x.device, x.dtype)
-        if key not in self._cache:
-            self._cache[key] = self.vector.to(device=x.device, dtype=x.dtype)
-        return self._cache[key]
-
-
 @contextmanager
 def steer(model, vector: torch.Tensor, layer: int, coeff: float = 1.0, *, positions: str = "all") -> Iterator:
     """Add coeff·vector to the residual entering `layer` (n_layers = final residual) while inside the block.
@@ -61,7 +49,7 @@ def steer(model, vector: torch.Tensor, layer: int, coeff: float = 1.0, *, positi
     if isinstance(layer, bool) or not hasattr(layer, "__index__"):
         raise HarmlensError(f"layer must be an integer, got {layer!r}")
     name = resid_hook_name(model, operator.index(layer))
-    add = _OnDevice(check_vector(model, vector).float() * float(coeff))
+    add = PerDevice(check_vector(model, vector).float() * float(coeff))
 
     def hook(x: torch.Tensor, hook) -> torch.Tensor:
         if positions == "prompt" and x.shape[1] <= 1:
@@ -88,7 +76,7 @@ def ablation_hook_names(model) -> list[str]:
 @contextmanager
 def ablate(model, direction: torch.Tensor) -> Iterator:
     """Project the unit direction out of every block's resid_pre, attn_out and mlp_out, at every position."""
-    r = _OnDevice(unit_direction(model, direction))
+    r = PerDevice(unit_direction(model, direction))
 
     def hook(x: torch.Tensor, hook) -> torch.Tensor:
         xf = x.float() if x.element_size() < 4 else x  # project half-precision activations in float32
@@ -143,6 +131,11 @@ def orthogonalize(model, direction: torch.Tensor):
     r = unit_direction(model, direction)
     d = int(model.cfg.d_model)
     hf = model.original_model
+    if is_quantized(hf):
+        raise HarmlensError(
+            "cannot orthogonalise quantized weights in place: load the model unquantized (dtype=torch.bfloat16), "
+            "orthogonalise and save it, then quantize; ablate() works on a quantized model"
+        )
     embed = _base_module(model.embed)
     targets = [embed]
     pos_embed = _base_module(getattr(model, "pos_embed", None))
