@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -181,13 +182,14 @@ def bridge_from_hf(hf, tok, canonical: str) -> TransformerBridge:
     return model
 
 
-def from_hf(hf_model, tokenizer, *, processor=None, name: str | None = None) -> TransformerBridge:
+def from_hf(hf_model: Any, tokenizer: Any, *, processor=None, name: str | None = None) -> TransformerBridge:
     """A model the user already has (dispatched, quantized or PEFT-wrapped) as a harmlens model, weights untouched."""
     if not isinstance(hf_model, torch.nn.Module) or not hasattr(hf_model, "config"):
         raise HarmlensError(f"from_hf needs a Hugging Face model, got {type(hf_model).__name__}")
     if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
         raise HarmlensError("from_hf needs the model's tokenizer (a transformers tokenizer)")
-    base = hf_model.get_base_model() if hasattr(hf_model, "peft_config") else hf_model  # LoRA layers stay active
+    peft_base = getattr(hf_model, "get_base_model", None) if hasattr(hf_model, "peft_config") else None
+    base: Any = peft_base() if callable(peft_base) else hf_model  # a PEFT model's LoRA layers stay active
     base.eval()
     canonical = name or getattr(base.config, "name_or_path", None) or type(base).__name__
     model = bridge_from_hf(base, tokenizer, str(canonical))

@@ -93,7 +93,6 @@ def test_from_hf_wraps_users_model_and_peft(model, harmful_prompts, embedded_tok
         from_hf("gpt2", embedded_tokenizer)
 
     from peft import LoraConfig, get_peft_model
-
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(
