@@ -27,7 +27,8 @@ def _internal_hooks(attn: Any) -> list[HookPoint]:
 
 def _fast_forward(self: Any, *args: Any, **kwargs: Any) -> Any:
     """The wrapped HF attention (its configured kernel) with hook_in/hook_out, unless an internal hook is active."""
-    slow: Any = getattr(type(self).__mro__[1], "forward")
+    parent: Any = type(self).__mro__[1]
+    slow = parent.forward
     if any(h.has_hooks() for h in self._harmlens_internal) or any(getattr(self.config, f, False) for f in _FLAGS):
         return slow(self, *args, **kwargs)
     if "hidden_states" in kwargs:
