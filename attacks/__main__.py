@@ -9,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from harmlens.cli import parse_layers, run_cli
+from harmlens.errors import HarmlensError
 
 _MODEL_HELP = (
     "Hub name or local HF folder (default: the embedded SmolLM2-135M-Instruct); for an organism pass its "
@@ -55,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     run.add_argument("--settings", default="all")
     run.add_argument("--jailbreaks", default="", help="e.g. aim,prefix_injection or all (default: none)")
+    run.add_argument(
+        "--backend",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="generation engine: hf (hooks apply) or vllm (pip install harmlens[vllm]; same prompts as token ids)",
+    )
     run.add_argument(
         "--images",
         default="builtin",
@@ -108,6 +115,7 @@ def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor
         strip_system=args.strip_system,
         processor=processor,
         progress=not args.quiet,
+        backend=getattr(args, "backend", "hf"),
     )
     report.save(args.out)
     return report
@@ -121,6 +129,11 @@ def _is_vlm(model) -> bool:
 
 def cmd_run(args: argparse.Namespace) -> dict:
     """Evaluate, save the report and, with --directions, the projection analysis."""
+    if args.backend == "vllm":
+        from harmlens.probes.vllm_engine import INSTALL_HINT, vllm_available
+
+        if not vllm_available():  # before the model loads
+            raise HarmlensError(INSTALL_HINT)
     model, prompts = _setup(args)
     jailbreaks = [j for j in args.jailbreaks.split(",") if j.strip()]
     processor = getattr(model, "processor", None)
@@ -131,7 +144,11 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
         processor = AutoProcessor.from_pretrained(resolve_model_path(args.model)[0])
     report = _evaluate(args, model, prompts, args.settings, jailbreaks, args.images, processor)
-    result = {"out": str(args.out), "asr": {k: round(v.asr, 4) for k, v in report.asr.items()}}
+    result = {
+        "out": str(args.out),
+        "backend": args.backend,
+        "asr": {k: round(v.asr, 4) for k, v in report.asr.items()},
+    }
     if args.directions is not None:
         from harmlens.attacks.projection import projection_analysis
         from harmlens.probes.directions import Directions

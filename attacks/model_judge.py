@@ -53,7 +53,14 @@ class ModelJudge:
     needs_reply = True
 
     def __init__(
-        self, model, *, fmt: str | None = None, max_new_tokens: int = 8, batch_size: int = 8, device=None
+        self,
+        model,
+        *,
+        fmt: str | None = None,
+        max_new_tokens: int = 8,
+        batch_size: int = 8,
+        device=None,
+        backend: str = "hf",
     ) -> None:
         if isinstance(model, str):
             from harmlens.probes.loading import load_model
@@ -65,6 +72,7 @@ class ModelJudge:
         if fmt not in FORMATS:
             raise HarmlensError(f"unknown judge format {fmt!r}; choose from {', '.join(FORMATS)}")
         self.model, self.fmt, self.max_new_tokens, self.batch_size = model, fmt, max_new_tokens, batch_size
+        self.backend = backend  # 'vllm' serves the judge model through vLLM
         self.name = f"model:{name}"
 
     def prompt(self, item: JudgeItem) -> ChatPrompt:
@@ -111,5 +119,6 @@ class ModelJudge:
             max_new_tokens=self.max_new_tokens,
             batch_size=self.batch_size,
             progress=False,
+            backend=self.backend,
         )
         return [self.parse(o) for o in outputs]

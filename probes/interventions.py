@@ -151,6 +151,8 @@ def orthogonalize(model, direction: torch.Tensor):
         if module.weight.shape[axis] != d:
             raise HarmlensError(f"{type(module).__name__} weight {tuple(module.weight.shape)} has no d_model axis")
     _untie_output_embeddings(hf, embed)
+    model.harmlens_weights_path = None  # the weights on disk no longer match: vLLM must serve a fresh copy
+    model.__dict__.pop("_harmlens_vllm", None)
     with torch.no_grad():
         for module, axis in zip(targets, axes):
             _project_out_(module.weight.data, r, axis)

@@ -226,7 +226,10 @@ def load_model(
         revision=revision,
         **hf_kwargs,
     )
-    return bridge_from_hf(hf, tok, canonical)
+    model = bridge_from_hf(hf, tok, canonical)
+    path = resolve_model_path(name)[0]
+    model.harmlens_weights_path = path if (Path(path) / "config.json").is_file() else None  # vLLM serves it as is
+    return model
 
 
 def model_device(model) -> torch.device:
