@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harmlens import validate
 from harmlens.cli import Parser, nonneg_int, parse_layers, positive_float, positive_int, run_cli, user_text
+from harmlens.errors import HarmlensError
 
 _MODEL_HELP = (
     "Hub name or local HF folder (default: the embedded SmolLM2-135M-Instruct); for an organism pass its "
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     _common(run)
     run.add_argument("--settings", default="all", help="'all' (every setting the model supports) or e.g. none,swap")
     run.add_argument("--jailbreaks", default="", help="e.g. aim,prefix_injection or all (default: none)")
+    run.add_argument(
+        "--backend",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="generation engine: hf (hooks apply) or vllm (pip install harmlens[vllm]; same prompts as token ids)",
+    )
     run.add_argument(
         "--images",
         default="builtin",
@@ -113,18 +120,28 @@ def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor
         strip_system=args.strip_system,
         processor=processor,
         progress=not args.quiet,
+        backend=getattr(args, "backend", "hf"),
     )
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
     """Evaluate, save the report and, with --directions, the projection analysis."""
+    if args.backend == "vllm":
+        from harmlens.probes.vllm_engine import INSTALL_HINT, vllm_available
+
+        if not vllm_available():  # before the model loads
+            raise HarmlensError(INSTALL_HINT)
     from harmlens.attacks.runs import model_processor, projection_to_folder
 
     model, prompts = _setup(args)
     jailbreaks = [j for j in args.jailbreaks.split(",") if j.strip()]
     processor = model_processor(model, args.model)
     report = _evaluate(args, model, prompts, args.settings, jailbreaks, args.images, processor)
-    result = {"out": str(args.out), "asr": {k: round(v.asr, 4) for k, v in report.asr.items()}}
+    result = {
+        "out": str(args.out),
+        "backend": args.backend,
+        "asr": {k: round(v.asr, 4) for k, v in report.asr.items()},
+    }
     if args.directions is not None:
         from harmlens.probes.directions import Directions
 

@@ -46,8 +46,9 @@ def attack_to_folder(
     strip_system: bool = False,
     processor=None,
     progress: bool = True,
+    backend: str = "hf",
 ) -> AttackReport:
-    """evaluate_asr streaming to out/results.jsonl (so a rerun resumes), then report.json, report.md and heatmaps."""
+    """evaluate_asr (generation on `backend`: hf or vllm) streaming to out/results.jsonl (so a rerun resumes), then report.json, report.md and heatmaps."""
     report = evaluate_asr(
         model,
         prompts,
@@ -65,6 +66,7 @@ def attack_to_folder(
         strip_system=strip_system,
         processor=processor,
         progress=progress,
+        backend=backend,
     )
     with output_set(out) as tmp:  # report.json, report.md and heatmaps replace the old ones together
         report.save(tmp)

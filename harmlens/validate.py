@@ -55,25 +55,39 @@ def layer_index(layer, name: str = "layer", n_layers: int | None = None) -> int:
 
 
 def device(value) -> torch.device | None:
-    """A torch device that exists here (None stays None): 'tpu:7', 'cuda' without a GPU and typos are refused."""
+    """A torch device that exists here (None stays None; an int is that CUDA index): 'tpu:7', 'cuda' without a GPU,
+    'meta' and typos are refused with one line."""
     if value is None:
         return None
+    if isinstance(value, bool):
+        raise HarmlensError(f"device must be a string, int or torch.device, got {value!r}")
     try:
-        dev = torch.device(value)
-    except (RuntimeError, TypeError) as exc:
-        raise HarmlensError(
-            f"unknown device {value!r}: use cpu, cuda, cuda:N or mps ({str(exc).splitlines()[0]})"
-        ) from None
+        dev = torch.device("cuda", value) if isinstance(value, int) else torch.device(value)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise HarmlensError(f"unknown device {value!r}: use cpu, cuda, cuda:N or mps ({_first(exc)})") from None
+    if dev.type == "cpu":
+        return dev
+    if dev.type == "meta":
+        raise HarmlensError("device 'meta' holds no weights: choose cpu or an accelerator")
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise HarmlensError(f"device {value!r}: CUDA is not available on this machine")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise HarmlensError(f"device {value!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise HarmlensError(f"device {value!r}: MPS is not available on this machine")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise HarmlensError(f"device {value!r} is not supported: use cpu, cuda, cuda:N or mps")
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise HarmlensError(f"device {str(dev)!r} does not exist: no CUDA device here (CUDA is not available)")
+        if (dev.index or 0) >= count:
+            raise HarmlensError(f"device {str(dev)!r} does not exist: this machine has {count} CUDA device(s)")
+        return dev
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise HarmlensError("device 'mps' does not exist: MPS is not available on this machine")
+    try:
+        torch.empty(0, device=dev)
+    except Exception as exc:  # noqa: BLE001 - any backend failure means the device is unusable
+        raise HarmlensError(f"device {str(dev)!r} is not available: {_first(exc)}") from None
     return dev
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def dtype(value) -> torch.dtype | None:

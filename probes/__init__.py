@@ -8,7 +8,7 @@ from harmlens.probes.data import builtin_prompts, read_prompts, read_records
 from harmlens.probes.directions import Directions, extract_directions
 from harmlens.probes.generation import generate, last_token_logits
 from harmlens.probes.interventions import ablate, orthogonalize, steer
-from harmlens.probes.loading import load_model
+from harmlens.probes.loading import from_hf, load_model
 from harmlens.probes.records import PromptRecord
 from harmlens.probes.selection import Selection, refusal_score, refusal_token_ids, select_refusal_direction
 
@@ -28,6 +28,7 @@ __all__ = [
     "delta_scores",
     "extract_directions",
     "format_instruction",
+    "from_hf",
     "generate",
     "iter_resid_batches",
     "last_token_logits",

@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from harmlens.errors import HarmlensError
 from harmlens.probes.chat import ChatPrompt
+from harmlens.probes.devices import PerDevice
 from harmlens.probes.loading import model_device
 
 PositionSelector = Callable[[ChatPrompt], Sequence[int]]
@@ -119,17 +120,19 @@ def iter_resid_batches(
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        batch = pad_batch(chunk, pad_id, padding_side=padding_side, device=device)
+        batch = pad_batch(chunk, pad_id, padding_side=padding_side)
         rel = [list(select(p)) for p in chunk]
         if len({len(r) for r in rel}) != 1:
             raise HarmlensError("position selector returned different numbers of positions within a batch")
-        pos = torch.tensor(rel, device=device) + batch.offsets[:, None]
-        rows = torch.arange(len(chunk), device=device)[:, None]
+        # Index tensors follow each activation's device (a device_map split puts layers on different devices).
+        pos = PerDevice(torch.tensor(rel) + batch.offsets[:, None])
+        rows = PerDevice(torch.arange(len(chunk))[:, None])
         store: dict[str, torch.Tensor] = {}
 
         def make_hook(name: str):
             def hook(x: torch.Tensor, hook) -> torch.Tensor:
-                store[name] = x[rows, pos].detach().float()  # noqa: B023 (hooks live for this batch only)
+                # noqa below: hooks live for this batch only
+                store[name] = x[rows.on(x.device), pos.on(x.device)].detach().float().to(device)  # noqa: B023
                 if name == last_name:
                     raise _StopForward
                 return x
@@ -138,7 +141,11 @@ def iter_resid_batches(
 
         with torch.no_grad(), model.hooks(fwd_hooks=[(n, make_hook(n)) for n in set(names)]):
             try:
-                model(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+                model(
+                    batch.input_ids.to(device),
+                    attention_mask=batch.attention_mask.to(device),
+                    position_ids=batch.position_ids.to(device),
+                )
             except _StopForward:
                 pass
         yield chunk, torch.stack([store[n] for n in names], dim=1)

@@ -1,4 +1,4 @@
-"""Batched chat generation (HF generate with KV cache, so bridge hooks fire) and last-token logits, left-padded."""
+"""Batched chat generation through the generation seam (probes.engines) and last-token logits, left-padded."""
 
 from __future__ import annotations
 
@@ -8,42 +8,17 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from harmlens.batching import check_batch_size, length_order
 from harmlens.compat import ensure_kv_cache_compat
 from harmlens.errors import HarmlensError
 from harmlens.probes.activations import pad_batch
 from harmlens.probes.chat import ChatPrompt, chat_format
+from harmlens.probes.engines import Backend, HFBackend, get_backend
+from harmlens.probes.engines import pad_id as pad_id  # re-exported (guards import them from here)
+from harmlens.probes.engines import stop_token_ids as stop_token_ids
 from harmlens.probes.loading import model_device
 
 _MIN_SHARED_PREFIX = 4  # shorter common prefixes are not worth a separate cached forward
-
-
-def pad_id(tokenizer) -> int:
-    """The tokenizer's pad id, else its eos id, else 0."""
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
-def stop_token_ids(model) -> list[int]:
-    """Tokens that end a reply: tokenizer eos, generation-config eos and the chat template's end-of-turn token."""
-    tok = model.tokenizer
-    ids: list[int] = []
-    gen_cfg = getattr(getattr(model, "original_model", None), "generation_config", None)
-    for value in (tok.eos_token_id, getattr(gen_cfg, "eos_token_id", None)):
-        ids += [value] if isinstance(value, int) else list(value or [])
-    marker = "\ue000HARMLENS_REPLY\ue001"
-    try:
-        text = tok.apply_chat_template(
-            [{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}], tokenize=False
-        )
-    except Exception:  # templates that cannot render an assistant turn: eos only
-        text = ""
-    if marker in text:
-        special = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", {}) or {})
-        tail = tok(text.split(marker, 1)[1], add_special_tokens=False)["input_ids"][:4]
-        ids += [t for t in tail if t in special][:1]
-    return list(dict.fromkeys(int(t) for t in ids))
 
 
 def render(model, instructions: Sequence[str] | Sequence[ChatPrompt], system: str | None = None) -> list[ChatPrompt]:
@@ -60,8 +35,7 @@ def render(model, instructions: Sequence[str] | Sequence[ChatPrompt], system: st
 
 
 def _check_batch_size(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise HarmlensError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size(batch_size)
 
 
 def generate_ids(
@@ -80,34 +54,16 @@ def generate_ids(
     _check_batch_size(batch_size)
     if not prompts or not all(isinstance(p, ChatPrompt) for p in prompts):
         raise HarmlensError("prompts must be a non-empty list of ChatPrompts (see harmlens.probes.chat.chat_format)")
-    if max_new_tokens < 1:
-        raise HarmlensError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if do_sample and not temperature > 0:
-        raise HarmlensError(f"temperature must be positive when sampling, got {temperature}")
-    ensure_kv_cache_compat()
-    hf, device = model.original_model, model_device(model)
-    stops, pid = stop_token_ids(model), pad_id(model.tokenizer)
-    kwargs = dict(
-        max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops, pad_token_id=pid, use_cache=True
+    return HFBackend(model).generate_ids(
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        do_sample=do_sample,
+        temperature=temperature,
+        seed=seed,
+        progress=progress,
+        **hf_kwargs,
     )
-    kwargs.update(dict(temperature=temperature) if do_sample else dict(temperature=None, top_p=None, top_k=None))
-    kwargs.update(hf_kwargs)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a batch
-    out: list[list[int]] = [[] for _ in prompts]
-    bar = tqdm(total=len(prompts), desc="generating", disable=not progress, unit="prompt")
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = pad_batch([prompts[i] for i in idx], pid, padding_side="left", device=device)
-        with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed + start)
-            seqs = hf.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
-        for row, i in enumerate(idx):
-            new = seqs[row, batch.input_ids.shape[1] :].tolist()
-            cut = next((j for j, t in enumerate(new) if t in stops), len(new))
-            out[i] = new[:cut]
-        bar.update(len(idx))
-    bar.close()
-    return out
 
 
 def generate(
@@ -121,11 +77,15 @@ def generate(
     seed: int = 0,
     system: str | None = None,
     progress: bool = True,
+    backend: str | Backend = "hf",
 ) -> list[str]:
-    """Chat replies (new tokens only, special tokens dropped), batched and left-padded; greedy by default."""
+    """Chat replies (new tokens only, special tokens dropped), batched and left-padded; greedy by default.
+
+    backend='hf' runs the bridged model (hooks apply); 'vllm' serves the same weights through vLLM (no hooks).
+    """
     prompts = render(model, instructions, system)
-    ids = generate_ids(
-        model,
+    _check_batch_size(batch_size)
+    return get_backend(model, backend).generate(
         prompts,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
@@ -134,7 +94,6 @@ def generate(
         seed=seed,
         progress=progress,
     )
-    return [model.tokenizer.decode(t, skip_special_tokens=True) for t in ids]
 
 
 def _common_prefix(prompts: Sequence[ChatPrompt]) -> int:
@@ -171,7 +130,7 @@ def last_token_logits(
         raise HarmlensError("prompts must be a non-empty list of ChatPrompts (see harmlens.probes.chat.chat_format)")
     ensure_kv_cache_compat()
     hf, device, pid = model.original_model, model_device(model), pad_id(model.tokenizer)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # less padding per batch
+    order = length_order([len(p) for p in prompts])  # less padding per batch
     out = []
     bar = tqdm(total=len(prompts), desc="forward", disable=not progress, unit="prompt")
     for start in range(0, len(prompts), batch_size):

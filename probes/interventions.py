@@ -10,6 +10,7 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.probes.activations import n_layers, resid_hook_name
+from harmlens.probes.devices import PerDevice, is_quantized
 from harmlens.validate import finite
 
 POSITIONS = ("all", "prompt")
@@ -37,19 +38,6 @@ def unit_direction(model, direction) -> torch.Tensor:
     return direction / norm
 
 
-class _OnDevice:
-    """A vector moved to each activation's device/dtype once, then reused."""
-
-    def __init__(self, vector: torch.Tensor) -> None:
-        self.vector, self._cache = vector, {}
-
-    def like(self, x: torch.Tensor) -> torch.Tensor:
-        key = (x.device, x.dtype)
-        if key not in self._cache:
-            self._cache[key] = self.vector.to(device=x.device, dtype=x.dtype)
-        return self._cache[key]
-
-
 @contextmanager
 def steer(model, vector: torch.Tensor, layer: int, coeff: float = 1.0, *, positions: str = "all") -> Iterator:
     """Add coeff·vector to the residual entering `layer` (n_layers = final residual) while inside the block.
@@ -63,7 +51,7 @@ def steer(model, vector: torch.Tensor, layer: int, coeff: float = 1.0, *, positi
         raise HarmlensError(f"layer must be an integer, got {layer!r}")
     name = resid_hook_name(model, operator.index(layer))
     coeff = finite(coeff, "steering coeff")  # nan/inf would silently empty every reply
-    add = _OnDevice(check_vector(model, vector).float() * coeff)
+    add = PerDevice(check_vector(model, vector).float() * coeff)
 
     def hook(x: torch.Tensor, hook) -> torch.Tensor:
         if positions == "prompt" and x.shape[1] <= 1:
@@ -90,7 +78,7 @@ def ablation_hook_names(model) -> list[str]:
 @contextmanager
 def ablate(model, direction: torch.Tensor) -> Iterator:
     """Project the unit direction out of every block's resid_pre, attn_out and mlp_out, at every position."""
-    r = _OnDevice(unit_direction(model, direction))
+    r = PerDevice(unit_direction(model, direction))
 
     def hook(x: torch.Tensor, hook) -> torch.Tensor:
         xf = x.float() if x.element_size() < 4 else x  # project half-precision activations in float32
@@ -145,6 +133,11 @@ def orthogonalize(model, direction: torch.Tensor):
     r = unit_direction(model, direction)
     d = int(model.cfg.d_model)
     hf = model.original_model
+    if is_quantized(hf):
+        raise HarmlensError(
+            "cannot orthogonalise quantized weights in place: load the model unquantized (dtype=torch.bfloat16), "
+            "orthogonalise and save it, then quantize; ablate() works on a quantized model"
+        )
     embed = _base_module(model.embed)
     targets = [embed]
     pos_embed = _base_module(getattr(model, "pos_embed", None))
@@ -160,6 +153,8 @@ def orthogonalize(model, direction: torch.Tensor):
         if module.weight.shape[axis] != d:
             raise HarmlensError(f"{type(module).__name__} weight {tuple(module.weight.shape)} has no d_model axis")
     _untie_output_embeddings(hf, embed)
+    model.harmlens_weights_path = None  # the weights on disk no longer match: vLLM must serve a fresh copy
+    model.__dict__.pop("_harmlens_vllm", None)
     with torch.no_grad():
         for module, axis in zip(targets, axes):
             _project_out_(module.weight.data, r, axis)

@@ -8,6 +8,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformer_lens.model_bridge import TransformerBridge
@@ -17,6 +18,15 @@ from harmlens import validate
 from harmlens.cache import cache_dir, resolve_alias
 from harmlens.errors import HarmlensError
 from harmlens.io import model_name as model_name  # re-exported: loading is where users look for it
+from harmlens.probes.attention import enable_fast_attention
+from harmlens.probes.devices import (
+    check_device,
+    check_device_map,
+    check_quantization_config,
+    input_device,
+    is_dispatched,
+    is_quantized,
+)
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 EMBEDDED_ALIASES = (None, "", "embedded", EMBEDDED_NAME, "HuggingFaceTB/SmolLM2-135M-Instruct")
@@ -106,27 +116,56 @@ def _refuse_pickled_weights(path: Path) -> None:
         )
 
 
-def load_hf(name: str | None = None, *, dtype: torch.dtype | None = None, device=None):
-    """Load (hf_model, tokenizer, canonical_name) for a name; offline-friendly with one-line errors."""
-    device = validate.device(device) or default_device()  # 'tpu:7' or an absent GPU: one line, before any load
+def load_hf(
+    name: str | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    device=None,
+    device_map=None,
+    max_memory: dict | None = None,
+    quantization_config=None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    **hf_kwargs,
+):
+    """Load (hf_model, tokenizer, canonical_name) as users do (device_map, quantization, revision); one-line errors.
+
+    A dispatched (device_map) or quantized model is never moved with .to(); otherwise it goes to `device`.
+    """
+    if device is not None and device_map is not None:
+        raise HarmlensError("pass device or device_map, not both")
+    device = check_device(device) or default_device()  # 'tpu:7' or an absent GPU: one line, before any load
     dtype = validate.dtype(dtype)
+    if device_map is not None:
+        check_device_map(device_map)
+    check_quantization_config(quantization_config)
     path, canonical = resolve_model_path(name)
     _refuse_pickled_weights(Path(path))
     if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        on_cuda = device.type == "cuda" or (device_map is not None and torch.cuda.is_available())
+        dtype = torch.bfloat16 if on_cuda else torch.float32
     # Local folders and offline mode never touch the network (HF_HUB_OFFLINE is read now, not at import time).
     local = Path(path).exists() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    common = dict(local_files_only=local, trust_remote_code=trust_remote_code, revision=revision)
+    load_kwargs = dict(dtype=dtype, **common, **hf_kwargs)
+    for key, value in (
+        ("device_map", device_map),
+        ("max_memory", max_memory),
+        ("quantization_config", quantization_config),
+    ):
+        if value is not None:
+            load_kwargs[key] = value
     try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=local)
+        tok = AutoTokenizer.from_pretrained(path, **common)
         try:
-            hf = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local)
+            hf = AutoModelForCausalLM.from_pretrained(path, **load_kwargs)
         except ValueError as exc:  # a vision-language model (e.g. LLaVA) is not a causal-LM class
             if "Unrecognized configuration class" not in str(exc):
                 raise
             from transformers import AutoModelForImageTextToText
 
-            hf = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=local)
-    except (OSError, ValueError) as exc:
+            hf = AutoModelForImageTextToText.from_pretrained(path, **load_kwargs)
+    except (OSError, ValueError, ImportError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HarmlensError(
             f"cannot load model '{name}': not a local model folder and not loadable from the Hub "
@@ -134,31 +173,83 @@ def load_hf(name: str | None = None, *, dtype: torch.dtype | None = None, device
         ) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    hf.to(device).eval()
+    if not (is_dispatched(hf) or is_quantized(hf)):
+        hf.to(device)
+    hf.eval()
     return hf, tok, canonical
 
 
 def bridge_from_hf(hf, tok, canonical: str) -> TransformerBridge:
-    """Wrap an already-loaded HF model (e.g. a merged organism) as a TransformerBridge tagged with its name."""
-    device = next(hf.parameters()).device
-    model = TransformerBridge.boot_transformers(
-        hf.config.name_or_path or canonical,
-        hf_model=hf,
-        tokenizer=tok,
-        device=device,
-        dtype=next(hf.parameters()).dtype,
-    )
+    """Wrap an already-loaded HF model as a TransformerBridge tagged with its name; never moves its weights."""
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    kwargs = {}
+    if not (is_dispatched(hf) or is_quantized(hf)):  # boot_transformers leaves a pre-loaded model where it is
+        first = next(hf.parameters())
+        kwargs = dict(device=first.device, dtype=first.dtype)
+    try:
+        model = TransformerBridge.boot_transformers(
+            hf.config.name_or_path or canonical, hf_model=hf, tokenizer=tok, **kwargs
+        )
+    except ValueError as exc:  # e.g. TransformerLens rejecting a mixed CPU/GPU device_map
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HarmlensError(f"cannot wrap model '{canonical}': {first_line}") from None
     model.eval()
     model.harmlens_name = canonical
+    enable_fast_attention(model)
     return model
 
 
-def load_model(name: str | None = None, *, device=None, dtype: torch.dtype | None = None) -> TransformerBridge:
-    """Load a chat model as a TransformerBridge (None = the embedded SmolLM2-135M-Instruct); tokenizer at `.tokenizer`."""
-    hf, tok, canonical = load_hf(name, dtype=dtype, device=device)
-    return bridge_from_hf(hf, tok, canonical)
+def from_hf(hf_model: Any, tokenizer: Any, *, processor=None, name: str | None = None) -> TransformerBridge:
+    """A model the user already has (dispatched, quantized or PEFT-wrapped) as a harmlens model, weights untouched."""
+    if not isinstance(hf_model, torch.nn.Module) or not hasattr(hf_model, "config"):
+        raise HarmlensError(f"from_hf needs a Hugging Face model, got {type(hf_model).__name__}")
+    if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
+        raise HarmlensError("from_hf needs the model's tokenizer (a transformers tokenizer)")
+    peft_base = getattr(hf_model, "get_base_model", None) if hasattr(hf_model, "peft_config") else None
+    base: Any = peft_base() if callable(peft_base) else hf_model  # a PEFT model's LoRA layers stay active
+    base.eval()
+    canonical = name or getattr(base.config, "name_or_path", None) or type(base).__name__
+    model = bridge_from_hf(base, tokenizer, str(canonical))
+    if processor is not None:
+        model.processor = processor
+    return model
+
+
+def load_model(
+    name: str | None = None,
+    *,
+    device=None,
+    dtype: torch.dtype | None = None,
+    device_map=None,
+    max_memory: dict | None = None,
+    quantization_config=None,
+    trust_remote_code: bool = False,
+    revision: str | None = None,
+    **hf_kwargs,
+) -> TransformerBridge:
+    """Load a chat model as a TransformerBridge (None = the embedded SmolLM2-135M-Instruct); tokenizer at `.tokenizer`.
+
+    device_map / max_memory / quantization_config / trust_remote_code / revision and any other keyword go to
+    Hugging Face's from_pretrained, as in plain transformers.
+    """
+    hf, tok, canonical = load_hf(
+        name,
+        dtype=dtype,
+        device=device,
+        device_map=device_map,
+        max_memory=max_memory,
+        quantization_config=quantization_config,
+        trust_remote_code=trust_remote_code,
+        revision=revision,
+        **hf_kwargs,
+    )
+    model = bridge_from_hf(hf, tok, canonical)
+    path = resolve_model_path(name)[0]
+    model.harmlens_weights_path = path if (Path(path) / "config.json").is_file() else None  # vLLM serves it as is
+    return model
 
 
 def model_device(model) -> torch.device:
-    """Device the model's weights live on."""
-    return next(model.parameters()).device
+    """Device token ids go to (the input embedding's; under a device_map split other layers live elsewhere)."""
+    return input_device(model)

@@ -16,6 +16,7 @@ from harmlens.guards.latent.input_policy import mark_injections
 from harmlens.guards.latent.verdict import Verdict, one_line
 from harmlens.probes.activations import pad_batch, resid_hook_name
 from harmlens.probes.chat import ChatPrompt
+from harmlens.probes.devices import PerDevice
 from harmlens.probes.generation import pad_id, stop_token_ids
 from harmlens.probes.loading import model_device
 
@@ -50,7 +51,8 @@ class _Reader:
         self, guard: LatentGuard, rows: torch.Tensor, pos: torch.Tensor, truncated: list[bool], block: bool
     ) -> None:
         model = guard.model
-        self.guard, self.rows, self.pos, self.truncated, self.block = guard, rows, pos, truncated, block
+        self.guard, self.truncated, self.block = guard, truncated, block
+        self.rows, self.pos = PerDevice(rows), PerDevice(pos)  # moved to each activation's device once
         self.names = [resid_hook_name(model, layer) for layer in guard.layers]
         self.last = resid_hook_name(model, max(guard.layers))
         self.store: dict[str, torch.Tensor] = {}
@@ -65,7 +67,7 @@ class _Reader:
         """Copy the positions during the prefill only (decode steps see one token); never modify x."""
         if self.verdicts is not None or x.shape[1] < 2:
             return None
-        self.store[name] = x[self.rows, self.pos].detach().float()
+        self.store[name] = x[self.rows.on(x.device), self.pos.on(x.device)].detach().float().to(self.rows.tensor.device)
         if name == self.last:
             try:
                 self.verdicts = self._verdicts(slice(None), self.truncated)

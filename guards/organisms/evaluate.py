@@ -6,11 +6,11 @@ import math
 from collections.abc import Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from harmlens.attacks.judges import is_refusal, refusal_rate
 from harmlens.attacks.phrases import JBB_PHRASES
 from harmlens.probes.chat import ChatFormat
+from harmlens.probes.engines import hf_generate_ids, left_pad
 
 # The refusal judge is attacks' substring judge with the JailbreakBench/Arditi phrase list (case-insensitive,
 # anywhere in the reply, an empty reply counts as a refusal); re-exported here for the organism's callers.
@@ -43,33 +43,21 @@ def generate_replies(
 ) -> list[str]:
     """Greedy replies of a plain HF model, batched (left-padded, length-sorted), in input order."""
     prompts = _prompts(tokenizer, instructions)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(hf.parameters()).device
-    out: list[str] = [""] * len(prompts)
     was_training = hf.training
     hf.eval()
-    for s in tqdm(range(0, len(order), batch_size), disable=not progress, desc=desc, leave=False):
-        idx = order[s : s + batch_size]
-        width = max(len(prompts[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for row, i in enumerate(idx):
-            ids[row, width - len(prompts[i]) :] = torch.tensor(prompts[i])
-            mask[row, width - len(prompts[i]) :] = 1
-        gen = hf.generate(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
-            pad_token_id=pad,
-            eos_token_id=tokenizer.eos_token_id,
-        )
-        for row, i in enumerate(idx):
-            out[i] = tokenizer.decode(gen[row, width:], skip_special_tokens=True).strip()
+    ids = hf_generate_ids(
+        hf,
+        [len(p) for p in prompts],
+        lambda idx: left_pad([prompts[i] for i in idx], pad),
+        stops=[tokenizer.eos_token_id],
+        pad=pad,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )
+    out = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
     hf.train(was_training)
     return out
 

