@@ -19,6 +19,7 @@ class ChatPrompt:
     input_ids: tuple[int, ...]
     t_inst: int
     post_inst: tuple[int, ...]
+    span_start: int = 0  # first token a span read covers (a conversation: the last user turn; see probes.conversation)
 
     @property
     def t_post_inst(self) -> int:

@@ -18,6 +18,7 @@ from harmlens.io import check_compatible, load_tensors, save_tensors
 from harmlens.probes.activations import iter_resid_batches
 from harmlens.probes.beliefs import delta_scores
 from harmlens.probes.chat import ChatFormat, ChatPrompt, chat_format
+from harmlens.probes.conversation import is_conversation, render_conversation
 from harmlens.probes.directions import layer_span
 
 FORMAT = "harmlens.latent_guard"
@@ -54,8 +55,10 @@ class Verdict:
 
 
 def span_positions(prompt: ChatPrompt, width: int) -> tuple[int, ...]:
-    """Every token up to t_inst, padded to `width` by repeating t_inst (a repeat never changes a maximum)."""
-    return tuple(range(prompt.t_inst + 1)) + (prompt.t_inst,) * max(0, width - prompt.t_inst - 1)
+    """Every token from span_start up to t_inst, padded to `width` by repeating t_inst (a repeat never changes a
+    maximum)."""
+    n = prompt.t_inst + 1 - prompt.span_start
+    return tuple(range(prompt.span_start, prompt.t_inst + 1)) + (prompt.t_inst,) * max(0, width - n)
 
 
 def render_prompt(fmt: ChatFormat, prompt: str | ChatPrompt, max_length: int | None) -> tuple[ChatPrompt, bool]:
@@ -222,11 +225,15 @@ class LatentGuard:
         return Verdict(self.fail_closed, float("nan"), {}, self.alpha, reason, truncated)
 
     def prepare(self, prompt) -> tuple[ChatPrompt, bool]:
-        """Render one prompt (str or pre-rendered ChatPrompt, e.g. RMA-perturbed) as this guard reads it."""
-        if not isinstance(prompt, (str, ChatPrompt)):
-            raise HarmlensError(f"prompt must be a string or a ChatPrompt, got {type(prompt).__name__}")
+        """Render one prompt (str, pre-rendered ChatPrompt, e.g. RMA-perturbed, or an OpenAI-style message list) as
+        this guard reads it."""
+        if not isinstance(prompt, (str, ChatPrompt)) and not is_conversation(prompt):
+            raise HarmlensError(f"prompt must be a string, a ChatPrompt or a message list, got {type(prompt).__name__}")
         self._require_model()
         limit = self.max_length if self.max_length is not None else self._fmt.max_length
+        if is_conversation(prompt):
+            system = self.metadata.get("system")
+            return render_conversation(self._fmt.tokenizer, prompt, system=system, max_length=limit), False
         return render_prompt(self._fmt, prompt, limit)
 
     def select(self, prompt: ChatPrompt, width: int = 1) -> tuple[int, ...]:
@@ -238,7 +245,7 @@ class LatentGuard:
 
     def width(self, prompts: Sequence[ChatPrompt]) -> int:
         """Positions read per prompt in a batch of these prompts."""
-        return max(p.t_inst + 1 for p in prompts) if self.position == "span" else 1
+        return max(p.t_inst + 1 - p.span_start for p in prompts) if self.position == "span" else 1
 
     def read(self, prompts: Sequence[ChatPrompt]) -> torch.Tensor:
         """Activations [n, n_layers, positions, d_model] this guard reads from rendered prompts, in one forward."""
@@ -276,9 +283,10 @@ class LatentGuard:
                 out[i] = verdict
         return out  # type: ignore[return-value]
 
-    def __call__(self, prompts: str | ChatPrompt | Sequence[str | ChatPrompt]) -> Verdict | list[Verdict]:
-        """Verdict for one prompt, or a list of verdicts for a list (runs the model up to the last layer read)."""
-        if isinstance(prompts, (str, ChatPrompt)):
+    def __call__(self, prompts) -> Verdict | list[Verdict]:
+        """Verdict for one prompt (a string, ChatPrompt or message list), or a list of verdicts for a list of them
+        (runs the model up to the last layer read)."""
+        if isinstance(prompts, (str, ChatPrompt)) or is_conversation(prompts):
             return self.check([prompts])[0]
         if not isinstance(prompts, Sequence):
             raise HarmlensError(f"prompts must be a string or a list, got {type(prompts).__name__}")
