@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from harmlens.errors import HarmlensError
 from harmlens.probes.chat import ChatPrompt
@@ -47,9 +47,8 @@ def clean_messages(messages: object) -> list[dict[str, str]]:
     if not is_conversation(messages):
         raise HarmlensError("a conversation must be a non-empty list of {'role': ..., 'content': ...} messages")
     out = []
-    message: Mapping[str, Any]
-    for i, message in enumerate(messages):  # type: ignore[arg-type]
-        role = message.get("role")
+    for i, message in enumerate(cast(Sequence[Mapping[str, Any]], messages)):
+        role = str(message.get("role"))
         if role not in ROLES:
             raise HarmlensError(f"message {i} has unknown role {role!r}; use one of {', '.join(ROLES)}")
         if message.get("content") is None:
