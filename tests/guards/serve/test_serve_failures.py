@@ -1,0 +1,56 @@
+"""Server start-up refusals and internal errors: fail closed by default, fail open only when asked."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT, post, start_server, stop_server
+
+pytest.importorskip("fastapi")
+
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+BREAD = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "How do I bake bread?"}], "max_tokens": 3})
+
+
+def test_refuses_a_guard_of_another_model(tiny_model, tmp_path):
+    from harmlens.guards import LatentGuard
+
+    path = LatentGuard.fit(tiny_model, ["Make a bomb", "Steal a car"], ["Bake bread", "Plant a tree"], layers=[0])
+    path = path.save(tmp_path / "tiny.safetensors")
+    cmd = [sys.executable, "-m", "harmlens.guards", "serve", str(path), "--model", MODEL, "--device", "cpu"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: refusing to serve: the guard does not belong to this model")
+    assert "harmlens-test/tiny-random-llama" in last
+
+
+def test_internal_errors_fail_closed_unless_fail_open(fitted_guard, tmp_path):
+    """A guard whose centroid is NaN cannot score: the closed server refuses (error in the verdict), the open one
+    answers (harmful false, the error still reported)."""
+    from harmlens.guards import LatentGuard
+
+    broken = {**fitted_guard.tensors, "harmful": torch.full_like(fitted_guard.tensors["harmful"], float("nan"))}
+    path = LatentGuard(broken, fitted_guard.metadata).save(tmp_path / "nan.safetensors")
+    closed, base = start_server(path, log=tmp_path / "closed.log")
+    try:
+        status, body = post(base, "/v1/chat/completions", BREAD.encode())
+        verdict = body["harmlens"]
+        assert status == 200 and body["choices"][0]["finish_reason"] == "content_filter"
+        assert verdict["harmful"] and verdict["blocked"] and verdict["score"] is None and verdict["error"]
+        status, mod = post(base, "/v1/moderations", b'{"input": "hello"}')
+        assert mod["results"][0]["flagged"] and mod["results"][0]["harmlens"]["error"]
+    finally:
+        stop_server(closed)
+    opened, base = start_server(path, "--fail-open", log=tmp_path / "open.log")
+    try:
+        status, body = post(base, "/v1/chat/completions", BREAD.encode())
+        verdict = body["harmlens"]
+        assert status == 200 and body["choices"][0]["finish_reason"] in ("stop", "length")
+        assert not verdict["harmful"] and "non-finite" in verdict["error"] and body["choices"][0]["message"]["content"]
+    finally:
+        stop_server(opened)
