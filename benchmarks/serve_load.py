@@ -1,11 +1,11 @@
 """Bounded load test of the guarded server on 127.0.0.1: latency guarded vs unguarded, errors, verdicts vs offline.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/serve_load.py [--guard G] [--clients 8] [--requests 200]
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/serve_load.py [--guard G] [--clients 16] [--requests 200]
         [--max-tokens 8] [--out DIR]
 
-Starts `python -m harmlens.guards serve` twice as real processes on a free 127.0.0.1 port (guarded, then
---unguarded), sends the same mixed requests (harmful, harmless, multi-turn) from --clients threads with the official
-`openai` client, and stops each server. Every guarded verdict is compared with the offline `guard(conversation)`
+Starts `python -m harmlens.guards serve` twice as real processes on free 127.0.0.1 ports (guarded and --unguarded),
+sends every mixed request (harmful, harmless, multi-turn) to both from --clients threads with the official `openai`
+client (alternating which goes first, so load spikes on a shared machine hit both alike), and stops both servers. Every guarded verdict is compared with the offline `guard(conversation)`
 verdict. It also sends the bad requests of the reliability list and records status and reason. Without --guard it fits
 the small test guard (embedded SmolLM2, layers 8,16,24, 24 + 24 training prompts, alpha at 10% FPR). Stops by itself:
 each phase is bounded by --deadline seconds.
@@ -91,24 +91,32 @@ def stop(proc: subprocess.Popen) -> None:
         proc.kill()
 
 
-def run_load(base: str, model: str, work, clients: int, max_tokens: int, deadline: float) -> list[dict]:
-    """One record per request: kind, latency, error, finish_reason, harmlens verdict."""
+def run_load(bases: dict[str, str], model: str, work, clients: int, max_tokens: int, deadline: float) -> dict:
+    """Per mode, one record per request (kind, latency, error, finish_reason, verdict). Each client sends every item
+    to both servers, alternating which goes first, so a busy moment on a shared machine hits both modes alike."""
     import openai
 
-    client = openai.OpenAI(base_url=base + "/v1", api_key="-", max_retries=0, timeout=deadline)
+    made = {
+        m: openai.OpenAI(base_url=b + "/v1", api_key="-", max_retries=0, timeout=deadline) for m, b in bases.items()
+    }
 
-    def one(item):
-        kind, messages = item
+    def once(mode: str, kind: str, messages: list) -> dict:
         t0 = time.perf_counter()
         try:
-            r = client.chat.completions.create(model=model, messages=messages, max_tokens=max_tokens)
+            r = made[mode].chat.completions.create(model=model, messages=messages, max_tokens=max_tokens)
             rec = {"finish": r.choices[0].finish_reason, "harmlens": (r.model_extra or {}).get("harmlens")}
         except Exception as exc:  # noqa: BLE001 - counted as an error
             rec = {"error": f"{type(exc).__name__}: {exc}"[:200]}
         return {"kind": kind, "latency": time.perf_counter() - t0, **rec}
 
+    def both(args):
+        i, (kind, messages) = args
+        order = list(bases) if i % 2 == 0 else list(reversed(bases))
+        return {mode: once(mode, kind, messages) for mode in order}
+
     with ThreadPoolExecutor(clients) as pool:
-        return list(pool.map(one, work))
+        pairs = list(pool.map(both, enumerate(work)))
+    return {mode: [p[mode] for p in pairs] for mode in bases}
 
 
 BAD = {  # name: body
@@ -154,7 +162,7 @@ def pct(values: list[float], q: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--guard", type=Path, default=None)
-    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--clients", type=int, default=16, help="client threads; each alternates between the servers")
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--max-tokens", type=int, default=8)
     parser.add_argument("--deadline", type=float, default=900, help="seconds per phase before giving up")
@@ -180,43 +188,45 @@ def main() -> int:
     name = str(load_tensors(args.guard)[1]["model"])
     work = workload(args.requests)
     offline = guard([m for _, m in work])
-    results, table = {}, {}
-    for mode, extra in (("guarded", ()), ("unguarded", ("--unguarded",))):
-        proc, base, _log = start(args.guard, "--max-batch", "16", *extra, deadline=args.deadline)
-        try:
-            t0 = time.perf_counter()
-            recs = run_load(base, name, work, args.clients, args.max_tokens, args.deadline)
-            wall = time.perf_counter() - t0
+    results, table, procs, bases = {}, {}, [], {}
+    try:
+        for mode, extra in (("guarded", ()), ("unguarded", ("--unguarded",))):
+            proc, bases[mode], _log = start(args.guard, "--max-batch", "16", *extra, deadline=args.deadline)
+            procs.append(proc)
+        t0 = time.perf_counter()
+        records = run_load(bases, name, work, args.clients, args.max_tokens, args.deadline)
+        wall = time.perf_counter() - t0
+        health = {}
+        for mode, base in bases.items():
             with urllib.request.urlopen(base + "/health") as r:
-                health = json.loads(r.read())
-            if mode == "guarded":
-                table["bad_requests"] = bad_requests(base, name)
-        finally:
+                health[mode] = json.loads(r.read())
+        table["bad_requests"] = bad_requests(bases["guarded"], name)
+    finally:
+        for proc in procs:
             stop(proc)
+    for mode, recs in records.items():
         lat = [r["latency"] for r in recs if "error" not in r]
         results[mode] = {
             "requests": len(recs),
             "errors": sum("error" in r for r in recs),
             "p50_s": round(pct(lat, 0.5), 3),
             "p95_s": round(pct(lat, 0.95), 3),
-            "wall_s": round(wall, 1),
-            "req_per_s": round(len(recs) / wall, 2),
-            "batches": health["batches"],
-            "largest_batch": health["largest_batch"],
+            "batches": health[mode]["batches"],
+            "largest_batch": health[mode]["largest_batch"],
         }
-        if mode == "guarded":
-            got = [r.get("harmlens") or {} for r in recs]
-            same = [g.get("harmful") == v.harmful for g, v in zip(got, offline)]
-            diffs = [abs(g["score"] - v.score) for g, v in zip(got, offline) if g.get("score") is not None]
-            by_kind: dict[str, list[int]] = {}
-            for (kind, _), v in zip(work, offline):
-                by_kind.setdefault(kind, []).append(int(v.harmful))
-            results[mode] |= {
-                "verdicts_equal_offline": f"{sum(same)}/{len(same)}",
-                "max_abs_score_diff": max(diffs, default=float("nan")),
-                "blocked_rate_by_kind": {k: round(sum(v) / len(v), 2) for k, v in by_kind.items()},
-                "errors_seen": sorted({r["error"] for r in recs if "error" in r})[:3],
-            }
+    results["wall_s_both"] = round(wall, 1)
+    got = [r.get("harmlens") or {} for r in records["guarded"]]
+    same = [g.get("harmful") == v.harmful for g, v in zip(got, offline)]
+    diffs = [abs(g["score"] - v.score) for g, v in zip(got, offline) if g.get("score") is not None]
+    by_kind: dict[str, list[int]] = {}
+    for (kind, _), v in zip(work, offline):
+        by_kind.setdefault(kind, []).append(int(v.harmful))
+    results["guarded"] |= {
+        "verdicts_equal_offline": f"{sum(same)}/{len(same)}",
+        "max_abs_score_diff": max(diffs, default=float("nan")),
+        "blocked_rate_by_kind": {k: round(sum(v) / len(v), 2) for k, v in by_kind.items()},
+        "errors_seen": sorted({r["error"] for recs in records.values() for r in recs if "error" in r})[:3],
+    }
     load = os.getloadavg()
     report = {
         "clients": args.clients,

@@ -107,6 +107,7 @@ BAD = {  # name: (body, status, words in the one-line reason)
     "ends with assistant": (_body(messages=BREAD + [{"role": "assistant", "content": "x"}]), 400, "end with a user"),
     "max_tokens too large": (_body(max_tokens=100000), 400, "'max_tokens' must be an integer from 1 to 64"),
     "not an object": (b"[1, 2]", 400, "JSON object"),
+    "body over 2 MiB": (b" " * (3 << 20), 413, "over the limit of 2097152"),
 }
 
 
