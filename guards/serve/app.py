@@ -76,8 +76,8 @@ def create_app(batcher: Batcher, served: str, *, api_key: str | None = None, lim
             "guarded": batcher.use_guard,
             "guard": {"method": guard.method, "position": guard.position, "layers": guard.layers, "alpha": guard.alpha},
             "fail_closed": guard.fail_closed,
-            "batches": len(batcher.batches),
-            "largest_batch": max(batcher.batches, default=0),
+            "batches": batcher.batches,
+            "largest_batch": batcher.largest,
         }
 
     @app.get("/v1/models")

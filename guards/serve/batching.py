@@ -54,7 +54,7 @@ class Batcher:
         self.max_batch, self.wait = max_batch, wait_ms / 1000
         self.queue: queue.Queue[_Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="harmlens-model", daemon=True)
-        self.batches: list[int] = []  # sizes of the batches run (for tests and the load report)
+        self.batches, self.largest = 0, 0  # batches run and the largest (for /health and the load report)
 
     def start(self) -> Batcher:
         """Start the model thread."""
@@ -97,7 +97,7 @@ class Batcher:
     def _run(self) -> None:
         while (first := self.queue.get()) is not None:
             jobs = self._gather(first)
-            self.batches.append(len(jobs))
+            self.batches, self.largest = self.batches + 1, max(self.largest, len(jobs))
             groups: dict[tuple, list[_Job]] = defaultdict(list)
             for job in jobs:
                 groups[(job.kind, job.options)].append(job)
