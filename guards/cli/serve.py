@@ -30,6 +30,7 @@ def add_command(subparsers) -> None:
     p.add_argument("--refusal", default=None, help="reply to flagged requests (default: a short apology)")
     p.add_argument("--max-batch", type=int, default=16, help="requests per batch (default 16)")
     p.add_argument("--wait-ms", type=float, default=5.0, help="how long a batch waits for more requests (default 5)")
+    p.add_argument("--max-queue", type=int, default=256, help="queued requests before new ones get a 429")
     p.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask for")
     p.add_argument("--max-message-chars", type=int, default=65536, help="longest message accepted (characters)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -52,8 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from harmlens.io import load_tensors, model_name
     from harmlens.probes.loading import load_model
 
-    if not 0 < args.port < 65536 or args.max_batch < 1 or args.max_tokens < 1 or args.wait_ms < 0:
-        raise HarmlensError("--port, --max-batch, --max-tokens must be positive and --wait-ms not negative")
+    if not 0 < args.port < 65536 or min(args.max_batch, args.max_tokens, args.max_queue) < 1 or args.wait_ms < 0:
+        raise HarmlensError("--port, --max-batch, --max-tokens, --max-queue must be positive, --wait-ms not negative")
     if not args.guard.is_file():
         raise HarmlensError(f"guard file not found: {args.guard}")
     _, meta = load_tensors(args.guard)
@@ -63,7 +64,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except HarmlensError as exc:
         raise HarmlensError(f"refusing to serve: the guard does not belong to this model: {exc}") from None
     guarded = GuardedModel(model, guard, refusal=args.refusal or DEFAULT_REFUSAL)
-    batcher = Batcher(guarded, guarded_replies=not args.unguarded, max_batch=args.max_batch, wait_ms=args.wait_ms)
+    batcher = Batcher(
+        guarded,
+        guarded_replies=not args.unguarded,
+        max_batch=args.max_batch,
+        wait_ms=args.wait_ms,
+        max_queue=args.max_queue,
+    )
     limits = Limits(max_message_chars=args.max_message_chars, max_tokens=args.max_tokens)
     served = args.served_name or model_name(model)
     app = create_app(batcher, served, api_key=args.api_key or os.environ.get(_KEY_ENV) or None, limits=limits)

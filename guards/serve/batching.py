@@ -48,9 +48,15 @@ class Batcher:
     """Serialises model work on one thread; gathers up to max_batch requests arriving within wait_ms of the first."""
 
     def __init__(
-        self, guarded: GuardedModel, *, guarded_replies: bool = True, max_batch: int = 16, wait_ms: float = 5.0
+        self,
+        guarded: GuardedModel,
+        *,
+        guarded_replies: bool = True,
+        max_batch: int = 16,
+        wait_ms: float = 5.0,
+        max_queue: int = 256,
     ):
-        self.guarded, self.use_guard = guarded, guarded_replies
+        self.guarded, self.use_guard, self.max_queue = guarded, guarded_replies, max_queue
         self.max_batch, self.wait = max_batch, wait_ms / 1000
         self.queue: queue.Queue[_Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="harmlens-model", daemon=True)
@@ -75,6 +81,8 @@ class Batcher:
         return await self._submit(_Job("moderation", items))
 
     async def _submit(self, job: _Job) -> Any:
+        if self.queue.qsize() >= self.max_queue:
+            raise RequestError(429, f"server busy: {self.max_queue} requests already queued; retry later", "busy")
         job.loop = asyncio.get_running_loop()
         job.future = job.loop.create_future()
         self.queue.put(job)

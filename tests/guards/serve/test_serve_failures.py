@@ -54,3 +54,20 @@ def test_internal_errors_fail_closed_unless_fail_open(fitted_guard, tmp_path):
         assert not verdict["harmful"] and "non-finite" in verdict["error"] and body["choices"][0]["message"]["content"]
     finally:
         stop_server(opened)
+
+
+def test_a_full_queue_answers_429(fitted_guard, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = fitted_guard.save(tmp_path / "guard.safetensors")
+    proc, base = start_server(path, "--max-queue", "1", "--max-batch", "1", log=tmp_path / "busy.log")
+    body = BREAD.replace('"max_tokens": 3', '"max_tokens": 24').encode()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda _: post(base, "/v1/chat/completions", body), range(8)))
+    finally:
+        stop_server(proc)
+    statuses = sorted(status for status, _ in got)
+    assert statuses[0] == 200 and statuses[-1] == 429 and set(statuses) == {200, 429}
+    busy = next(reply for status, reply in got if status == 429)
+    assert "server busy" in busy["error"]["message"]
