@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     from harmlens.guards.cli.main_job import add_command as add_main_job  # main: the whole pipeline on the organism
 
     add_main_job(sub)
+    from harmlens.guards.cli.serve import add_command as add_serve  # serve: OpenAI-compatible guarded server
+
+    add_serve(sub)
     return parser
 
 

@@ -31,6 +31,7 @@ class ChatPrompt:
     input_ids: tuple[int, ...]
     t_inst: int
     post_inst: tuple[int, ...]
+    span_start: int = 0  # first token a span read covers (a conversation: the last user turn; see probes.conversation)
 
     def __post_init__(self) -> None:
         n = len(self.input_ids)

@@ -39,6 +39,7 @@ from harmlens.io import check_compatible, save_tensors
 from harmlens.probes.activations import iter_resid_batches
 from harmlens.probes.beliefs import delta_scores
 from harmlens.probes.chat import ChatPrompt, chat_format
+from harmlens.probes.conversation import is_conversation, render_conversation
 from harmlens.probes.directions import layer_span
 
 __all__ = ["FORMAT", "METHODS", "MLP_VERSION", "POSITIONS", "VERSION", "LatentGuard", "Verdict"]
@@ -174,11 +175,18 @@ class LatentGuard:
         return failed_verdict(self, reason, truncated, attempted=attempted)
 
     def prepare(self, prompt) -> tuple[ChatPrompt, bool]:
-        """Render one prompt (str or pre-rendered ChatPrompt, e.g. RMA-perturbed) as this guard reads it."""
-        if not isinstance(prompt, (str, ChatPrompt)):
-            raise HarmlensError(f"prompt must be a string or a ChatPrompt, got {type(prompt).__name__}")
+        """Render one prompt (str, pre-rendered ChatPrompt, e.g. RMA-perturbed, or an OpenAI-style message list) as
+        this guard reads it."""
+        if not isinstance(prompt, (str, ChatPrompt)) and not is_conversation(prompt):
+            raise HarmlensError(f"prompt must be a string, a ChatPrompt or a message list, got {type(prompt).__name__}")
         self._require_model()
         context = self.max_length if self.max_length is not None else self._fmt.max_length
+        if is_conversation(prompt):  # rendered whole (no truncation): over max_tokens is an error
+            system = self.metadata.get("system")
+            rendered = render_conversation(self._fmt.tokenizer, prompt, system=system, max_length=context)
+            if self.max_tokens is not None and len(rendered) > self.max_tokens:
+                raise HarmlensError(f"conversation is {len(rendered)} tokens, over max_tokens={self.max_tokens}")
+            return rendered, False
         return render_within_limits(self._fmt, prompt, context, self.max_tokens, self.on_long)
 
     def select(self, prompt: ChatPrompt, width: int = 1) -> tuple[int, ...]:
@@ -190,7 +198,7 @@ class LatentGuard:
 
     def width(self, prompts: Sequence[ChatPrompt]) -> int:
         """Positions read per prompt in a batch of these prompts."""
-        return max(p.t_inst + 1 for p in prompts) if self.position == "span" else 1
+        return max(p.t_inst + 1 - p.span_start for p in prompts) if self.position == "span" else 1
 
     def read(self, prompts: Sequence[ChatPrompt]) -> torch.Tensor:
         """Activations [n, n_layers, positions, d_model] this guard reads from rendered prompts, in one forward."""
@@ -241,9 +249,10 @@ class LatentGuard:
         except Exception as exc:  # noqa: BLE001 - fail closed, say why
             return self.failed(f"internal error: {one_line(exc)}", item[2], attempted=True)
 
-    def __call__(self, prompts: str | ChatPrompt | Sequence[str | ChatPrompt]) -> Verdict | list[Verdict]:
-        """Verdict for one prompt, or a list of verdicts for a list (runs the model up to the last layer read)."""
-        if isinstance(prompts, (str, ChatPrompt)):
+    def __call__(self, prompts) -> Verdict | list[Verdict]:
+        """Verdict for one prompt (a string, ChatPrompt or message list), or a list of verdicts for a list of them
+        (runs the model up to the last layer read)."""
+        if isinstance(prompts, (str, ChatPrompt)) or is_conversation(prompts):
             return self.check([prompts])[0]
         if not isinstance(prompts, Sequence):
             raise HarmlensError(f"prompts must be a string or a list, got {type(prompts).__name__}")
@@ -261,22 +270,11 @@ class LatentGuard:
         """The Δrefuse baseline: the same centroid rule on t_post-inst activations, same layers (fitted alongside)."""
         if "refuse" not in self.tensors:
             raise HarmlensError("this guard file has no t_post-inst centroids (refuse/accept)")
-        meta = {
-            **self.metadata,
-            "method": "centroid",
-            "position": "t_post_inst",
-            "alpha": self.metadata.get("alpha_refuse", 0.0),
-        }
-        guard = LatentGuard(
-            {"harmful": self.tensors["refuse"], "harmless": self.tensors["accept"]},
-            meta,
-            fail_closed=self.fail_closed,
-            batch_size=self.batch_size,
-            max_length=self.max_length,
-            on_injection=self.on_injection,
-            max_tokens=self.max_tokens,
-            on_long=self.on_long,
-        )
+        meta = {**self.metadata, "method": "centroid", "position": "t_post_inst"}
+        meta["alpha"] = self.metadata.get("alpha_refuse", 0.0)
+        settings = ("fail_closed", "batch_size", "max_length", "on_injection", "max_tokens", "on_long")
+        tensors = {"harmful": self.tensors["refuse"], "harmless": self.tensors["accept"]}
+        guard = LatentGuard(tensors, meta, **{k: getattr(self, k) for k in settings})
         return guard.attach(self.model) if self.model is not None else guard
 
     def wrap(self, model=None, **kwargs):

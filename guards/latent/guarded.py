@@ -16,6 +16,7 @@ from harmlens.guards.latent.input_policy import mark_injections
 from harmlens.guards.latent.verdict import Verdict, one_line
 from harmlens.probes.activations import pad_batch, resid_hook_name
 from harmlens.probes.chat import ChatPrompt
+from harmlens.probes.conversation import is_conversation
 from harmlens.probes.devices import PerDevice
 from harmlens.probes.generation import pad_id, stop_token_ids
 from harmlens.probes.loading import model_device
@@ -131,7 +132,7 @@ class GuardedModel:
 
     def generate(
         self,
-        prompts: Sequence[str | ChatPrompt],
+        prompts: Sequence,
         *,
         max_new_tokens: int = 64,
         batch_size: int = 16,
@@ -140,9 +141,12 @@ class GuardedModel:
         seed: int = 0,
         progress: bool = False,
     ) -> list[GuardedReply]:
-        """Replies (greedy by default, left-padded, length-sorted batches); blocked prompts get the refusal."""
+        """Replies (greedy by default, left-padded, length-sorted batches); blocked prompts get the refusal. Each prompt
+        is a string, a ChatPrompt or an OpenAI-style message list (a conversation)."""
+        if is_conversation(prompts):
+            raise HarmlensError("generate takes a list of conversations: wrap one message list in [...]")
         if isinstance(prompts, (str, ChatPrompt)) or not isinstance(prompts, Sequence) or not prompts:
-            raise HarmlensError("prompts must be a non-empty list of strings or ChatPrompts")
+            raise HarmlensError("prompts must be a non-empty list of strings, ChatPrompts or message lists")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1 or max_new_tokens < 1:
             raise HarmlensError("batch_size and max_new_tokens must be positive integers")
         out: list[GuardedReply | None] = [None] * len(prompts)
@@ -170,7 +174,7 @@ class GuardedModel:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed + start)
                 new, verdicts = self._batch([r[1] for r in chunk], [r[2] for r in chunk], kwargs, stops)
-            verdicts = mark_injections(self.guard, [r[1] for r in chunk], verdicts)  # role markers: injection
+            verdicts = mark_injections(self.guard, [prompts[r[0]] for r in chunk], verdicts)  # role markers
             for (i, prompt, _), ids, verdict in zip(chunk, new, verdicts):
                 blocked = self.block and verdict.harmful
                 text = (
@@ -209,8 +213,8 @@ class GuardedModel:
         new = [ids[: next((j for j, t in enumerate(ids) if t in stops), len(ids))] for ids in new]
         return new, reader.verdicts  # type: ignore[return-value]
 
-    def __call__(self, prompts: str | ChatPrompt | Sequence[str | ChatPrompt], **kwargs) -> str | list[str]:
-        """Reply text(s) only."""
-        if isinstance(prompts, (str, ChatPrompt)):
+    def __call__(self, prompts, **kwargs) -> str | list[str]:
+        """Reply text(s) only: one for a string, ChatPrompt or message list, a list for a list of them."""
+        if isinstance(prompts, (str, ChatPrompt)) or is_conversation(prompts):
             return self.generate([prompts], **kwargs)[0].text
         return [r.text for r in self.generate(prompts, **kwargs)]

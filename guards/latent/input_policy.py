@@ -79,13 +79,28 @@ def render_within_limits(
     return rendered, truncated or cut
 
 
+def _contents(content) -> list[str]:
+    """The text pieces of one message's content (a string, or OpenAI-style parts with text)."""
+    if isinstance(content, str):
+        return [content]
+    parts = content if isinstance(content, list) else []
+    return [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
+
+
 def mark_injections(guard, prompts: Sequence[str | ChatPrompt], verdicts: list) -> list:
     """Verdicts with injection=True where the prompt's user text carries role markers; harmful too under 'flag'."""
     tok = getattr(guard.model, "tokenizer", None)
     out = []
     for prompt, verdict in zip(prompts, verdicts):
-        text = prompt.instruction if isinstance(prompt, ChatPrompt) else prompt
-        if isinstance(text, str) and find_markers(text, tok):
+        if isinstance(prompt, ChatPrompt):
+            texts = [prompt.instruction]
+        elif isinstance(prompt, str):
+            texts = [prompt]
+        elif isinstance(prompt, (list, tuple)):  # a conversation: every message's text content
+            texts = [t for m in prompt if isinstance(m, dict) for t in _contents(m.get("content"))]
+        else:  # not a prompt at all: its verdict already failed closed
+            texts = []
+        if any(find_markers(t, tok) for t in texts):
             flag = guard.on_injection == "flag"
             verdict = dataclasses.replace(verdict, injection=True, harmful=verdict.harmful or flag)
         out.append(verdict)

@@ -56,8 +56,10 @@ def _finite(x: object) -> float | None:
 
 
 def span_positions(prompt: ChatPrompt, width: int) -> tuple[int, ...]:
-    """Every token up to t_inst, padded to `width` by repeating t_inst (a repeat never changes a maximum)."""
-    return tuple(range(prompt.t_inst + 1)) + (prompt.t_inst,) * max(0, width - prompt.t_inst - 1)
+    """Every token from span_start up to t_inst, padded to `width` by repeating t_inst (a repeat never changes a
+    maximum)."""
+    n = prompt.t_inst + 1 - prompt.span_start
+    return tuple(range(prompt.span_start, prompt.t_inst + 1)) + (prompt.t_inst,) * max(0, width - n)
 
 
 def render_prompt(fmt: ChatFormat, prompt: str | ChatPrompt, max_length: int | None) -> tuple[ChatPrompt, bool]:

@@ -192,7 +192,7 @@ def test_same_seed_same_weights(tiny_model):
 CHILD = textwrap.dedent("""
     import sys, time, torch
     sys.path[:0] = [{tests!r}, {here!r}]
-    from conftest import build_tiny_model
+    from support import build_tiny_model
     from transformers import AutoTokenizer
     from harmlens.guards import TrainConfig, train
     from test_training import PAIRS, tiny_config

@@ -1,0 +1,222 @@
+"""Request parsing (one-line 4xx reasons, never a 500) and OpenAI-shaped response bodies for the guarded server."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from harmlens.errors import HarmlensError
+from harmlens.guards.latent.guard import Verdict
+from harmlens.probes.conversation import clean_messages, message_text
+
+GUARD_MODEL = "harmlens-latent-guard"  # the model name /v1/moderations also answers to
+
+
+class RequestError(Exception):
+    """A client error: HTTP status, one-line reason, OpenAI error type/code."""
+
+    def __init__(self, status: int, message: str, code: str = "invalid_request", param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+    def body(self) -> dict:
+        """OpenAI's error body."""
+        kind = {401: "authentication_error", 404: "not_found_error"}.get(self.status, "invalid_request_error")
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Server-side bounds on a request."""
+
+    max_body_bytes: int = 2 * 1024 * 1024
+    max_message_chars: int = 65536
+    max_tokens: int = 512
+    default_max_tokens: int = 128
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A validated /v1/chat/completions request."""
+
+    messages: list[dict[str, str]]
+    max_tokens: int
+    temperature: float
+    seed: int
+    stream: bool
+
+
+def parse_body(body: bytes, limits: Limits) -> dict[str, Any]:
+    """The JSON object in a request body (413 when too large, 400 for bad UTF-8, bad JSON or a non-object)."""
+    if len(body) > limits.max_body_bytes:
+        raise RequestError(413, f"request body is {len(body)} bytes, over the limit of {limits.max_body_bytes}")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(400, f"request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, f"malformed JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+    if not isinstance(obj, dict):
+        raise RequestError(400, "request body must be a JSON object")
+    return obj
+
+
+def check_model(obj: dict, served: str, *, required: bool = True, also: tuple[str, ...] = ()) -> None:
+    """404 unless `model` names the served model (or one of `also`); 400 when required and missing."""
+    model = obj.get("model")
+    if model is None and not required:
+        return
+    if not isinstance(model, str) or not model:
+        raise RequestError(400, "missing 'model' (a string)", param="model")
+    if model not in (served, *also):
+        raise RequestError(404, f"model {model!r} is not served here; this server serves {served!r}", "model_not_found")
+
+
+def _int(obj: dict, key: str, default: int, lo: int, hi: int) -> int:
+    value = obj.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise RequestError(400, f"'{key}' must be an integer from {lo} to {hi}, got {value!r}", param=key)
+    return value
+
+
+def _messages(raw: Any, limits: Limits) -> list[dict[str, str]]:
+    if raw is None:
+        raise RequestError(400, "missing 'messages' (a list of {role, content} messages)", param="messages")
+    if not isinstance(raw, list) or not raw or not all(isinstance(m, dict) for m in raw):
+        raise RequestError(400, "'messages' must be a non-empty list of {role, content} objects", param="messages")
+    for i, m in enumerate(raw):
+        try:
+            text = message_text(m["content"], str(m.get("role"))) if m.get("content") is not None else ""
+        except HarmlensError as exc:
+            raise RequestError(400, str(exc), param=f"messages[{i}].content") from None
+        if len(text) > limits.max_message_chars:
+            raise RequestError(
+                413,
+                f"message {i} is {len(text)} characters, over the limit of {limits.max_message_chars}",
+                "message_too_long",
+                f"messages[{i}].content",
+            )
+    try:
+        return clean_messages(raw)
+    except HarmlensError as exc:
+        raise RequestError(400, str(exc), param="messages") from None
+
+
+def parse_chat(obj: dict, served: str, limits: Limits) -> ChatRequest:
+    """Validate a chat-completions request body (unknown optional fields such as top_p are ignored)."""
+    check_model(obj, served)
+    messages = _messages(obj.get("messages"), limits)
+    if _int(obj, "n", 1, 1, 1 << 30) != 1:
+        raise RequestError(400, "'n' must be 1: this server returns one choice per request", param="n")
+    key = "max_completion_tokens" if obj.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _int(obj, key, limits.default_max_tokens, 1, limits.max_tokens)
+    temperature = obj.get("temperature", 0.0)
+    if temperature is None:
+        temperature = 0.0
+    ok = isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and math.isfinite(temperature)
+    if not ok or not 0 <= temperature <= 2:
+        raise RequestError(400, f"'temperature' must be a number from 0 to 2, got {temperature!r}", param="temperature")
+    stream = obj.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError(400, "'stream' must be true or false", param="stream")
+    seed = _int(obj, "seed", 0, -(1 << 63), (1 << 63) - 1)
+    return ChatRequest(messages, max_tokens, float(temperature), seed, stream)
+
+
+def parse_moderation(obj: dict, served: str, limits: Limits) -> list[Any]:
+    """Items to score: `input` (a string or a list of strings, each a one-turn prompt) or, as a harmlens extension,
+    `messages` (one conversation, read at its last user turn)."""
+    check_model(obj, served, required=False, also=(GUARD_MODEL, "omni-moderation-latest", "text-moderation-latest"))
+    if obj.get("messages") is not None:
+        return [_messages(obj["messages"], limits)]
+    raw = obj.get("input")
+    if raw is None:
+        raise RequestError(400, "missing 'input' (a string or a list of strings) or 'messages'", param="input")
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items:
+        raise RequestError(400, "'input' must be a string or a non-empty list of strings", param="input")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("type") == "text":
+            item = item.get("text")
+        if isinstance(item, dict) and item.get("type") in ("image_url", "input_image"):
+            raise RequestError(400, f"input {i} is an image, but this is a text model", param="input")
+        if not isinstance(item, str) or not item.strip():
+            raise RequestError(400, f"input {i} must be a non-empty string", param="input")
+        if len(item) > limits.max_message_chars:
+            raise RequestError(
+                413, f"input {i} is {len(item)} characters, over the limit of {limits.max_message_chars}"
+            )
+        out.append([{"role": "user", "content": item.strip()}])
+    return out
+
+
+def verdict_field(verdict: Verdict | None, blocked: bool) -> dict | None:
+    """The `harmlens` field: the guard's verdict and whether the reply was replaced by the refusal."""
+    return None if verdict is None else {**verdict.to_dict(), "blocked": blocked}
+
+
+def chat_response(served: str, text: str, finish: str, usage: tuple[int, int], harmlens: dict | None) -> dict:
+    """A chat.completion body with one choice and a `harmlens` field."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": served,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish,
+                "logprobs": None,
+            }
+        ],
+        "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)},
+        "harmlens": harmlens,
+    }
+
+
+def chat_chunks(served: str, text: str, finish: str, harmlens: dict | None, pieces: int = 8) -> list[dict]:
+    """chat.completion.chunk bodies: the role, the text in pieces, then finish_reason and the verdict."""
+    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+    def chunk(delta: dict, finish_reason: str | None = None, **extra) -> dict:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
+        body = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": served}
+        return {**body, "choices": [choice], **extra}
+
+    step = max(1, -(-len(text) // pieces))
+    parts = [text[i : i + step] for i in range(0, len(text), step)]
+    return (
+        [chunk({"role": "assistant", "content": ""})]
+        + [chunk({"content": p}) for p in parts]
+        + [chunk({}, finish, harmlens=harmlens)]
+    )
+
+
+def moderation_response(served: str, verdicts: list[Verdict]) -> dict:
+    """OpenAI's moderation shape: one result per input with flagged, a 'harmful' category score, and the verdict."""
+    results = []
+    for v in verdicts:
+        if math.isnan(v.score):
+            prob = 1.0 if v.harmful else 0.0
+        else:
+            prob = 1 / (1 + math.exp(-max(-60.0, min(60.0, v.score - v.threshold))))
+        results.append(
+            {
+                "flagged": v.harmful,
+                "categories": {"harmful": v.harmful},
+                "category_scores": {"harmful": prob},
+                "category_applied_input_types": {"harmful": ["text"]},
+                "harmlens": v.to_dict(),
+            }
+        )
+    return {"id": f"modr-{uuid.uuid4().hex}", "model": served, "results": results}
