@@ -159,8 +159,8 @@ def _fallback_markers(prefix: str, suffix: str) -> tuple[str, str] | None:
 
 def _strip_system(prefix: str, user_marker: str, bos: str | None) -> str:
     """Drop everything before the user turn (the default system prompt), keeping a leading BOS that is not a header."""
-    keep_bos = bool(bos) and prefix.startswith(bos) and not user_marker.startswith(bos)
-    return (bos if keep_bos else "") + prefix[prefix.rfind(user_marker) :]
+    keep_bos = bos is not None and bos != "" and prefix.startswith(bos) and not user_marker.startswith(bos)
+    return (bos if keep_bos and bos is not None else "") + prefix[prefix.rfind(user_marker) :]
 
 
 def image_token(config=None, tokenizer=None, processor=None) -> str | None:

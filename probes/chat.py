@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from harmlens.errors import HarmlensError
 from harmlens.probes.markers import has_special, tokenize_prompt
@@ -88,14 +89,15 @@ class ChatFormat:
             max_length = getattr(tokenizer, "model_max_length", None)
             if max_length is not None and max_length > 10**7:
                 max_length = None
-        special = isinstance(system, str) and system and has_special(tokenizer, system)
-        span = _system_span(tokenizer, template, prefix, system) if special else None
+        special = isinstance(system, str) and bool(system) and has_special(tokenizer, system)
+        span = _system_span(tokenizer, template, prefix, system) if special and isinstance(system, str) else None
         return cls(prefix=prefix, suffix=suffix, tokenizer=tokenizer, max_length=max_length, system_span=span)
 
     @cached_property
     def suffix_ids(self) -> tuple[int, ...]:
         """Tokens of the post-instruction template string on its own."""
-        return tuple(self.tokenizer(self.suffix, add_special_tokens=False)["input_ids"])
+        tok: Any = self.tokenizer
+        return tuple(tok(self.suffix, add_special_tokens=False)["input_ids"])
 
     def render_text(self, instruction: str) -> str:
         """The full prompt string for an instruction (validated, outer whitespace stripped)."""

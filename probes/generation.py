@@ -28,10 +28,10 @@ def render(model, instructions: Sequence[str] | Sequence[ChatPrompt], system: st
     if all(isinstance(x, ChatPrompt) for x in instructions):
         if system is not None:
             raise HarmlensError("system= only applies to string instructions, not to already rendered ChatPrompts")
-        return list(instructions)
+        return [x for x in instructions if isinstance(x, ChatPrompt)]
     if not all(isinstance(x, str) for x in instructions):
         raise HarmlensError("instructions must be all strings or all ChatPrompts, not a mix")
-    return chat_format(model, system=system).render_many(list(instructions))
+    return chat_format(model, system=system).render_many([x for x in instructions if isinstance(x, str)])
 
 
 def _check_batch_size(batch_size: int) -> None:

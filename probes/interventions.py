@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -89,7 +90,7 @@ def ablate(model, direction: torch.Tensor) -> Iterator:
         yield model
 
 
-def _base_module(component) -> torch.nn.Module:
+def _base_module(component) -> Any:
     """The HF module a bridge component wraps (or the module itself)."""
     return getattr(component, "original_component", None) or component
 

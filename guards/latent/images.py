@@ -37,7 +37,7 @@ def image_position(prompt: ChatPrompt, position: int, image_id: int, n_image_tok
 def read_positions(guard: LatentGuard, prompt: ChatPrompt, image_id: int, n_image: int) -> list[int]:
     """The guard's positions (LatentGuard.select) mapped past the image tokens; a span guard skips the image's own
     tokens, which are not text."""
-    positions = guard.select(prompt)
+    positions: Sequence[int] = guard.select(prompt)
     if guard.position == "span":
         positions = [p for p in positions if prompt.input_ids[p] != image_id]
     return [image_position(prompt, p, image_id, n_image) for p in positions]

@@ -10,6 +10,7 @@ pre_h = Σ_l (W1_l x_l)_h + b1_h, so layer l's share is Σ_h w2_h·Φ(pre_h)·((
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import cast
 
 import torch
 from tqdm.auto import tqdm
@@ -76,7 +77,7 @@ def train_mlp_probe(
                 schedule.step()
                 bar.update()
         bar.close()
-    first, last = net[1], net[3]
+    first, last = cast(torch.nn.Linear, net[1]), cast(torch.nn.Linear, net[3])
     return {
         "mlp_mean": mean,
         "mlp_std": std,

@@ -103,6 +103,7 @@ def _examples(fmt, tokenizer, harmful, harmless, groups, k: int | None, rng, bal
     probe the request, not the wrapper, is what counts.
     """
     variants = (lambda p: balanced_variants(p)) if balance else (lambda p: [p])  # noqa: E731
+    out: list[tuple[ChatPrompt, list[int], list[int], bool | None]]
     out = [(r, [r.t_inst], [], True) for p in harmful for r in map(fmt.render, variants(p))]
     out += [(r, [], list(range(r.t_inst + 1)), False) for p in harmless for r in map(fmt.render, variants(p))]
     for group in groups:
@@ -123,7 +124,9 @@ def _examples(fmt, tokenizer, harmful, harmless, groups, k: int | None, rng, bal
 def _gather(model, examples, layers, batch_size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Activations [n, n_layers, d] at the positive and negative positions, and {harmful?: [(t_inst, t_post_inst)
     activations]} of the plain prompts (their centroids; t_post_inst ones give the Δrefuse baseline)."""
-    pos, neg, post = [], [], {True: [], False: []}
+    pos: list = []
+    neg: list = []
+    post: dict[bool, list] = {True: [], False: []}
     order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
     chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
     for idx in tqdm(chunks, desc="span guard: caching", disable=not progress, unit="batch"):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -96,7 +96,7 @@ def evaluate_organism(
     organism,
     base,
     tokenizer,
-    sets: dict[str, Sequence[str]],
+    sets: Mapping[str, Sequence[str]],
     *,
     max_new_tokens: int = 48,
     batch_size: int = 32,
@@ -139,5 +139,7 @@ def evaluate_organism(
             "base_refusal_rate_harmless": round(refusal_rate(own), 4),
         }
         replies["harmless_base"] = own
-    result["replies"] = {k: [[p, r] for p, r in zip(sets.get(k, sets.get("harmless")), v)] for k, v in replies.items()}
+    result["replies"] = {
+        k: [[p, r] for p, r in zip(sets.get(k) or sets.get("harmless") or [], v)] for k, v in replies.items()
+    }
     return result

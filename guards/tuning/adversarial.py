@@ -295,7 +295,7 @@ def adversarial_train(
                     flush=True,
                 )
             texts, extra = [r.text for r in rendered], {}
-            if any(get_setting(r.setting).needs_image for r in rendered):
+            if images is not None and any(get_setting(r.setting).needs_image for r in rendered):
                 texts, batch_inputs = image_inputs(template, processor, images, rendered, seed=config.seed + k)
                 extra["batch_inputs"] = batch_inputs
             adapter = train(
