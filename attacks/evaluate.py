@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
@@ -22,6 +22,9 @@ from harmlens.probes.chat import ChatPrompt
 from harmlens.probes.engines import Backend, get_backend
 from harmlens.probes.loading import model_name
 from harmlens.probes.markers import tokenize_prompt
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 RESULTS_FILE = "results.jsonl"
 _KEYS = (
@@ -122,7 +125,7 @@ def _read_results(path: Path, header: dict) -> dict[tuple[str, str, int], dict]:
 
 
 def evaluate_asr(
-    model,
+    model: TransformerBridge,
     instructions: list[str],
     *,
     settings=None,
@@ -248,7 +251,7 @@ def _stored_prompt(template: RoleTemplate, record: dict) -> ChatPrompt:
     return ChatPrompt(record["instruction"], text, tuple(ids), t_inst, tuple(range(t_inst + 1, len(ids))))
 
 
-def rejudge(report: AttackReport, judge: str | Judge, model=None) -> AttackReport:
+def rejudge(report: AttackReport, judge: str | Judge, model: TransformerBridge | None = None) -> AttackReport:
     """The same replies judged again by another judge (no generation), e.g. to compare phrase lists."""
     judge = get_judge(judge, model)
     if not judge.needs_reply and model is None:

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -20,6 +21,9 @@ from harmlens.errors import HarmlensError
 from harmlens.probes.chat import clean_instruction
 from harmlens.probes.generation import _cache_kwarg
 from harmlens.probes.loading import model_device
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 @dataclass(frozen=True)
@@ -136,7 +140,7 @@ def _sample(
 
 
 def gcg_attack(
-    model,
+    model: TransformerBridge,
     instruction: str,
     config: GCGConfig = DEFAULT_GCG,
     *,
@@ -174,7 +178,7 @@ def gcg_attack(
 
 
 def gcg_many(
-    model, instructions: Sequence[str], config: GCGConfig = DEFAULT_GCG, *, progress: bool = True
+    model: TransformerBridge, instructions: Sequence[str], config: GCGConfig = DEFAULT_GCG, *, progress: bool = True
 ) -> list[GCGResult]:
     """One suffix per instruction (individual GCG)."""
     if not instructions:

@@ -68,5 +68,6 @@ def judge_generate(
             continue
         ids = tuple(tok(text, add_special_tokens=bos)["input_ids"])
         prompts.append(ChatPrompt(text, text, ids, max(len(ids) - 2, 0), (len(ids) - 1,)))
-    out = generate_ids(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    bridge_like: Any = model  # a JudgeModel has what generation reads: tokenizer and original_model
+    out = generate_ids(bridge_like, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
     return [tok.decode(ids, skip_special_tokens=True) for ids in out]

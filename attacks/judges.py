@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from functools import cache
+from typing import TYPE_CHECKING
 
 from harmlens.attacks.judge_formats import FORMAT_ALIASES, FORMATS
 from harmlens.attacks.judge_item import Judge, JudgeItem
@@ -12,6 +13,9 @@ from harmlens.attacks.model_judge import ModelJudge
 from harmlens.attacks.phrases import PHRASE_LISTS
 from harmlens.errors import HarmlensError
 from harmlens.probes.chat import ChatPrompt
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["Judge", "JudgeItem", "ModelJudge", "RefusalScoreJudge", "SubstringJudge", "get_judge"]
 
@@ -114,7 +118,7 @@ def coherent(reply: str | None, *, min_words: int = 4) -> bool:
     return longest < 4 and (len(bigrams) < 8 or len(set(bigrams)) / len(bigrams) >= 0.4)
 
 
-def get_judge(spec: str | Judge = "substring:rma", model=None) -> Judge:
+def get_judge(spec: str | Judge = "substring:rma", model: TransformerBridge | None = None) -> Judge:
     """A judge from a spec: 'substring:{jbb,rma,zhao}', 'refusal_score' (needs model), 'model:<known judge>' or
     '<format>:<any chat model>' with a format of harmlens.attacks.judge_formats (e.g. 'strongreject:<name>')."""
     if not isinstance(spec, str):

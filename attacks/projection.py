@@ -7,6 +7,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +20,9 @@ from harmlens.io import atomic_write_text
 from harmlens.probes.activations import cache_resid, t_post_inst_positions
 from harmlens.probes.chat import ChatPrompt
 from harmlens.probes.directions import Directions
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 USES = ("successful", "all")
 
@@ -64,7 +68,7 @@ def _prompt_from_text(tokenizer, instruction: str, text: str) -> ChatPrompt:
 
 
 def projection_analysis(
-    model,
+    model: TransformerBridge,
     report: AttackReport,
     directions: Directions,
     *,

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harmlens.attacks.evaluate import evaluate_asr
 from harmlens.attacks.projection import ProjectionResult, projection_analysis
 from harmlens.attacks.report import AttackReport
 from harmlens.io import output_set
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
-def is_vlm(model) -> bool:
+
+def is_vlm(model: TransformerBridge) -> bool:
     """A LLaVA-style model (an image token in its config): image settings then need its processor."""
     config = getattr(getattr(model, "original_model", None), "config", None) or getattr(model, "config", None)
     return getattr(config, "image_token_index", getattr(config, "image_token_id", None)) is not None
 
 
-def model_processor(model, name: str | None):
+def model_processor(model: TransformerBridge, name: str | None):
     """The model's processor: its own, or for a VLM loaded without one, the one saved with `name`; else None."""
     processor = getattr(model, "processor", None)
     if processor is None and is_vlm(model):  # the processor expands the image token and makes pixel_values
@@ -29,7 +33,7 @@ def model_processor(model, name: str | None):
 
 
 def attack_to_folder(
-    model,
+    model: TransformerBridge,
     prompts: list[str],
     out: Path,
     *,
@@ -74,7 +78,7 @@ def attack_to_folder(
 
 
 def projection_to_folder(
-    model,
+    model: TransformerBridge,
     report: AttackReport,
     directions,
     out: Path,

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from harmlens.errors import HarmlensError
 from harmlens.probes.markers import has_special
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 _PH = "\ue000HARMLENS_INSTRUCTION\ue001"
 # Templates whose roles the derivation cannot find (no shared header around the role name): (user, assistant).
@@ -195,7 +199,7 @@ def _template_image_text(tokenizer, template: str, system: str | None, prefix: s
 
 
 def role_template(
-    model,
+    model: TransformerBridge,
     *,
     chat_template: str | None = None,
     system: str | None = None,

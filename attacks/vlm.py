@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from harmlens.errors import HarmlensError
 from harmlens.probes.chat import ChatPrompt
 from harmlens.probes.engines import HFBackend
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 
 def generate_with_images(
-    model,
+    model: TransformerBridge,
     processor,
     prompts: Sequence[ChatPrompt],
     images: Sequence,

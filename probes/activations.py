@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -13,6 +14,9 @@ from harmlens.probes.chat import ChatPrompt
 from harmlens.probes.devices import PerDevice
 from harmlens.probes.loading import model_device
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 PositionSelector = Callable[[ChatPrompt], Sequence[int]]
 
 
@@ -20,12 +24,12 @@ class _StopForward(Exception):
     """Raised by the last needed hook so no later layer (nor the unembedding) is computed."""
 
 
-def n_layers(model) -> int:
+def n_layers(model: TransformerBridge) -> int:
     """Number of transformer blocks."""
     return int(model.cfg.n_layers)
 
 
-def resid_hook_name(model, layer: int) -> str:
+def resid_hook_name(model: TransformerBridge, layer: int) -> str:
     """Hook for the residual stream entering block `layer`; layer == n_layers is the final residual."""
     L = n_layers(model)
     if not 0 <= layer <= L:
@@ -35,7 +39,7 @@ def resid_hook_name(model, layer: int) -> str:
     return f"blocks.{layer}.hook_resid_pre" if layer < L else "ln_final.hook_in"
 
 
-def check_layers(model, layers: Sequence[int] | None) -> list[int]:
+def check_layers(model: TransformerBridge, layers: Sequence[int] | None) -> list[int]:
     """Validate a layer list (None = every resid_pre plus the final residual)."""
     L = n_layers(model)
     if layers is None:
@@ -97,7 +101,7 @@ def pad_batch(prompts: Sequence[ChatPrompt], pad_id: int, *, padding_side: str =
 
 
 def iter_resid_batches(
-    model,
+    model: TransformerBridge,
     prompts: Sequence[ChatPrompt],
     select: PositionSelector,
     *,
@@ -153,6 +157,8 @@ def iter_resid_batches(
     bar.close()
 
 
-def cache_resid(model, prompts: Sequence[ChatPrompt], select: PositionSelector, **kwargs) -> torch.Tensor:
+def cache_resid(
+    model: TransformerBridge, prompts: Sequence[ChatPrompt], select: PositionSelector, **kwargs
+) -> torch.Tensor:
     """All selected activations at once: [n_prompts, n_layers_sel, n_pos, d_model] (small: positions only)."""
     return torch.cat([acts.cpu() for _, acts in iter_resid_batches(model, prompts, select, **kwargs)])

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -14,6 +15,9 @@ from harmlens.io import check_compatible, load_tensors, model_signature, save_te
 from harmlens.probes.activations import iter_resid_batches
 from harmlens.probes.chat import ChatPrompt, NoSystem, chat_format, system_from_metadata, system_metadata
 from harmlens.probes.directions import Directions, layer_span, mean_activations, render_prompts
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 FORMAT = "harmlens.centroids"
 _NAMES = ("harmful", "harmless", "refuse", "accept")
@@ -61,7 +65,7 @@ class Centroids:
         refuse_post,
         accept_post,
         *,
-        model,
+        model: TransformerBridge,
         layers: Sequence[int],
         system: str | NoSystem | None = None,
     ) -> Centroids:
@@ -101,7 +105,7 @@ class Centroids:
         return save_tensors(path, {k: getattr(self, k).float() for k in _NAMES}, self.metadata)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model=None) -> Centroids:
+    def load(cls, path: str | os.PathLike, model: TransformerBridge | None = None) -> Centroids:
         """Read a file written by save(); with `model`, check it matches."""
         tensors, meta = load_tensors(path)
         if meta.get("format") != FORMAT or any(k not in tensors for k in _NAMES):
@@ -156,7 +160,7 @@ def delta_scores(
 
 
 def belief_scores(
-    model,
+    model: TransformerBridge,
     prompts: list[str],
     centroids: Centroids,
     *,

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harmlens.errors import HarmlensError
 from harmlens.probes.markers import has_special, tokenize_prompt
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 _PLACEHOLDER = "\ue000HARMLENS_INSTRUCTION\ue001"
 _SYS_PLACEHOLDER = "\ue000HARMLENS_SYSTEM\ue001"
@@ -220,7 +223,9 @@ def clean_instruction(instruction: str) -> str:
     return stripped
 
 
-def chat_format(model, *, system: str | NoSystem | None = None, chat_template: str | None = None) -> ChatFormat:
+def chat_format(
+    model: TransformerBridge, *, system: str | NoSystem | None = None, chat_template: str | None = None
+) -> ChatFormat:
     """ChatFormat of a loaded model, bounded by its context length (system=NO_SYSTEM: no system turn at all)."""
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
     return ChatFormat.from_tokenizer(model.tokenizer, system=system, chat_template=chat_template, max_length=n_ctx)

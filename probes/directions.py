@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -15,6 +16,9 @@ from harmlens.errors import HarmlensError
 from harmlens.io import check_compatible, load_tensors, model_signature, save_tensors
 from harmlens.probes.activations import check_layers, iter_resid_batches
 from harmlens.probes.chat import ChatPrompt, NoSystem, chat_format, system_metadata
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 FORMAT = "harmlens.directions"
 VERSION = 1
@@ -112,7 +116,7 @@ class Directions:
         return save_tensors(path, {k: getattr(self, k).float() for k in _TENSORS}, self.metadata)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model=None) -> Directions:
+    def load(cls, path: str | os.PathLike, model: TransformerBridge | None = None) -> Directions:
         """Read a file written by save(); with `model`, check it was extracted from that model."""
         tensors, meta = load_tensors(path)
         if meta.get("format") != FORMAT:
@@ -132,7 +136,7 @@ class Directions:
 
 
 def extract_directions(
-    model,
+    model: TransformerBridge,
     harmful: list[str],
     harmless: list[str],
     *,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
@@ -21,6 +21,9 @@ from harmlens.probes.token_prompts import (
     stop_token_ids,
     token_ids,
 )
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = ["BACKENDS", "Backend", "HFBackend", "Prompts", "get_backend", "hf_generate_ids", "pad_id", "stop_token_ids"]
 __all__ += ["check_generation_args", "left_pad", "token_ids"]
@@ -162,7 +165,7 @@ class HFBackend:
         ]
 
 
-def get_backend(model, backend: str | Backend = "hf", *, processor=None, **engine_kwargs) -> Backend:
+def get_backend(model: TransformerBridge, backend: str | Backend = "hf", *, processor=None, **engine_kwargs) -> Backend:
     """A Backend for the model: 'hf', 'vllm' (started once per model and reused) or a Backend instance as is."""
     if isinstance(backend, Backend) and not isinstance(backend, str):
         return backend

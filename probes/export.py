@@ -17,6 +17,7 @@ import os
 import pickle
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ import torch
 from harmlens.errors import HarmlensError
 from harmlens.hf import atomic_dir, unwrap_model
 from harmlens.io import atomic_write, model_name
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 ARCH = "controlvector"
 
@@ -93,7 +97,7 @@ def _field(reader, key: str):
     return int(value[0])
 
 
-def read_control_vector(path: str | os.PathLike, model=None) -> dict[int, torch.Tensor]:
+def read_control_vector(path: str | os.PathLike, model: TransformerBridge | None = None) -> dict[int, torch.Tensor]:
     """{harmlens layer: vector} from a GGUF control vector (repeng's or harmlens's); with `model`, check it fits."""
     import gguf
 
@@ -128,7 +132,7 @@ def read_control_vector(path: str | os.PathLike, model=None) -> dict[int, torch.
     return out
 
 
-def read_direction_pt(path: str | os.PathLike, model=None) -> tuple[torch.Tensor, dict]:
+def read_direction_pt(path: str | os.PathLike, model: TransformerBridge | None = None) -> tuple[torch.Tensor, dict]:
     """refusal_direction's direction.pt (tensor only, torch.load(weights_only=True)) and its direction_metadata.json
     ({'pos', 'layer'}, harmlens's layer convention) when it lies beside it; full pickles are refused."""
     path = Path(path)
@@ -157,7 +161,9 @@ def read_direction_pt(path: str | os.PathLike, model=None) -> tuple[torch.Tensor
     return obj.float(), meta
 
 
-def save_edited(model, path: str | os.PathLike, *, overwrite: bool = False, card: dict | None = None) -> Path:
+def save_edited(
+    model: TransformerBridge, path: str | os.PathLike, *, overwrite: bool = False, card: dict | None = None
+) -> Path:
     """Save a model edited in place (e.g. by orthogonalize) as a plain HF folder: safetensors, config, tokenizer."""
     hf = unwrap_model(model)
     tok = getattr(model, "tokenizer", None)
@@ -192,7 +198,15 @@ def _target(meta: dict, model) -> tuple[int, int, str]:
 
 
 def directions_to_control_vector(
-    directions, path, *, kind="refusal", layers=None, scale=1.0, unit=True, model=None, model_hint=None
+    directions,
+    path,
+    *,
+    kind="refusal",
+    layers=None,
+    scale=1.0,
+    unit=True,
+    model: TransformerBridge | None = None,
+    model_hint=None,
 ) -> Path:
     """Directions -> GGUF control vector: each layer's (unit, scaled) direction at llama.cpp's direction.{L-1}."""
     d, n, name = _target(directions.metadata, model)
@@ -203,7 +217,9 @@ def directions_to_control_vector(
     return write_control_vector(path, vecs, d_model=d, n_layers=n, model_hint=model_hint or name, model_name=name)
 
 
-def selection_to_control_vector(selection, path, *, layers=None, scale=1.0, unit=True, model=None, model_hint=None):
+def selection_to_control_vector(
+    selection, path, *, layers=None, scale=1.0, unit=True, model: TransformerBridge | None = None, model_hint=None
+):
     """A selected refusal direction -> GGUF control vector at its layer (or at each of `layers`)."""
     d, n, name = _target(selection.metadata, model)
     vec = (selection.unit() if unit else selection.direction) * scale

@@ -5,16 +5,20 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harmlens.io import atomic_write_text, output_set
 from harmlens.probes.beliefs import Centroids, belief_scores
 from harmlens.probes.directions import extract_directions
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 FILES = ["directions.safetensors", "cosine_per_layer.png", "norms_per_layer.png", "beliefs_scatter.png"]
 
 
 def extract_to_folder(
-    model,
+    model: TransformerBridge,
     out: Path,
     harmful: list[str],
     harmless: list[str],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -18,10 +19,15 @@ from harmlens.probes.engines import pad_id as pad_id  # re-exported (guards impo
 from harmlens.probes.engines import stop_token_ids as stop_token_ids
 from harmlens.probes.loading import model_device
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 _MIN_SHARED_PREFIX = 4  # shorter common prefixes are not worth a separate cached forward
 
 
-def render(model, instructions: Sequence[str] | Sequence[ChatPrompt], system: str | None = None) -> list[ChatPrompt]:
+def render(
+    model: TransformerBridge, instructions: Sequence[str] | Sequence[ChatPrompt], system: str | None = None
+) -> list[ChatPrompt]:
     """Strings -> ChatPrompts through the model's chat template; ChatPrompts pass through unchanged."""
     if isinstance(instructions, str) or not isinstance(instructions, Sequence) or not instructions:
         raise HarmlensError("instructions must be a non-empty list of strings or ChatPrompts")
@@ -39,7 +45,7 @@ def _check_batch_size(batch_size: int) -> None:
 
 
 def generate_ids(
-    model,
+    model: TransformerBridge,
     prompts: Sequence[ChatPrompt],
     *,
     max_new_tokens: int = 64,
@@ -67,7 +73,7 @@ def generate_ids(
 
 
 def generate(
-    model,
+    model: TransformerBridge,
     instructions: list[str] | list[ChatPrompt],
     *,
     max_new_tokens: int = 64,
@@ -118,7 +124,12 @@ def _cache_kwarg(hf) -> str:
 
 
 def last_token_logits(
-    model, prompts: Sequence[ChatPrompt], batch_size: int = 16, *, share_prefix: bool = True, progress: bool = False
+    model: TransformerBridge,
+    prompts: Sequence[ChatPrompt],
+    batch_size: int = 16,
+    *,
+    share_prefix: bool = True,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Next-token logits at each prompt's last token, [n, vocab] float32 on CPU; active bridge hooks apply.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -14,10 +14,13 @@ from harmlens.probes.activations import n_layers, resid_hook_name
 from harmlens.probes.devices import PerDevice, is_quantized
 from harmlens.validate import finite
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 POSITIONS = ("all", "prompt")
 
 
-def check_vector(model, vector, what: str = "vector") -> torch.Tensor:
+def check_vector(model: TransformerBridge, vector, what: str = "vector") -> torch.Tensor:
     """A finite float tensor of shape [d_model], detached."""
     d = int(model.cfg.d_model)
     if not isinstance(vector, torch.Tensor):
@@ -30,7 +33,7 @@ def check_vector(model, vector, what: str = "vector") -> torch.Tensor:
     return vector
 
 
-def unit_direction(model, direction) -> torch.Tensor:
+def unit_direction(model: TransformerBridge, direction) -> torch.Tensor:
     """The direction scaled to unit norm, in float64; HarmlensError if it is zero."""
     direction = check_vector(model, direction, "direction").double()
     norm = direction.norm()
@@ -40,7 +43,9 @@ def unit_direction(model, direction) -> torch.Tensor:
 
 
 @contextmanager
-def steer(model, vector: torch.Tensor, layer: int, coeff: float = 1.0, *, positions: str = "all") -> Iterator:
+def steer(
+    model: TransformerBridge, vector: torch.Tensor, layer: int, coeff: float = 1.0, *, positions: str = "all"
+) -> Iterator:
     """Add coeff·vector to the residual entering `layer` (n_layers = final residual) while inside the block.
 
     positions="all" steers every position incl. generated tokens; "prompt" only forward calls over more than one
@@ -63,7 +68,7 @@ def steer(model, vector: torch.Tensor, layer: int, coeff: float = 1.0, *, positi
         yield model
 
 
-def ablation_hook_names(model) -> list[str]:
+def ablation_hook_names(model: TransformerBridge) -> list[str]:
     """Arditi's ablation points: hook_resid_pre, hook_attn_out and hook_mlp_out of every block."""
     names = [
         f"blocks.{layer}.{point}"
@@ -77,7 +82,7 @@ def ablation_hook_names(model) -> list[str]:
 
 
 @contextmanager
-def ablate(model, direction: torch.Tensor) -> Iterator:
+def ablate(model: TransformerBridge, direction: torch.Tensor) -> Iterator:
     """Project the unit direction out of every block's resid_pre, attn_out and mlp_out, at every position."""
     r = PerDevice(unit_direction(model, direction))
 
@@ -125,7 +130,7 @@ def _untie_output_embeddings(hf, embed: torch.nn.Module) -> None:
             cfg.tie_word_embeddings = False
 
 
-def orthogonalize(model, direction: torch.Tensor):
+def orthogonalize(model: TransformerBridge, direction: torch.Tensor):
     """Arditi's permanent edit: W <- W - r̂r̂ᵀW for the embeddings and every attn/MLP output projection (in place).
 
     A tied unembedding is untied first (cloned) so the logits read-out is unchanged. Equivalent to ablate() for

@@ -250,6 +250,6 @@ def load_model(
     return model
 
 
-def model_device(model) -> torch.device:
+def model_device(model: TransformerBridge) -> torch.device:
     """Device token ids go to (the input embedding's; under a device_map split other layers live elsewhere)."""
     return input_device(model)

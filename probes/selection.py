@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +19,9 @@ from harmlens.io import check_compatible, json_safe, load_tensors, model_signatu
 from harmlens.probes.chat import ChatFormat, NoSystem, chat_format, system_from_metadata
 from harmlens.probes.generation import last_token_logits
 from harmlens.probes.interventions import ablate, steer
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 FORMAT = "harmlens.selection"
 OPENERS = (
@@ -197,7 +201,7 @@ class Selection:
         return save_tensors(path, {k: getattr(self, k) for k in _TENSORS}, {"format": FORMAT, **meta})
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model=None) -> Selection:
+    def load(cls, path: str | os.PathLike, model: TransformerBridge | None = None) -> Selection:
         """Read a file written by save(); with `model`, check it was made with that model."""
         tensors, meta = load_tensors(path)
         if meta.get("format") != FORMAT or any(k not in tensors for k in _TENSORS):
@@ -259,7 +263,7 @@ def _subset(name: str, wanted, available: list[int], default: list[int]) -> list
 
 
 def select_refusal_direction(
-    model,
+    model: TransformerBridge,
     directions,
     harmful_val: list[str],
     harmless_val: list[str],

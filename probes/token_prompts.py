@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.probes.chat import ChatPrompt
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 Prompts = Sequence[ChatPrompt] | Sequence[Sequence[int]]
 
@@ -20,7 +24,7 @@ def pad_id(tokenizer) -> int:
     return 0
 
 
-def stop_token_ids(model, tokenizer=None) -> list[int]:
+def stop_token_ids(model: TransformerBridge, tokenizer=None) -> list[int]:
     """Tokens that end a reply: tokenizer eos, generation-config eos and the chat template's end-of-turn token
     (`tokenizer` for a plain HF model, which has none of its own)."""
     tok = tokenizer if tokenizer is not None else model.tokenizer

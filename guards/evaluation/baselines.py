@@ -195,7 +195,7 @@ def predict_shared(detectors: Sequence[LatentDetector], prompts: Sequence[Prompt
         try:
             _, acts = next(
                 iter_resid_batches(
-                    first.model,
+                    first._require_model(),
                     [r[1] for r in chunk],
                     lambda p: (p.t_inst, p.t_post_inst),
                     layers=layers,

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from harmlens.attacks.jailbreaks import NAMED, gptfuzzer, gptfuzzer_templates
 from harmlens.attacks.settings import perturb
 from harmlens.attacks.template import role_template
 from harmlens.errors import HarmlensError
 from harmlens.probes.chat import ChatPrompt
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 
 def gptfuzzer_wrap(prompts: Sequence[str], template_ids: Sequence[str | int] | None = None, seed: int = 0) -> list[str]:
@@ -27,7 +31,7 @@ def named_wrap(prompts: Sequence[str], names: Sequence[str] | None = None) -> li
     return [NAMED[names[i % len(names)]](p, seed=i) for i, p in enumerate(prompts)]
 
 
-def rma_perturb(model, prompts: Sequence[str], setting: str = "swap") -> list[ChatPrompt]:
+def rma_perturb(model: TransformerBridge, prompts: Sequence[str], setting: str = "swap") -> list[ChatPrompt]:
     """Prompts rendered under an RMA setting (t_inst located in the perturbed structure)."""
     template = role_template(model)
     return [perturb(template, p, setting) for p in prompts]
@@ -57,7 +61,7 @@ def fit_wrappers(guard) -> set[str]:
 
 
 def shipped_sets(
-    model=None,
+    model: TransformerBridge | None = None,
     *,
     limit: int | None = None,
     seed: int = 0,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -26,6 +26,9 @@ from harmlens.probes.activations import check_layers, iter_resid_batches
 from harmlens.probes.beliefs import delta_scores
 from harmlens.probes.chat import ChatPrompt, chat_format, clean_instruction
 from harmlens.probes.directions import data_hash
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 _ENDINGS = ("", ".", "?")
 __all__ = ["CALIBRATION_RULES", "auroc", "calibration_record", "flagged_allowed", "fpr_bound", "threshold_for_fpr"]
@@ -128,7 +131,7 @@ def select_window(val_pos: torch.Tensor, val_neg: torch.Tensor, tol: float = 0.0
 
 def fit_tinst_guard(
     make_guard: Callable[[dict, dict], Any],
-    model,
+    model: TransformerBridge,
     harmful: Sequence[str | ChatPrompt],
     harmless: Sequence[str | ChatPrompt],
     config: GuardConfig,

@@ -6,6 +6,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -42,6 +43,9 @@ from harmlens.probes.chat import ChatPrompt, chat_format
 from harmlens.probes.conversation import is_conversation, render_conversation
 from harmlens.probes.directions import layer_span
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 __all__ = ["FORMAT", "METHODS", "MLP_VERSION", "POSITIONS", "VERSION", "LatentGuard", "Verdict"]
 __all__ += ["render_prompt", "span_positions"]
 _one_line = one_line  # the name callers imported before verdict.py
@@ -69,7 +73,7 @@ class LatentGuard:
         check_metadata(self.metadata)
         self.fail_closed, self.batch_size, self.max_length = fail_closed, batch_size, max_length
         self.on_injection, self.max_tokens, self.on_long = check_input_policy(on_injection, max_tokens, on_long)
-        self.model = None
+        self.model: TransformerBridge | None = None
         if model is not None:
             self.attach(model)
 
@@ -105,7 +109,7 @@ class LatentGuard:
     @classmethod
     def fit(
         cls,
-        model,
+        model: TransformerBridge,
         harmful: Sequence[str | ChatPrompt],
         harmless: Sequence[str | ChatPrompt],
         config: GuardConfig | None = None,
@@ -125,13 +129,13 @@ class LatentGuard:
         val = {"val_harmful": val_harmful, "val_harmless": val_harmless}
         return fitter(make, model, harmful, harmless, config, **val, progress=progress)  # type: ignore[arg-type]
 
-    def attach(self, model) -> LatentGuard:
+    def attach(self, model: TransformerBridge) -> LatentGuard:
         """Bind the model this guard reads (must match the one it was fitted on)."""
         check_compatible(self.metadata, model)
         self.model, self._fmt = model, chat_format(model, system=self.metadata.get("system"))
         return self
 
-    def _require_model(self):
+    def _require_model(self) -> TransformerBridge:
         if self.model is None:
             raise HarmlensError("this guard has no model: pass one to LatentGuard.load(path, model) or attach(model)")
         return self.model
@@ -277,7 +281,7 @@ class LatentGuard:
         guard = LatentGuard(tensors, meta, **{k: getattr(self, k) for k in settings})
         return guard.attach(self.model) if self.model is not None else guard
 
-    def wrap(self, model=None, **kwargs):
+    def wrap(self, model: TransformerBridge | None = None, **kwargs):
         """A GuardedModel: generation whose own prefill feeds this guard (zero extra forward passes)."""
         return GuardedModel(model if model is not None else self._require_model(), self, **kwargs)
 
@@ -286,7 +290,7 @@ class LatentGuard:
         return save_tensors(path, self.tensors, self.metadata)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model=None, **kwargs) -> LatentGuard:
+    def load(cls, path: str | os.PathLike, model: TransformerBridge | None = None, **kwargs) -> LatentGuard:
         """Read a guard file, refusing a malformed one (see guard_file); with `model`, check it was fitted on that
         model (name, d_model, n_layers)."""
         tensors, meta, _ = read_guard_file(path)

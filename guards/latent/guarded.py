@@ -51,7 +51,7 @@ class _Reader:
     def __init__(
         self, guard: LatentGuard, rows: torch.Tensor, pos: torch.Tensor, truncated: list[bool], block: bool
     ) -> None:
-        model = guard.model
+        model = guard._require_model()
         self.guard, self.truncated, self.block = guard, truncated, block
         self.rows, self.pos = PerDevice(rows), PerDevice(pos)  # moved to each activation's device once
         self.names = [resid_hook_name(model, layer) for layer in guard.layers]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -16,6 +17,9 @@ from harmlens.guards.latent.verdict import Verdict, one_line
 from harmlens.probes.activations import resid_hook_name
 from harmlens.probes.chat import ChatPrompt
 from harmlens.probes.loading import model_device
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 IMAGE_SETTINGS = ("img_in", "img_in+swap", "img_end", "img_end+swap", "img_out", "img_out+swap")
 
@@ -69,7 +73,8 @@ def image_acts(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> t
         pos = [shift + p for p in read_positions(guard, item.prompt, image_id, n_image)]
         with torch.no_grad():
             extra = {k: v.to(device) for k, v in enc.items() if k != "input_ids" and isinstance(v, torch.Tensor)}
-            _, cache = model.run_with_cache(ids.to(device), **extra, names_filter=lambda n: n in names)
+            run: Any = model.run_with_cache  # pixel_values and friends go through **kwargs
+            _, cache = run(ids.to(device), **extra, names_filter=lambda n: n in names)
         out.append(torch.stack([cache[n][0, pos] for n in names]).float().cpu())  # [n_layers, n_pos, d]
     width = max(a.shape[1] for a in out)
     out = [torch.cat([a, a[:, -1:].expand(-1, width - a.shape[1], -1)], 1) for a in out]
@@ -107,7 +112,7 @@ class ImageAwareDetector:
 
 
 def image_sets(
-    model,
+    model: TransformerBridge,
     harmful: Sequence[str],
     harmless: Sequence[str],
     *,

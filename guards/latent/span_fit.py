@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
@@ -34,6 +34,9 @@ from harmlens.io import model_signature
 from harmlens.probes.activations import check_layers, iter_resid_batches
 from harmlens.probes.chat import ChatPrompt, chat_format
 from harmlens.probes.directions import data_hash
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 FIT_NAMED = ("aim", "refusal_suppression", "evil_confidant", "payload_splitting")
 TOKEN_PROBES = ("mlp", "linear")
@@ -57,7 +60,7 @@ def default_wrappers(seed: int = 0) -> list[list[str]]:
     return [list(FIT_NAMED), [f"gptfuzzer:{i}" for i in fit_gptfuzzer_ids(seed)]]
 
 
-def span_layers(model) -> list[int]:
+def span_layers(model: TransformerBridge) -> list[int]:
     """Default layers: every other layer from a third of the depth to the final residual."""
     n = int(model.cfg.n_layers)
     return list(range(n // 3, n + 1, 2)) if n >= 3 else list(range(n + 1))
@@ -158,7 +161,7 @@ def fit_scales(guard, harmless: Sequence[str], batch_size: int = 8) -> torch.Ten
 
 def fit_span_guard(
     make_guard: Callable[[dict, dict], Any],
-    model,
+    model: TransformerBridge,
     harmful: Sequence[str],
     harmless: Sequence[str],
     config: SpanConfig,

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harmlens.attacks.report import AttackReport
 
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 
 def attack_suite(
-    model,
+    model: TransformerBridge,
     out: Path,
     prompts: list[str],
     *,
@@ -37,7 +41,7 @@ def attack_suite(
 
 
 def utility_suite(
-    model,
+    model: TransformerBridge,
     out: Path,
     benign: list[str],
     answers: list[tuple[str, str]],
@@ -65,7 +69,7 @@ def utility_suite(
         else None
     )
     refusal = {k: round(1 - r.asr, 4) for k, r in report.asr.items()} if report else {}
-    tokenizer = getattr(model, "tokenizer", None) or model.processor.tokenizer
+    tokenizer = getattr(model, "tokenizer", None) or getattr(model, "processor").tokenizer  # noqa: B009 - VLM bridges
     ppl = reply_perplexity(unwrap_model(model), tokenizer, [q for q, _ in answers], [a for _, a in answers])
     return {
         "benign_refusal": refusal,

@@ -6,6 +6,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.pipeline.adversarial_eval import (
@@ -18,6 +19,9 @@ from harmlens.guards.pipeline.adversarial_eval import (
 )
 from harmlens.guards.pipeline.subjects import load_subject, vlm_processor
 from harmlens.io import atomic_write_text
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 SUMMARY = "summary.json"
 
@@ -53,7 +57,7 @@ class AdversarialRun:
 
 
 def train_run(
-    model,
+    model: TransformerBridge,
     out: Path,
     *,
     settings="all",

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
 
 def load_subject(spec: str | None, device=None):
     """'organism[:text|vlm]' (built on first use), 'base' (embedded SmolLM2) or a model folder / Hub name."""
@@ -14,7 +19,7 @@ def load_subject(spec: str | None, device=None):
     return load_model(None if spec == "base" else spec, device=device)
 
 
-def vlm_processor(model):
+def vlm_processor(model: TransformerBridge):
     """The processor of a LLaVA-style model (its image settings need images and pixel_values), else None."""
     from harmlens.attacks.template import role_template
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -21,6 +22,9 @@ from harmlens.guards.tuning.adapter import Adapter
 from harmlens.guards.tuning.encoding import Example, as_examples
 from harmlens.guards.tuning.refusals import refusal_for
 from harmlens.guards.tuning.training import TrainConfig, train
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 ASSIGNMENTS = ("chunks", "random")
 SCHEDULES = ("two-stage", "mix")
@@ -41,7 +45,7 @@ DEFAULT_CONFIG = TrainConfig(
 )
 
 
-def default_config(model, **changes) -> TrainConfig:
+def default_config(model: TransformerBridge, **changes) -> TrainConfig:
     """DEFAULT_CONFIG with LoRA on the top 80% of the decoder layers (as the text organism's recipe: 6-29 of 30)."""
     cfg = getattr(getattr(model, "original_model", model), "config", None)
     n = getattr(cfg, "num_hidden_layers", None) or getattr(getattr(cfg, "text_config", None), "num_hidden_layers", 0)
@@ -227,7 +231,7 @@ def _template(model, tokenizer) -> RoleTemplate:
 
 
 def adversarial_train(
-    model,
+    model: TransformerBridge,
     harmful: Sequence[str],
     benign_pairs: Sequence,
     *,

@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ from harmlens.guards.tuning.encoding import (
     encode,
     end_of_turn,
 )
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
 
 __all__ = [
     "IGNORE",
@@ -206,7 +209,7 @@ def seed_everything(seed: int) -> None:
 
 
 def train(
-    model,
+    model: TransformerBridge,
     examples: Sequence[tuple[str, str]] | Sequence[Example],
     *,
     config: TrainConfig,
