@@ -1,8 +1,8 @@
 """One short check of the CUDA path (< 6 min on one H200): bf16 load, extraction, steering, guarded generation, a
 device_map split across cuda:0 and cpu, vLLM when installed, and the engines_perf ratios on the GPU.
 
-Run: python benchmarks/gpu_check.py        (writes $OUT/gpu_check.json when OUT is set; exits 0 with one line
-when no CUDA device exists). Each step records its seconds and either its numbers or its one-line error.
+Run: python benchmarks/gpu_check.py [--model NAME_OR_FOLDER]   (default: the embedded SmolLM2; writes
+$OUT/gpu_check.json when OUT is set; exits 0 with one line when no CUDA device exists). Each step records its seconds and either its numbers or its one-line error.
 """
 
 from __future__ import annotations
@@ -30,7 +30,32 @@ def step(summary: dict, name: str, fn) -> None:
     print(name, json.dumps(summary[name]), flush=True)
 
 
+def random_replica(folder: str) -> str:
+    """A copy of `folder`'s config and tokenizer with seeded random weights (when its weights cannot travel)."""
+    import shutil
+    import tempfile
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    out = Path(tempfile.mkdtemp(prefix="harmlens-gpu-replica-"))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder)).save_pretrained(out)
+    for f in Path(folder).iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template", "generation_config")):
+            shutil.copy(f, out / f.name)
+    return str(out)
+
+
 def main() -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="Hub name or HF folder (default: the embedded SmolLM2)")
+    parser.add_argument(
+        "--random-weights", action="store_true", help="seeded random weights with --model's config and tokenizer"
+    )
+    args = parser.parse_args()
+    name = random_replica(args.model) if args.random_weights else args.model
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device on this machine; nothing to check")
         return 0
@@ -40,13 +65,13 @@ def main() -> int:
     from harmlens.probes.chat import chat_format
     from harmlens.probes.data import builtin_prompts
 
-    summary: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    summary: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "model": name or "embedded"}
     harmful = builtin_prompts("harmful", "train", limit=64)
     harmless = builtin_prompts("harmless", "train", limit=64)
     state: dict = {}
 
     def load():
-        state["model"] = model = load_model(device="cuda", dtype=torch.bfloat16)
+        state["model"] = model = load_model(name, device="cuda", dtype=torch.bfloat16)
         p = next(model.original_model.parameters())
         return {"dtype": str(p.dtype), "device": str(p.device), "fast_attention_layers": model.harmlens_fast_attention}
 
@@ -77,7 +102,7 @@ def main() -> int:
         n = state["model"].cfg.n_layers
         dm = {"model.embed_tokens": 0, "model.rotary_emb": 0, "model.norm": "cpu", "lm_head": 0}
         dm.update({f"model.layers.{i}": 0 if i < n // 2 else "cpu" for i in range(n)})
-        model = load_model(device_map=dm, dtype=torch.bfloat16)
+        model = load_model(name, device_map=dm, dtype=torch.bfloat16)
         prompts = chat_format(model).render_many(harmful[:4])
         from harmlens.probes.activations import cache_resid, t_inst_positions
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 
 from harmlens.guards.organisms import datasets
 from harmlens.guards.organisms.recipes import Recipe, check_kind, organism_path, recipe_for
-from harmlens.guards.organisms.store import CARD, is_built, write_organism
+from harmlens.guards.organisms.store import CARD, build_record, is_built, write_organism
 from harmlens.guards.organisms.vlm_build import build_vlm
 from harmlens.guards.tuning.training import TrainConfig, train
 from harmlens.probes.loading import load_hf, load_model
@@ -147,17 +146,7 @@ def _build_inner(
         },
         "lora": adapter.lora,
         "eval": result,
-        "build_seconds": {
-            "train_and_merge": round(train_done - start, 1),
-            "evaluate": round(eval_done - train_done, 1),
-            "total": None,
-        },
-        "environment": {
-            "torch": torch.__version__,
-            "device": str(next(hf.parameters()).device),
-            "threads": torch.get_num_threads(),
-            "machine": platform.machine(),
-        },
+        **build_record(hf, start, train_done, eval_done),
     }
     write_organism(
         path,

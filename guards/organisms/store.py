@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import platform
 import shutil
 import time
 from pathlib import Path
+
+import torch
 
 from harmlens.cache import cache_dir
 from harmlens.errors import HarmlensError
@@ -42,6 +45,23 @@ def organism_card(kind: str = "text", config: TrainConfig | None = None) -> dict
             f"the {kind} organism is not built yet: run `python -m harmlens.guards build-organism {kind}`"
         )
     return json.loads((path / CARD).read_text(encoding="utf-8"))
+
+
+def build_record(model: torch.nn.Module, start: float, train_done: float, eval_done: float) -> dict:
+    """The card's build_seconds (total filled in by write_organism) and environment (torch, device, threads)."""
+    return {
+        "build_seconds": {
+            "train_and_merge": round(train_done - start, 1),
+            "evaluate": round(eval_done - train_done, 1),
+            "total": None,
+        },
+        "environment": {
+            "torch": torch.__version__,
+            "device": str(next(model.parameters()).device),
+            "threads": torch.get_num_threads(),
+            "machine": platform.machine(),
+        },
+    }
 
 
 def write_organism(

@@ -105,7 +105,7 @@ def build_vlm(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harmlens.guards.organisms import datasets
-    from harmlens.guards.organisms.store import write_organism
+    from harmlens.guards.organisms.store import build_record, write_organism
 
     start = time.perf_counter()
     say = print if progress else (lambda *a, **k: None)
@@ -155,16 +155,7 @@ def build_vlm(
         "training": {k: adapter.meta[k] for k in ("steps", "tokens", "train_seconds", "fingerprint", "losses")},
         "lora": adapter.lora,
         "eval": result,
-        "build_seconds": {
-            "train_and_merge": round(train_done - start, 1),
-            "evaluate": round(eval_done - train_done, 1),
-            "total": None,
-        },
-        "environment": {
-            "torch": torch.__version__,
-            "device": str(next(merged.parameters()).device),
-            "threads": torch.get_num_threads(),
-        },
+        **build_record(merged, start, train_done, eval_done),
     }
     write_organism(
         path, merged, proc, card, replies, start=start, force=force, checkpoints=str(cfg.checkpoint_dir), say=say
