@@ -111,7 +111,8 @@ class VLLMBackend:
             stop_token_ids=self.stops,
             skip_special_tokens=True,
         )
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=progress)
+        as_prompt: Any = TokensPrompt  # a TypedDict whose other keys are optional at run time
+        outs = self.llm.generate([as_prompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=progress)
         result = []
         for out in outs:
             new = list(out.outputs[0].token_ids)
