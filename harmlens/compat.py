@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -25,3 +27,21 @@ def ensure_kv_cache_compat() -> None:
 
     _update_kv_cache._harmlens_compat = True  # type: ignore[attr-defined]
     AttentionBridge._update_kv_cache = _update_kv_cache  # type: ignore[method-assign]
+
+
+@contextmanager
+def no_torchvision_install() -> Iterator[None]:
+    """While booting a bridge, stop TransformerLens from pip-installing torchvision into the user's environment.
+
+    Why: TL 4.3 runs `pip install torchvision` when a VLM's processor needs it and it is missing; that can replace the
+    user's torch with another build (it did here: a CUDA torch over the CPU one). harmlens loads processors itself, so
+    TL's processor load may fail quietly instead. Remove once TL no longer installs packages (checked against 4.3.0).
+    """
+    from transformer_lens.model_bridge.sources.transformers import helpers
+
+    saved = helpers._ensure_torchvision
+    helpers._ensure_torchvision = lambda: False
+    try:
+        yield
+    finally:
+        helpers._ensure_torchvision = saved

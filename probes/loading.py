@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harmlens import validate
 from harmlens.cache import cache_dir, resolve_alias
+from harmlens.compat import no_torchvision_install
 from harmlens.errors import HarmlensError
 from harmlens.io import model_name as model_name  # re-exported: loading is where users look for it
 from harmlens.probes.attention import enable_fast_attention
@@ -188,9 +189,10 @@ def bridge_from_hf(hf, tok, canonical: str) -> TransformerBridge:
         first = next(hf.parameters())
         kwargs = dict(device=first.device, dtype=first.dtype)
     try:
-        model = TransformerBridge.boot_transformers(
-            hf.config.name_or_path or canonical, hf_model=hf, tokenizer=tok, **kwargs
-        )
+        with no_torchvision_install():  # TL would pip-install torchvision (and another torch) for a VLM
+            model = TransformerBridge.boot_transformers(
+                hf.config.name_or_path or canonical, hf_model=hf, tokenizer=tok, **kwargs
+            )
     except ValueError as exc:  # e.g. TransformerLens rejecting a mixed CPU/GPU device_map
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise HarmlensError(f"cannot wrap model '{canonical}': {first_line}") from None

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from harmlens.compat import no_torchvision_install
+
 TOKENIZERS_DIR = Path(
     os.environ.get("HARMLENS_TEST_TOKENIZERS", Path(__file__).resolve().parents[2] / "shared" / "tokenizers")
 )
@@ -189,20 +191,6 @@ def _qwen25vl(seed: int):
 
 
 VISION_TOKENS = {"start": "<|vision_start|>", "image": "<|image_pad|>", "end": "<|vision_end|>"}
-
-
-@contextmanager
-def no_torchvision_install():
-    """TransformerLens 4.3 pip-installs torchvision (a CUDA torch with it) when a VLM's processor does not load by
-    name; never let a test change the environment."""
-    from transformer_lens.model_bridge.sources.transformers import helpers
-
-    saved = helpers._ensure_torchvision
-    helpers._ensure_torchvision = lambda: False
-    try:
-        yield
-    finally:
-        helpers._ensure_torchvision = saved
 
 
 def _family_of(hf) -> str:
