@@ -111,9 +111,19 @@ class VLLMGuardedModel:
                 out[r.index] = GuardedReply(r.prompt.instruction, text, verdict, blocked)
         return out  # type: ignore[return-value]
 
+    def check(self, prompts: Sequence) -> list[Verdict]:
+        """The guard's verdicts read from a one-token vLLM prefill (moderation without the HF model's forward)."""
+        block, self.block = self.block, False
+        try:
+            return [r.verdict for r in self.generate(list(prompts), max_new_tokens=1)]
+        finally:
+            self.block = block
+
     def _decode(self, ids: list[int]) -> str:
         stops = self.backend.stops
-        return self.model.tokenizer.decode(ids[: next((j for j, t in enumerate(ids) if t in stops), len(ids))], skip_special_tokens=True)
+        return self.model.tokenizer.decode(
+            ids[: next((j for j, t in enumerate(ids) if t in stops), len(ids))], skip_special_tokens=True
+        )
 
     def _params(self, read: Read, opts: dict) -> Any:
         from vllm import SamplingParams

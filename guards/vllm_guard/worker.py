@@ -15,9 +15,9 @@ import torch
 READ_KEY = "harmlens_read"
 
 
-def _embed_and_layers(model: torch.nn.Module) -> tuple[torch.nn.Module, Any]:
+def _embed_and_layers(model: torch.nn.Module) -> tuple[Any, Any]:
     """vLLM's decoder (embed_tokens, layers) under the causal-LM wrapper."""
-    inner = getattr(model, "model", model)
+    inner: Any = getattr(model, "model", model)
     if not hasattr(inner, "layers") or not hasattr(inner, "embed_tokens"):
         raise RuntimeError(f"{type(model).__name__}: no model.layers / model.embed_tokens to read the residual from")
     return inner.embed_tokens, inner.layers
@@ -49,18 +49,19 @@ class GuardWorkerExtension:
         """Once per forward: which rows of this step hold positions a guarded request still wants."""
         self._hl_plan = []
         runner = self.model_runner
-        req_ids = list(runner.input_batch.req_ids)
+        req_ids = list(runner.input_batch.req_ids)[: runner.input_batch.num_reqs]
+        self._hl_seen.intersection_update(req_ids)  # forget requests that left the batch (finished or aborted)
         for rid in req_ids:
             if rid not in self._hl_seen:
                 self._hl_seen.add(rid)
                 state = runner.requests.get(rid)
                 extra = getattr(getattr(state, "sampling_params", None), "extra_args", None) or {}
-                if READ_KEY in extra:
+                if READ_KEY in extra and rid not in self._hl_rows:
                     self._hl_wants[rid] = {int(p) for p in extra[READ_KEY]}
                     self._hl_rows[rid] = {}
         if not any(rid in self._hl_wants for rid in req_ids):
             return None
-        positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+        positions = kwargs["positions"] if "positions" in kwargs else args[1]
         offsets = runner.query_start_loc.cpu[: len(req_ids) + 1].tolist()
         for i, rid in enumerate(req_ids):
             want = self._hl_wants.get(rid)
