@@ -12,7 +12,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -111,7 +111,7 @@ class VLLMBackend:
             stop_token_ids=self.stops,
             skip_special_tokens=True,
         )
-        outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=progress)
+        outs = self.llm.generate([cast(Any, TokensPrompt)(prompt_token_ids=s) for s in seqs], params, use_tqdm=progress)
         result = []
         for out in outs:
             new = list(out.outputs[0].token_ids)

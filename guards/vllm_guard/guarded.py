@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.guarded import DEFAULT_REFUSAL, GuardedReply
@@ -143,7 +143,7 @@ class VLLMGuardedModel:
     def _submit(self, read: Read, opts: dict, salt: str | None = None) -> tuple[str, str]:
         from vllm.inputs import TokensPrompt
 
-        prompt = TokensPrompt(prompt_token_ids=list(read.prompt.input_ids))
+        prompt = cast(Any, TokensPrompt)(prompt_token_ids=list(read.prompt.input_ids))  # total TypedDict in 0.32 stubs
         if salt is not None:  # a fresh salt misses vLLM's prefix cache: the prefill is recomputed and read
             prompt["cache_salt"] = salt
         ext = f"hl-{uuid.uuid4().hex}"
@@ -165,7 +165,8 @@ class VLLMGuardedModel:
                     if output.request_id not in live:
                         continue
                     r = live[output.request_id][0]
-                    r.tokens.extend(output.outputs[0].token_ids if output.outputs else [])
+                    completions: Any = output.outputs
+                    r.tokens.extend(completions[0].token_ids if completions else [])
                     if output.request_id in undecided:
                         done_prefill.append(output.request_id)
                     if output.finished:

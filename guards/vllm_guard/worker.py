@@ -92,6 +92,13 @@ class GuardWorkerExtension:
 
         return hook
 
+    def hl_uninstall(self) -> int:
+        """Remove every hook (the engine runs exactly as plain vLLM); returns how many were removed."""
+        handles, self._hl_handles = getattr(self, "_hl_handles", []), []
+        for handle in handles:
+            handle.remove()
+        return len(handles)
+
     def hl_take(self, req_ids: list[str]) -> dict[str, dict]:
         """Captured rows of these requests ({req_id: {"layer:pos": float32 bytes}}), forgotten once taken."""
         out = {}
