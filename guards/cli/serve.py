@@ -40,6 +40,12 @@ def add_command(subparsers) -> None:
     )
     p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--unguarded", action="store_true", help="benchmark baseline: generate without reading the guard")
+    p.add_argument(
+        "--backend",
+        choices=("hf", "vllm"),
+        default="hf",
+        help="hf (default) or vllm: vLLM serves the model and the guard reads vLLM's own prefill",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -61,6 +67,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536 or min(args.max_batch, args.max_tokens, args.max_queue) < 1 or args.wait_ms < 0:
         raise HarmlensError("--port, --max-batch, --max-tokens, --max-queue must be positive, --wait-ms not negative")
+    if args.backend == "vllm":
+        from harmlens.probes.vllm_engine import INSTALL_HINT, vllm_available
+
+        if not vllm_available():
+            raise HarmlensError(f"--backend vllm: {INSTALL_HINT}")
     if not args.guard.is_file():
         raise HarmlensError(f"guard file not found: {args.guard}")
     try:
@@ -72,7 +83,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         guard = LatentGuard(tensors, meta, model, fail_closed=not args.fail_open)
     except HarmlensError as exc:
         raise HarmlensError(f"refusing to serve: the guard does not belong to this model: {exc}") from None
-    guarded = GuardedModel(model, guard, refusal=args.refusal or DEFAULT_REFUSAL)
+    refusal = args.refusal or DEFAULT_REFUSAL
+    if args.backend == "vllm":
+        from harmlens.guards.vllm_guard import VLLMGuardedModel
+
+        guarded: GuardedModel | VLLMGuardedModel = VLLMGuardedModel(model, guard, refusal=refusal)
+    else:
+        guarded = GuardedModel(model, guard, refusal=refusal)
     batcher = Batcher(
         guarded,
         guarded_replies=not args.unguarded,
@@ -84,6 +101,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     served = args.served_name or model_name(model)
     app = create_app(batcher, served, api_key=args.api_key or os.environ.get(_KEY_ENV) or None, limits=limits)
     mode = "UNGUARDED (baseline)" if args.unguarded else f"guarded by {args.guard.name}"
+    mode += " on vLLM" if args.backend == "vllm" else ""
     closed = "fail-open" if args.fail_open else "fail-closed"
     print(f"serving {served!r} {mode} ({closed}) on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

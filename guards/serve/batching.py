@@ -8,7 +8,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.guard import Verdict, _one_line
@@ -16,6 +16,9 @@ from harmlens.guards.latent.guarded import GuardedModel
 from harmlens.guards.serve.schemas import RequestError
 from harmlens.probes.chat import ChatPrompt
 from harmlens.probes.generation import generate_ids
+
+if TYPE_CHECKING:
+    from harmlens.guards.vllm_guard import VLLMGuardedModel
 
 
 class ServiceError(Exception):
@@ -49,7 +52,7 @@ class Batcher:
 
     def __init__(
         self,
-        guarded: GuardedModel,
+        guarded: GuardedModel | VLLMGuardedModel,
         *,
         guarded_replies: bool = True,
         max_batch: int = 16,
@@ -140,7 +143,8 @@ class Batcher:
         return Reply(self.guarded._refusal(instruction, verdict), verdict, True, 0, 0, "content_filter")
 
     def _moderate(self, group: list[_Job]) -> list[list[Verdict]]:
-        verdicts = self.guarded.guard.check([item for job in group for item in job.items])
+        check = getattr(self.guarded, "check", self.guarded.guard.check)  # vLLM: read from vLLM's prefill
+        verdicts = check([item for job in group for item in job.items])
         out, start = [], 0
         for job in group:
             out.append(verdicts[start : start + len(job.items)])
@@ -168,8 +172,18 @@ class Batcher:
                 finish = "content_filter" if reply.blocked else _finish(n_new, max_tokens)
                 out[i] = Reply(reply.text, reply.verdict, reply.blocked, len(prompt), n_new, finish)
             return out
-        ids = generate_ids(  # the unguarded baseline: the same rendering, plain generation
-            self.guarded.model, prompts, max_new_tokens=max_tokens, batch_size=len(prompts), progress=False, **sample
+        backend = getattr(self.guarded, "backend", None)  # the vLLM guard's engine serves the baseline too
+        ids = (  # the unguarded baseline: the same rendering, plain generation
+            backend.generate_ids(prompts, max_new_tokens=max_tokens, **sample)
+            if backend is not None
+            else generate_ids(
+                self.guarded.model,
+                prompts,
+                max_new_tokens=max_tokens,
+                batch_size=len(prompts),
+                progress=False,
+                **sample,
+            )
         )
         for (i, prompt), new in zip(ready, ids):
             text = tok.decode(new, skip_special_tokens=True)
