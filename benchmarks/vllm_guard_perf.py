@@ -3,8 +3,9 @@
 One engine, float32; the unguarded side runs with the guard's hooks removed (plain vLLM), the guarded side reads the
 guard's positions from vLLM's own prefill and decides after it. The prefix cache is emptied before every timed run so
 both sides compute every prefill. Rounds alternate unguarded / guarded; medians are reported.
-1. throughput: 32 harmless prompts (none blocked: both sides make the same tokens) x 32 new tokens, one batch
-2. latency: 8 harmless prompts one at a time, 32 new tokens each (per-request overhead of the guard)
+The unguarded side is plain `LLM.generate` with the same sampling settings (greedy, same stop ids, no detokenizing).
+1. throughput: 32 harmless prompts the guard allows (both sides make the same tokens) x 32 new tokens, one batch
+2. latency: 8 of them one at a time, 32 new tokens each (per-request overhead of the guard)
 3. mixed: 16 harmful + 16 harmless (blocked prompts stop after their prefill), for the record
 
 Run: /work/venv-vllm/bin/python benchmarks/vllm_guard_perf.py [--rounds 3] [--new-tokens 32]
@@ -49,11 +50,18 @@ def main() -> None:
     guard = LatentGuard.fit(model, instructions("harmful", 24, 0), instructions("harmless", 24, 0), config)
     guarded = VLLMGuardedModel(model, guard, max_model_len=512)
     llm, fmt, n = guarded.backend.llm, chat_format(model), args.new_tokens
-    benign, harmful = instructions("harmless", 32, 200), instructions("harmful", 16, 200)
+    pool, harmful = instructions("harmless", 48, 200), instructions("harmful", 16, 200)
+    allowed = [r.instruction for r in guarded.generate(pool, max_new_tokens=1) if not r.blocked]
+    benign = allowed[:32]  # none blocked: both sides decode the same tokens
     mixed = harmful + benign[:16]
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
 
-    def unguarded(prompts: list[str]) -> None:
-        guarded.backend.generate_ids(fmt.render_many(prompts), max_new_tokens=n)
+    plain = SamplingParams(max_tokens=n, temperature=0.0, stop_token_ids=guarded.backend.stops, detokenize=False)
+
+    def unguarded(prompts: list[str]) -> list[list[int]]:
+        token_prompts = [TokensPrompt(prompt_token_ids=list(p.input_ids)) for p in fmt.render_many(prompts)]
+        return [list(o.outputs[0].token_ids) for o in llm.generate(token_prompts, plain, use_tqdm=False)]
 
     def guarded_run(prompts: list[str]) -> None:
         guarded.generate(prompts, max_new_tokens=n)
@@ -72,7 +80,8 @@ def main() -> None:
     for kind in ("unguarded", "guarded"):  # warm-up
         measure(kind, benign[:4])
     check = guarded.generate(benign, max_new_tokens=n)
-    same = sum(r.text == t for r, t in zip(check, guarded.backend.generate(fmt.render_many(benign), max_new_tokens=n)))
+    texts = [guarded._decode(ids) for ids in unguarded(benign)]
+    same = sum(r.text == t for r, t in zip(check, texts))
     rows: dict[str, dict[str, list[float]]] = {}
     for _ in range(args.rounds):
         for kind in ("unguarded", "guarded"):
@@ -88,13 +97,14 @@ def main() -> None:
         "rounds": args.rounds,
         "blocked_in_mixed": sum(r.blocked for r in guarded.generate(mixed, max_new_tokens=1)),
         "blocked_in_benign": sum(r.blocked for r in check),
+        "harmless_pool_blocked": len(pool) - len(allowed),
         "guarded_replies_equal_unguarded": f"{same}/{len(benign)}",
     }
     for name, sides in rows.items():
         u, g = statistics.median(sides["unguarded"]), statistics.median(sides["guarded"])
         entry = {"unguarded_s": round(u, 3), "guarded_s": round(g, 3), "overhead": f"{100 * (g / u - 1):+.1f}%"}
         if name == "batch32":
-            tokens = len(benign) * n  # upper bound: same greedy tokens on both sides (stop tokens end some early)
+            tokens = len(benign) * n  # upper bound: the same greedy tokens on both sides (stop tokens end some early)
             entry |= {"unguarded_tok_s": round(tokens / u, 1), "guarded_tok_s": round(tokens / g, 1)}
         report[name] = entry
     print(json.dumps(report, indent=2))
