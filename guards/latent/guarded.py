@@ -41,6 +41,25 @@ class GuardedReply:
         return {"instruction": self.instruction, "text": self.text, "blocked": self.blocked, **self.verdict.to_dict()}
 
 
+def check_refusal(refusal: object) -> None:
+    """A refusal is a string or a callable(instruction, verdict) -> str (GuardedModel, VLLMGuardedModel)."""
+    if not (isinstance(refusal, str) or callable(refusal)):
+        raise HarmlensError("refusal must be a string or a callable(instruction, verdict) -> str")
+
+
+def refusal_text(refusal: str | Callable[[str, Verdict], str], instruction: str, verdict: Verdict) -> str:
+    """The reply a blocked prompt gets: the fixed refusal, or the callable's answer for this prompt."""
+    return refusal if isinstance(refusal, str) else str(refusal(instruction, verdict))
+
+
+def check_prompt_list(prompts: object) -> None:
+    """generate's prompts: a non-empty list of strings, ChatPrompts or message lists (not one conversation)."""
+    if is_conversation(prompts):
+        raise HarmlensError("generate takes a list of conversations: wrap one message list in [...]")
+    if isinstance(prompts, (str, ChatPrompt)) or not isinstance(prompts, Sequence) or not prompts:
+        raise HarmlensError("prompts must be a non-empty list of strings, ChatPrompts or message lists")
+
+
 class _AllBlocked(Exception):
     """Raised from the last guard hook when every row is blocked: the rest of the prefill is skipped."""
 
@@ -123,12 +142,11 @@ class GuardedModel:
     ) -> None:
         if guard.model is not model:
             guard.attach(model)
-        if not (isinstance(refusal, str) or callable(refusal)):
-            raise HarmlensError("refusal must be a string or a callable(instruction, verdict) -> str")
+        check_refusal(refusal)
         self.model, self.guard, self.refusal, self.block = model, guard, refusal, block
 
     def _refusal(self, instruction: str, verdict: Verdict) -> str:
-        return self.refusal if isinstance(self.refusal, str) else str(self.refusal(instruction, verdict))
+        return refusal_text(self.refusal, instruction, verdict)
 
     def generate(
         self,
@@ -143,10 +161,7 @@ class GuardedModel:
     ) -> list[GuardedReply]:
         """Replies (greedy by default, left-padded, length-sorted batches); blocked prompts get the refusal. Each prompt
         is a string, a ChatPrompt or an OpenAI-style message list (a conversation)."""
-        if is_conversation(prompts):
-            raise HarmlensError("generate takes a list of conversations: wrap one message list in [...]")
-        if isinstance(prompts, (str, ChatPrompt)) or not isinstance(prompts, Sequence) or not prompts:
-            raise HarmlensError("prompts must be a non-empty list of strings, ChatPrompts or message lists")
+        check_prompt_list(prompts)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1 or max_new_tokens < 1:
             raise HarmlensError("batch_size and max_new_tokens must be positive integers")
         out: list[GuardedReply | None] = [None] * len(prompts)

@@ -14,7 +14,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 from harmlens.errors import HarmlensError
-from harmlens.guards.latent.guarded import DEFAULT_REFUSAL, GuardedReply
+from harmlens.guards.latent.guarded import (
+    DEFAULT_REFUSAL,
+    GuardedReply,
+    check_prompt_list,
+    check_refusal,
+    refusal_text,
+)
 from harmlens.guards.latent.input_policy import mark_injections
 from harmlens.guards.latent.verdict import Verdict, one_line
 from harmlens.guards.vllm_guard.reads import Read, VerdictCache, score_reads
@@ -55,8 +61,7 @@ class VLLMGuardedModel:
     ) -> None:
         if guard.model is not model:
             guard.attach(model)
-        if not (isinstance(refusal, str) or callable(refusal)):
-            raise HarmlensError("refusal must be a string or a callable(instruction, verdict) -> str")
+        check_refusal(refusal)
         self.model, self.guard, self.refusal, self.block = model, guard, refusal, block
         self.backend = engine if engine is not None else guarded_engine(model, **engine_kwargs)
         self.backend.llm.collective_rpc("hl_install", args=(guard.layers,))
@@ -64,7 +69,7 @@ class VLLMGuardedModel:
         self.recomputed = 0  # prompts re-run because the prefix cache hid their positions
 
     def _refusal(self, instruction: str, verdict: Verdict) -> str:
-        return self.refusal if isinstance(self.refusal, str) else str(self.refusal(instruction, verdict))
+        return refusal_text(self.refusal, instruction, verdict)
 
     def reset_prefix_cache(self) -> None:
         """Empty vLLM's prefix cache and the verdict cache together."""
@@ -84,10 +89,7 @@ class VLLMGuardedModel:
     ) -> list[GuardedReply]:
         """Replies (greedy by default); blocked prompts get the refusal. Prompts as GuardedModel.generate takes them;
         vLLM batches continuously (batch_size unused)."""
-        if is_conversation(prompts):
-            raise HarmlensError("generate takes a list of conversations: wrap one message list in [...]")
-        if isinstance(prompts, (str, ChatPrompt)) or not isinstance(prompts, Sequence) or not prompts:
-            raise HarmlensError("prompts must be a non-empty list of strings, ChatPrompts or message lists")
+        check_prompt_list(prompts)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise HarmlensError("max_new_tokens must be a positive integer")
         out: list[GuardedReply | None] = [None] * len(prompts)
