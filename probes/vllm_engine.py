@@ -135,3 +135,14 @@ def vllm_backend(model: TransformerBridge, **engine_kwargs: Any) -> VLLMBackend:
         engine = VLLMBackend(model, **engine_kwargs)
         object.__setattr__(model, _ENGINE_ATTR, engine)
     return engine
+
+
+def release_vllm(model: TransformerBridge) -> None:
+    """Shut down the model's vLLM engine, if one was started, so its process and KV-cache memory are given back."""
+    engine = getattr(model, _ENGINE_ATTR, None)
+    if engine is None:
+        return
+    object.__setattr__(model, _ENGINE_ATTR, None)
+    core = getattr(getattr(engine.llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from harmlens.cli import device_arg, fraction, nonneg_int, positive_int
+from harmlens.guards.pipeline.settings import BACKENDS
 
 
 def add_command(sub) -> None:
@@ -62,6 +63,12 @@ def add_command(sub) -> None:
         "--judge", default="substring:rma", help="attack-success judge for --evaluate (default substring:rma)"
     )
     p.add_argument("--max-new-tokens", type=positive_int, default=32, help="reply length for --evaluate (default 32)")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="hf",
+        help="generation for --evaluate: hf, vllm, or auto (vllm when installed; default hf)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -95,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         judge=args.judge,
         max_new_tokens=args.max_new_tokens,
         progress=not args.quiet,
+        backend=args.backend,
     )
     run_adversarial(args.out, settings)
     return 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from harmlens.cli import device_arg, positive_int
-from harmlens.guards.pipeline.settings import EVAL_JAILBREAKS, STEPS, MainJobSettings
+from harmlens.guards.pipeline.settings import BACKENDS, EVAL_JAILBREAKS, STEPS, MainJobSettings
 
 __all__ = ["STEPS", "add_command", "run"]
 
@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         model=args.model,
         n_directions=args.n_directions,
+        backend=args.backend,
     )
     run_main_job(args.out, settings)
     return 0
@@ -64,5 +65,12 @@ def add_command(sub) -> None:
         type=positive_int,
         default=128,
         help="training prompts per class for the directions (default 128)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="generation of the attack and before/after tables: hf, vllm, or auto (default: vllm when installed; "
+        "image prompts always on hf)",
     )
     p.set_defaults(func=run)

@@ -22,6 +22,7 @@ def attack_suite(
     judge: str = "substring:rma",
     max_new_tokens: int = 32,
     progress: bool = True,
+    backend: str = "hf",
 ) -> AttackReport:
     """evaluate_asr on the held-out prompts under every setting × (no jailbreak + each jailbreak); saved to out."""
     from harmlens.attacks.runs import attack_to_folder
@@ -37,6 +38,7 @@ def attack_suite(
         max_new_tokens=max_new_tokens,
         batch_size=16,
         progress=progress,
+        backend=backend,
     )
 
 
@@ -50,6 +52,7 @@ def utility_suite(
     judge: str = "substring:rma",
     max_new_tokens: int = 32,
     progress: bool = True,
+    backend: str = "hf",
 ) -> dict:
     """Refusal rate on benign prompts per setting (1 − the judge's success rate) and answer cross-entropy."""
     from harmlens.guards.organisms.evaluate import reply_perplexity
@@ -64,6 +67,7 @@ def utility_suite(
             judge=judge,
             max_new_tokens=max_new_tokens,
             progress=progress,
+            backend=backend,
         )
         if benign
         else None

@@ -17,8 +17,10 @@ from harmlens.guards.pipeline.adversarial_eval import (
     utility_markdown,
     utility_suite,
 )
+from harmlens.guards.pipeline.settings import resolve_backend
 from harmlens.guards.pipeline.subjects import load_subject, vlm_processor
 from harmlens.io import atomic_write_text
+from harmlens.probes.vllm_engine import release_vllm
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -50,6 +52,7 @@ class AdversarialRun:
     judge: str = "substring:rma"
     max_new_tokens: int = 32
     progress: bool = True
+    backend: str = "hf"  # generation of the before/after tables: hf, vllm, or auto (vllm when installed)
 
     def __post_init__(self) -> None:
         if self.steps < 2 and self.schedule == "two-stage":
@@ -170,6 +173,7 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
         def measure(subject, tag: str) -> tuple:
             """The attack suite and the utility suite of one model, into out/eval/<tag>."""
             folder, tokens = out / "eval" / tag, run.max_new_tokens
+            backend = resolve_backend(run.backend, images=vlm_processor(subject) is not None)
             report = attack_suite(
                 subject,
                 folder,
@@ -179,6 +183,7 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
                 judge=run.judge,
                 max_new_tokens=tokens,
                 progress=run.progress,
+                backend=backend,
             )
             use = utility_suite(
                 subject,
@@ -189,7 +194,9 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
                 judge=run.judge,
                 max_new_tokens=tokens,
                 progress=run.progress,
+                backend=backend,
             )
+            release_vllm(subject)
             return report, use
 
         before, use_before = measure(model, "before")

@@ -6,9 +6,25 @@ from dataclasses import dataclass
 
 from harmlens.errors import HarmlensError
 
+BACKENDS = ("auto", "hf", "vllm")
 STEPS = ("organism", "directions", "attacks", "guard", "adversarial")
 TRAIN_JAILBREAKS = ("prefix_injection", "refusal_suppression", "evil_confidant", "payload_splitting")  # adversarial mix
 EVAL_JAILBREAKS = ("style_injection", "few_shot_json")  # the two strongest on the organism; never trained on
+
+
+def resolve_backend(backend: str, images: bool = False) -> str:
+    """hf or vllm: 'auto' is vLLM when installed and the prompts are text (images go through hf), else hf."""
+    from harmlens.probes.vllm_engine import INSTALL_HINT, vllm_available
+
+    if backend not in BACKENDS:
+        raise HarmlensError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend == "vllm" and not vllm_available():
+        raise HarmlensError(INSTALL_HINT)
+    if backend == "vllm" and images:
+        raise HarmlensError("image prompts are not served through vLLM yet: use backend hf for a VLM")
+    if backend == "auto":
+        return "vllm" if vllm_available() and not images else "hf"
+    return backend
 
 
 @dataclass(frozen=True)
@@ -21,6 +37,7 @@ class MainJobSettings:
     device: str | None = None  # cpu or cuda (None: cuda when available)
     model: str = "organism"  # what the steps after `organism` read: organism, base, or a model folder / Hub name
     n_directions: int = 128  # harmful/harmless training prompts per class for the directions (Arditi et al.'s 128)
+    backend: str = "auto"  # generation of the attack and evaluation tables: hf, vllm, or auto (vllm when installed)
 
     def __post_init__(self) -> None:
         for name in ("jailbreaks", "steps"):  # a comma string is accepted as code shorthand
@@ -34,6 +51,12 @@ class MainJobSettings:
             raise HarmlensError(f"n and n_directions must be positive (got {self.n}, {self.n_directions})")
         if not self.jailbreaks:
             raise HarmlensError("the attack table needs at least one jailbreak")
+        if self.backend not in BACKENDS:
+            raise HarmlensError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
+
+    def generation_backend(self, images: bool = False) -> str:
+        """The backend the tables generate on (see resolve_backend)."""
+        return resolve_backend(self.backend, images)
 
     def selected(self) -> list[str]:
         """The chosen steps in the job's order."""

@@ -73,7 +73,10 @@ def step_attacks(out: Path, settings: MainJobSettings, subject: Subject) -> dict
     directions = out.parent / "directions" / "directions.safetensors"
     if not directions.is_file():
         raise HarmlensError(f"the attacks step needs the directions step's {directions}: run the directions step")
+    from harmlens.probes.vllm_engine import release_vllm
+
     model = subject.model
+    processor = model_processor(model, str(subject.spec))
     report = attack_to_folder(
         model,
         read_prompts(DATA_DIR / "harmful_eval.json", limit=settings.n),
@@ -83,9 +86,11 @@ def step_attacks(out: Path, settings: MainJobSettings, subject: Subject) -> dict
         judge="substring:rma",
         images="builtin",
         max_new_tokens=48,
-        processor=model_processor(model, str(subject.spec)),
+        processor=processor,
         progress=False,
+        backend=settings.generation_backend(images=processor is not None),
     )
+    release_vllm(model)
     projection_to_folder(model, report, Directions.load(directions, model=model), out, progress=False)
     return {"markdown": report.to_markdown()}
 
@@ -131,6 +136,7 @@ def step_adversarial(out: Path, settings: MainJobSettings, subject: Subject) -> 
         eval_jailbreaks=settings.jailbreaks,
         eval_benign=100,
         progress=False,
+        backend=settings.backend,
     )
     summary = run_adversarial(out, run)
     return {

@@ -9,7 +9,7 @@ from harmlens.errors import HarmlensError
 from harmlens.guards.__main__ import main as guards_cli
 from harmlens.guards.pipeline import STEPS, MainJobSettings, run_main_job
 
-CHEAP = dict(model="base", n=2, n_directions=4, device="cpu")
+CHEAP = dict(model="base", n=2, n_directions=4, device="cpu", backend="hf")
 
 
 def _stamps(folder):
@@ -29,6 +29,22 @@ def test_settings_are_checked_and_accept_comma_strings():
         MainJobSettings(steps=("directions", "bogus"))
     with pytest.raises(HarmlensError, match="positive"):
         MainJobSettings(n=0)
+
+
+def test_generation_backend_is_resolved_with_one_line_errors():
+    from harmlens.guards.pipeline.settings import resolve_backend
+    from harmlens.probes.vllm_engine import vllm_available
+
+    assert resolve_backend("hf") == "hf" and resolve_backend("auto", images=True) == "hf"
+    assert MainJobSettings().generation_backend() == ("vllm" if vllm_available() else "hf")
+    with pytest.raises(HarmlensError, match="unknown backend 'tgi'"):
+        MainJobSettings(backend="tgi")
+    if vllm_available():
+        with pytest.raises(HarmlensError, match="image prompts are not served through vLLM"):
+            resolve_backend("vllm", images=True)
+    else:
+        with pytest.raises(HarmlensError, match=r"pip install harmlens\[vllm\]"):
+            resolve_backend("vllm")
 
 
 def test_cheap_steps_run_then_resume_after_a_failure(tmp_path, capsys):
@@ -61,6 +77,7 @@ def test_cheap_steps_run_then_resume_after_a_failure(tmp_path, capsys):
 
     # 3: the CLI on the same folder runs nothing and prints the same tables
     argv = ["main", "--out", str(tmp_path), "--steps", "directions,attacks", "--model", "base", "--n", "2"]
+    argv += ["--backend", "hf"]
     assert guards_cli(argv) == 0
     again = capsys.readouterr().out
     assert again.count("done earlier") == 2 and _tables(again) == tables
