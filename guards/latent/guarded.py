@@ -66,7 +66,7 @@ def check_prompt_list(prompts: object, *, images: bool = True) -> None:
     if is_conversation(prompts):
         raise HarmlensError("generate takes a list of conversations: wrap one message list in [...]")
     if isinstance(prompts, (str, ChatPrompt, ImagePrompt)) or not isinstance(prompts, Sequence) or not prompts:
-        raise HarmlensError("prompts must be a non-empty list of strings, ChatPrompts or message lists")
+        raise HarmlensError("prompts must be a non-empty list of strings, ChatPrompts, message lists or ImagePrompts")
     if not images and any(isinstance(p, ImagePrompt) for p in prompts):
         raise HarmlensError("image prompts are not supported here: use GuardedModel (the HF backend) on a VLM")
 

@@ -97,6 +97,7 @@ BAD = {
         ask("What is this?", "data:image/png;base64," + base64.b64encode(b"hello world").decode()),
         "not an image PIL can read",
     ),
+    "too many pixels": (ask("What is this?", data_url(Image.new("RGB", (5000, 5000)))), "5000x5000 pixels, over"),
     "image in an assistant turn": (
         ask("Look.", data_url(picture(0)), role="assistant") + [{"role": "user", "content": "What was it?"}],
         "only user messages can carry one",
