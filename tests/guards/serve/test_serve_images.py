@@ -39,7 +39,7 @@ def ask(text: str, *urls: str, role: str = "user") -> list[dict]:
 
 @pytest.fixture(scope="module")
 def llava(tmp_path_factory):
-    """(loaded bridge, guard file, offline verdicts and plain replies per ask, base URL) of a real server process."""
+    """(loaded bridge, offline verdicts and plain replies per ask, base URL of a real server process, the guard)."""
     from harmlens.guards import CentroidConfig, LatentGuard
     from harmlens.guards.latent.images import check_images, image_prompt
     from harmlens.probes.engines import HFBackend
@@ -60,7 +60,7 @@ def llava(tmp_path_factory):
     )
     path = guard.save(folder / "guard.safetensors")
     proc, base = start_server(path, "--max-tokens", "32", log=folder / "server.log")
-    yield model, offline, plain, base
+    yield model, offline, plain, base, guard
     stop_server(proc)
 
 
@@ -70,7 +70,7 @@ def client(llava):
 
 
 def test_image_requests_are_guarded_from_the_prefill(llava, client):
-    model, offline, plain, _ = llava
+    model, offline, plain, *_ = llava
     assert sorted(v.harmful for v in offline) == [False, True]  # one ask allowed, one flagged
     name = client.models.list().data[0].id
     for i, (question, verdict, want) in enumerate(zip(ASKS, offline, plain)):
@@ -122,3 +122,18 @@ def test_moderations_say_they_score_text_only(llava):
     body = json.dumps({"input": [{"type": "image_url", "image_url": {"url": data_url(picture(0))}}]}).encode()
     status, reply = post(llava[3], "/v1/moderations", body)
     assert status == 400 and "scores text only" in reply["error"]["message"]
+
+
+def test_unguarded_baseline_generates_image_requests_plainly(llava):
+    """--unguarded (in-process here): the same rendering and processor, no guard; the reply equals plain generation."""
+    from serve_helpers import serve_in_thread
+
+    from harmlens.guards.latent.guarded import GuardedModel
+    from harmlens.guards.serve import Batcher, Limits, create_app
+
+    model, _, plain, _, guard = llava
+    app = create_app(Batcher(GuardedModel(model, guard), guarded_replies=False), "llava", limits=Limits(max_images=1))
+    body = {"model": "llava", "messages": ask(ASKS[1], data_url(picture(1))), "max_tokens": 6}
+    with serve_in_thread(app) as base:
+        status, reply = post(base, "/v1/chat/completions", json.dumps(body).encode())
+    assert status == 200 and reply["harmlens"] is None and reply["choices"][0]["message"]["content"] == plain[1]
