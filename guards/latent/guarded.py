@@ -211,7 +211,9 @@ class GuardedModel:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed + start)
                 new, verdicts = self._batch(chunk, kwargs, stops)
-            verdicts = mark_injections(self.guard, [r[1] if r[3] else prompts[r[0]] for r in chunk], verdicts)
+            verdicts = mark_injections(
+                self.guard, [r[1] if r[3] is not None else prompts[r[0]] for r in chunk], verdicts
+            )
             for (i, prompt, *_), ids, verdict in zip(chunk, new, verdicts):
                 blocked = self.block and verdict.harmful
                 text = (
