@@ -125,6 +125,36 @@ def _tokenize(tokenizer, pieces: list[tuple[str, bool]]) -> tuple[list[int], lis
     return ids, offsets
 
 
+def _render_marked(tokenizer, template: str, clean: list[dict[str, str]], last: int) -> str:
+    """The template's rendering with a placeholder for each content: string contents first, then the list-of-parts
+    contents VLM templates (LLaVA-1.5) expect when the strings drop the last user message."""
+    first: Exception | None = None
+    plain: str | None = None
+    for structured in (False, True):
+        marked = [
+            {
+                "role": m["role"],
+                "content": [{"type": "text", "text": _MARK.format(i)}] if structured else _MARK.format(i),
+            }
+            for i, m in enumerate(clean)
+        ]
+        try:
+            rendered = tokenizer.apply_chat_template(
+                marked, chat_template=template, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # jinja raise_exception(): e.g. roles that must alternate
+            first = first or exc
+            continue
+        if _MARK.format(last) in rendered:
+            return rendered
+        plain = plain if plain is not None else rendered
+    if plain is not None:
+        return plain  # the caller says the template drops the last user message
+    error = cast(Exception, first)
+    msg = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise HarmlensError(f"the chat template refuses this conversation: {msg}")
+
+
 def render_conversation(
     tokenizer,
     messages: object,
@@ -132,26 +162,31 @@ def render_conversation(
     system: str | None = None,
     chat_template: str | None = None,
     max_length: int | None = None,
+    image_text: str | None = None,
+    image_at: int | None = None,
 ) -> ChatPrompt:
     """A ChatPrompt for a message list: t_inst = the last token of the last user message, span_start = the first token
-    after the previous message (0 when only system messages precede it); `system` is added when none is given."""
+    after the previous message (0 when only system messages precede it); `system` is added when none is given.
+    `image_text` (a VLM's image placeholder, e.g. '<image>\n') is put as template structure at the start of user
+    message `image_at` (default the last user message), where an image part renders (RMA's img_in)."""
     clean = clean_messages(messages)
+    at = image_at if image_at is not None else max(i for i, m in enumerate(clean) if m["role"] == "user")
+    if image_text is not None and not (0 <= at < len(clean) and clean[at]["role"] == "user"):
+        raise HarmlensError(f"message {at} cannot carry an image: only a user message can")
     if system is not None and clean[0]["role"] != "system":
         clean.insert(0, {"role": "system", "content": system})
+        at += 1
     template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
     if not template:
         raise HarmlensError("the tokenizer has no chat template; pass chat_template=... (a Jinja string)")
-    marked = [{"role": m["role"], "content": _MARK.format(i)} for i, m in enumerate(clean)]
-    try:
-        rendered = tokenizer.apply_chat_template(
-            marked, chat_template=template, tokenize=False, add_generation_prompt=True
-        )
-    except Exception as exc:  # jinja raise_exception(): e.g. roles that must alternate
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise HarmlensError(f"the chat template refuses this conversation: {msg}") from None
+    last = max(i for i, m in enumerate(clean) if m["role"] == "user")
+    rendered = _render_marked(tokenizer, template, clean, last)
+    if image_text is not None:
+        if rendered.count(_MARK.format(at)) != 1:
+            raise HarmlensError("the chat template drops or repeats the message with the image")
+        rendered = rendered.replace(_MARK.format(at), image_text + _MARK.format(at))
     contents = [m["content"] for m in clean]
     pieces, spans = _pieces(rendered, contents, _special_pattern(tokenizer))
-    last = max(i for i, m in enumerate(clean) if m["role"] == "user")
     ends = [end for index, _, end in spans if index == last]
     if not ends:
         raise HarmlensError("the chat template drops the last user message")

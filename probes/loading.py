@@ -249,7 +249,22 @@ def load_model(
     model = bridge_from_hf(hf, tok, canonical)
     path = resolve_model_path(name)[0]
     model.harmlens_weights_path = path if (Path(path) / "config.json").is_file() else None  # vLLM serves it as is
+    if getattr(model.cfg, "is_multimodal", False):  # image prompts go through it (None when there is none)
+        model.processor = load_processor(path, revision=revision, trust_remote_code=trust_remote_code)
     return model
+
+
+def load_processor(path: str, *, revision: str | None = None, trust_remote_code: bool = False):
+    """A vision-language model's processor (image preprocessing + tokenizer), or None when it has none loadable."""
+    from transformers import AutoProcessor
+
+    local = Path(path).exists() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    try:
+        return AutoProcessor.from_pretrained(
+            path, local_files_only=local, revision=revision, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, ImportError, TypeError, KeyError):
+        return None
 
 
 def model_device(model: TransformerBridge) -> torch.device:

@@ -97,11 +97,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         wait_ms=args.wait_ms,
         max_queue=args.max_queue,
     )
-    limits = Limits(max_message_chars=args.max_message_chars, max_tokens=args.max_tokens)
+    vlm = args.backend == "hf" and getattr(guarded, "processor", None) is not None  # image_url parts: one per request
+    limits = Limits(max_message_chars=args.max_message_chars, max_tokens=args.max_tokens, max_images=int(vlm))
     served = args.served_name or model_name(model)
     app = create_app(batcher, served, api_key=args.api_key or os.environ.get(_KEY_ENV) or None, limits=limits)
     mode = "UNGUARDED (baseline)" if args.unguarded else f"guarded by {args.guard.name}"
     mode += " on vLLM" if args.backend == "vllm" else ""
+    mode += ", images on" if vlm else ""
     closed = "fail-open" if args.fail_open else "fail-closed"
     print(f"serving {served!r} {mode} ({closed}) on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

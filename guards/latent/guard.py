@@ -29,6 +29,7 @@ from harmlens.guards.latent.input_policy import (
     DEFAULT_MAX_TOKENS,
     check_input_policy,
     mark_injections,
+    render_conversation_within,
     render_within_limits,
 )
 from harmlens.guards.latent.mlp_probe import mlp_scores
@@ -40,7 +41,7 @@ from harmlens.io import check_compatible, save_tensors
 from harmlens.probes.activations import iter_resid_batches
 from harmlens.probes.beliefs import delta_scores
 from harmlens.probes.chat import ChatPrompt, chat_format
-from harmlens.probes.conversation import is_conversation, render_conversation
+from harmlens.probes.conversation import is_conversation
 from harmlens.probes.directions import layer_span
 
 if TYPE_CHECKING:
@@ -178,18 +179,19 @@ class LatentGuard:
         """The verdict for a prompt that could not be scored; never raises (see verdict.failed_verdict)."""
         return failed_verdict(self, reason, truncated, attempted=attempted)
 
-    def prepare(self, prompt) -> tuple[ChatPrompt, bool]:
+    def prepare(self, prompt, *, image_text: str | None = None, image_at: int | None = None) -> tuple[ChatPrompt, bool]:
         """Render one prompt (str, pre-rendered ChatPrompt, e.g. RMA-perturbed, or an OpenAI-style message list) as
-        this guard reads it."""
+        this guard reads it; a conversation may carry a VLM's `image_text` at user message `image_at`."""
         if not isinstance(prompt, (str, ChatPrompt)) and not is_conversation(prompt):
             raise HarmlensError(f"prompt must be a string, a ChatPrompt or a message list, got {type(prompt).__name__}")
+        if image_text is not None and isinstance(prompt, ChatPrompt):
+            raise HarmlensError("a pre-rendered ChatPrompt cannot take an image: render it with one (ImagePrompt)")
         self._require_model()
         context = self.max_length if self.max_length is not None else self._fmt.max_length
-        if is_conversation(prompt):  # rendered whole (no truncation): over max_tokens is an error
-            system = self.metadata.get("system")
-            rendered = render_conversation(self._fmt.tokenizer, prompt, system=system, max_length=context)
-            if self.max_tokens is not None and len(rendered) > self.max_tokens:
-                raise HarmlensError(f"conversation is {len(rendered)} tokens, over max_tokens={self.max_tokens}")
+        if is_conversation(prompt) or image_text is not None:  # rendered whole (no truncation)
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+            system, limit = self.metadata.get("system"), self.max_tokens
+            rendered = render_conversation_within(self._fmt, messages, system, context, limit, image_text, image_at)
             return rendered, False
         return render_within_limits(self._fmt, prompt, context, self.max_tokens, self.on_long)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -12,6 +12,14 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harmlens.compat import ensure_kv_cache_compat
 from harmlens.errors import HarmlensError
+from harmlens.guards.latent.image_inputs import (
+    EncodedImage,
+    ImagePrompt,
+    collate_left,
+    encode_image,
+    image_token_id,
+    padded_positions,
+)
 from harmlens.guards.latent.input_policy import mark_injections
 from harmlens.guards.latent.verdict import Verdict, one_line
 from harmlens.probes.activations import pad_batch, resid_hook_name
@@ -52,12 +60,15 @@ def refusal_text(refusal: str | Callable[[str, Verdict], str], instruction: str,
     return refusal if isinstance(refusal, str) else str(refusal(instruction, verdict))
 
 
-def check_prompt_list(prompts: object) -> None:
-    """generate's prompts: a non-empty list of strings, ChatPrompts or message lists (not one conversation)."""
+def check_prompt_list(prompts: object, *, images: bool = True) -> None:
+    """generate's prompts: a non-empty list of strings, ChatPrompts, message lists (not one conversation) and, when
+    `images`, ImagePrompts."""
     if is_conversation(prompts):
         raise HarmlensError("generate takes a list of conversations: wrap one message list in [...]")
-    if isinstance(prompts, (str, ChatPrompt)) or not isinstance(prompts, Sequence) or not prompts:
-        raise HarmlensError("prompts must be a non-empty list of strings, ChatPrompts or message lists")
+    if isinstance(prompts, (str, ChatPrompt, ImagePrompt)) or not isinstance(prompts, Sequence) or not prompts:
+        raise HarmlensError("prompts must be a non-empty list of strings, ChatPrompts, message lists or ImagePrompts")
+    if not images and any(isinstance(p, ImagePrompt) for p in prompts):
+        raise HarmlensError("image prompts are not supported here: use GuardedModel (the HF backend) on a VLM")
 
 
 class _AllBlocked(Exception):
@@ -139,14 +150,23 @@ class GuardedModel:
         *,
         refusal: str | Callable[[str, Verdict], str] = DEFAULT_REFUSAL,
         block: bool = True,
+        processor=None,
     ) -> None:
         if guard.model is not model:
             guard.attach(model)
         check_refusal(refusal)
         self.model, self.guard, self.refusal, self.block = model, guard, refusal, block
+        self.processor = processor if processor is not None else getattr(model, "processor", None)  # VLMs only
 
     def _refusal(self, instruction: str, verdict: Verdict) -> str:
         return refusal_text(self.refusal, instruction, verdict)
+
+    def _prepare(self, prompt) -> tuple[ChatPrompt, bool, EncodedImage | None]:
+        """(rendered prompt, truncated, the processor's inputs for an ImagePrompt else None)."""
+        if not isinstance(prompt, ImagePrompt):
+            return (*self.guard.prepare(prompt), None)
+        chat, _ = self.guard.prepare(prompt.prompt)  # the same checks as any pre-rendered prompt
+        return chat, False, encode_image(self.guard, self.model, prompt, self.processor)
 
     def generate(
         self,
@@ -160,20 +180,23 @@ class GuardedModel:
         progress: bool = False,
     ) -> list[GuardedReply]:
         """Replies (greedy by default, left-padded, length-sorted batches); blocked prompts get the refusal. Each prompt
-        is a string, a ChatPrompt or an OpenAI-style message list (a conversation)."""
+        is a string, a ChatPrompt, an OpenAI-style message list (a conversation) or, on a VLM, an ImagePrompt (its
+        pixel values go through the model's processor; image and text prompts never share a batch)."""
         check_prompt_list(prompts)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1 or max_new_tokens < 1:
             raise HarmlensError("batch_size and max_new_tokens must be positive integers")
+        if any(isinstance(p, ImagePrompt) for p in prompts):
+            image_token_id(self.model, self.processor)  # a text model (no processor) is told so in one line
         out: list[GuardedReply | None] = [None] * len(prompts)
         ready = []
         for i, prompt in enumerate(prompts):
             try:
-                ready.append((i, *self.guard.prepare(prompt)))
+                ready.append((i, *self._prepare(prompt)))
             except Exception as exc:  # noqa: BLE001 - a bad prompt is answered on its own
                 verdict = self.guard.failed(one_line(exc))
-                text = getattr(prompt, "instruction", prompt) if isinstance(prompt, (str, ChatPrompt)) else ""
+                text = instruction_of(prompt)
                 out[i] = GuardedReply(
-                    str(text), self._refusal(str(text), verdict) if verdict.harmful else "", verdict, verdict.harmful
+                    text, self._refusal(text, verdict) if verdict.harmful else "", verdict, verdict.harmful
                 )
         ensure_kv_cache_compat()
         stops, pid = stop_token_ids(self.model), pad_id(self.model.tokenizer)
@@ -181,16 +204,17 @@ class GuardedModel:
             max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=stops, pad_token_id=pid, use_cache=True
         )
         kwargs.update(dict(temperature=temperature) if do_sample else dict(temperature=None, top_p=None, top_k=None))
-        ready.sort(key=lambda r: len(r[1]))
+        ready.sort(key=lambda r: (r[3] is not None, len(r[3] if r[3] is not None else r[1])))
         bar = tqdm(total=len(ready), desc="guarded generation", disable=not progress, unit="prompt")
-        for start in range(0, len(ready), batch_size):
-            chunk = ready[start : start + batch_size]
+        for start, chunk in _batches(ready, batch_size):
             device = model_device(self.model)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed + start)
-                new, verdicts = self._batch([r[1] for r in chunk], [r[2] for r in chunk], kwargs, stops)
-            verdicts = mark_injections(self.guard, [prompts[r[0]] for r in chunk], verdicts)  # role markers
-            for (i, prompt, _), ids, verdict in zip(chunk, new, verdicts):
+                new, verdicts = self._batch(chunk, kwargs, stops)
+            verdicts = mark_injections(
+                self.guard, [r[1] if r[3] is not None else prompts[r[0]] for r in chunk], verdicts
+            )
+            for (i, prompt, *_), ids, verdict in zip(chunk, new, verdicts):
                 blocked = self.block and verdict.harmful
                 text = (
                     self._refusal(prompt.instruction, verdict)
@@ -202,34 +226,60 @@ class GuardedModel:
         bar.close()
         return out  # type: ignore[return-value]
 
-    def _batch(
-        self, prompts: list[ChatPrompt], truncated: list[bool], kwargs: dict, stops: list[int]
-    ) -> tuple[list[list[int]], list[Verdict]]:
+    def _inputs(self, chunk: list, pid: int, device) -> tuple[dict, torch.Tensor]:
+        """A left-padded batch's model inputs and the guard's positions in it [batch, width]: text prompts from their
+        token ids, image prompts from the processor (pixel values; positions past the expanded image, as image_acts)."""
+        if chunk[0][3] is None:
+            prompts = [r[1] for r in chunk]
+            batch = pad_batch(prompts, pid, padding_side="left", device=device)
+            read = self.guard.width(prompts)  # positions read per prompt (1, or the span's longest)
+            pos = torch.tensor([self.guard.select(p, read) for p in prompts], device=device) + batch.offsets[:, None]
+            return dict(input_ids=batch.input_ids, attention_mask=batch.attention_mask), pos
+        inputs, offsets = collate_left([r[3] for r in chunk], pid)
+        read = max(len(r[3].positions) for r in chunk)
+        pos = torch.tensor([padded_positions(r[3].positions, read) for r in chunk]) + offsets[:, None]
+        return {k: v.to(device) for k, v in inputs.items()}, pos.to(device)
+
+    def _batch(self, chunk: list, kwargs: dict, stops: list[int]) -> tuple[list[list[int]], list[Verdict]]:
         """One left-padded batch: generate, reading the guard's activations from the prefill."""
         device = model_device(self.model)
-        batch = pad_batch(prompts, kwargs["pad_token_id"], padding_side="left", device=device)
-        read = self.guard.width(prompts)  # positions read per prompt (1, or the span's longest)
-        pos = torch.tensor([self.guard.select(p, read) for p in prompts], device=device) + batch.offsets[:, None]
-        reader = _Reader(self.guard, torch.arange(len(prompts), device=device)[:, None], pos, truncated, self.block)
-        width = batch.input_ids.shape[1]
+        inputs, pos = self._inputs(chunk, kwargs["pad_token_id"], device)
+        truncated = [r[2] for r in chunk]
+        reader = _Reader(self.guard, torch.arange(len(chunk), device=device)[:, None], pos, truncated, self.block)
+        width = inputs["input_ids"].shape[1]
         hooks = [(n, reader.hook_for(n)) for n in dict.fromkeys(reader.names)]
         with torch.no_grad(), self.model.hooks(fwd_hooks=hooks):
             try:
                 seqs = self.model.original_model.generate(
-                    input_ids=batch.input_ids,
-                    attention_mask=batch.attention_mask,
-                    stopping_criteria=StoppingCriteriaList([_StopBlocked(reader)]),
-                    **kwargs,
+                    **inputs, stopping_criteria=StoppingCriteriaList([_StopBlocked(reader)]), **kwargs
                 )
-                new = [seqs[row, width:].tolist() for row in range(len(prompts))]
+                new = [seqs[row, width:].tolist() for row in range(len(chunk))]
             except _AllBlocked:
-                new = [[] for _ in prompts]
+                new = [[] for _ in chunk]
         reader.blocked(device)  # fills fail-closed verdicts if the hook never fired
         new = [ids[: next((j for j, t in enumerate(ids) if t in stops), len(ids))] for ids in new]
         return new, reader.verdicts  # type: ignore[return-value]
 
     def __call__(self, prompts, **kwargs) -> str | list[str]:
-        """Reply text(s) only: one for a string, ChatPrompt or message list, a list for a list of them."""
-        if isinstance(prompts, (str, ChatPrompt)) or is_conversation(prompts):
+        """Reply text(s) only: one for a string, ChatPrompt, ImagePrompt or message list, a list for a list of them."""
+        if isinstance(prompts, (str, ChatPrompt, ImagePrompt)) or is_conversation(prompts):
             return self.generate([prompts], **kwargs)[0].text
         return [r.text for r in self.generate(prompts, **kwargs)]
+
+
+def instruction_of(prompt: object) -> str:
+    """The instruction a reply reports: the string itself, a rendered prompt's instruction, else ''."""
+    prompt = prompt.prompt if isinstance(prompt, ImagePrompt) else prompt
+    return str(getattr(prompt, "instruction", prompt)) if isinstance(prompt, (str, ChatPrompt)) else ""
+
+
+def _batches(ready: list, size: int) -> Iterator[tuple[int, list]]:
+    """(start, chunk) of at most `size` sorted items; text and image prompts (r[3] set) never share a chunk."""
+    start = 0
+    while start < len(ready):
+        kind = ready[start][3] is None
+        end = start
+        while end < len(ready) and end - start < size and (ready[end][3] is None) == kind:
+            end += 1
+        yield start, ready[start:end]
+        start = end

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -13,9 +12,17 @@ from harmlens.attacks.settings import get_setting, perturb
 from harmlens.attacks.template import role_template
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.guard import LatentGuard
+from harmlens.guards.latent.image_inputs import (  # noqa: F401  (re-exported: they lived here first)
+    ImagePrompt,
+    added_bos,
+    encode_image,
+    image_position,
+    image_token_id,
+    read_positions,
+)
+from harmlens.guards.latent.input_policy import mark_injections
 from harmlens.guards.latent.verdict import Verdict, one_line
 from harmlens.probes.activations import resid_hook_name
-from harmlens.probes.chat import ChatPrompt
 from harmlens.probes.loading import model_device
 
 if TYPE_CHECKING:
@@ -24,72 +31,49 @@ if TYPE_CHECKING:
 IMAGE_SETTINGS = ("img_in", "img_in+swap", "img_end", "img_end+swap", "img_out", "img_out+swap")
 
 
-@dataclass(frozen=True)
-class ImagePrompt:
-    """A rendered prompt whose image token stands for `image` (a PIL image)."""
-
-    prompt: ChatPrompt
-    image: object
-
-
-def image_position(prompt: ChatPrompt, position: int, image_id: int, n_image_tokens: int) -> int:
-    """Where `position` of the unexpanded prompt lands once each image token becomes n_image_tokens tokens."""
-    before = sum(t == image_id for t in prompt.input_ids[:position])
-    return position + before * (n_image_tokens - 1)
-
-
-def read_positions(guard: LatentGuard, prompt: ChatPrompt, image_id: int, n_image: int) -> list[int]:
-    """The guard's positions (LatentGuard.select) mapped past the image tokens; a span guard skips the image's own
-    tokens, which are not text."""
-    positions: Sequence[int] = guard.select(prompt)
-    if guard.position == "span":
-        positions = [p for p in positions if prompt.input_ids[p] != image_id]
-    return [image_position(prompt, p, image_id, n_image) for p in positions]
-
-
-def added_bos(processor_ids: Sequence[int], prompt_ids: Sequence[int], bos_id: int | None) -> int:
-    """1 when the processor prepended a BOS the rendered prompt lacks (LLaVA-1.5's `<s>`), else 0."""
-    first = prompt_ids[0] if prompt_ids else None
-    return int(bos_id is not None and len(processor_ids) > 0 and processor_ids[0] == bos_id and first != bos_id)
-
-
 def image_acts(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> torch.Tensor:
     """[n, n_layers, d] at the guard's position (t_inst or t_post_inst), or [n, n_layers, n_pos, d] for a span guard
-    (padded by repeating t_inst), one forward per prompt with everything the processor returns (pixel_values, Qwen-VL's image_grid_thw) over its tokens (a BOS the
-    processor prepends, as LLaVA-1.5's does, shifts the positions read)."""
+    (padded by repeating t_inst), one forward per prompt with everything the processor returns (pixel_values, Qwen-VL's
+    image_grid_thw) over its tokens (a BOS the processor prepends, as LLaVA-1.5's does, shifts the positions read)."""
     model = guard._require_model()
-    tok = getattr(processor, "tokenizer", None) or model.tokenizer
-    image_id = tok.convert_tokens_to_ids(processor.image_token)
     names = [resid_hook_name(model, layer) for layer in guard.layers]
     device, out = model_device(model), []
     for item in items:
-        enc = processor(text=[item.prompt.text], images=[item.image], return_tensors="pt")
-        ids, n_images = enc["input_ids"], sum(t == image_id for t in item.prompt.input_ids)
-        n_image = int((ids[0] == image_id).sum()) // max(1, n_images)
-        shift = added_bos(ids[0].tolist(), item.prompt.input_ids, tok.bos_token_id)
-        expanded = [t for t in item.prompt.input_ids for _ in range(n_image if t == image_id else 1)]
-        if ids[0, shift:].tolist() != expanded:
-            raise HarmlensError("the processor's tokens do not match the rendered prompt's (image expansion)")
-        pos = [shift + p for p in read_positions(guard, item.prompt, image_id, n_image)]
+        encoded = encode_image(guard, model, item, processor)
         with torch.no_grad():
-            extra = {k: v.to(device) for k, v in enc.items() if k != "input_ids" and isinstance(v, torch.Tensor)}
+            extra = {k: v.to(device) for k, v in encoded.inputs.items() if k != "input_ids"}
             run: Any = model.run_with_cache  # pixel_values and friends go through **kwargs
-            _, cache = run(ids.to(device), **extra, names_filter=lambda n: n in names)
-        out.append(torch.stack([cache[n][0, pos] for n in names]).float().cpu())  # [n_layers, n_pos, d]
+            _, cache = run(encoded.inputs["input_ids"].to(device), **extra, names_filter=lambda n: n in names)
+        out.append(torch.stack([cache[n][0, encoded.positions] for n in names]).float().cpu())  # [n_layers, n_pos, d]
     width = max(a.shape[1] for a in out)
     out = [torch.cat([a, a[:, -1:].expand(-1, width - a.shape[1], -1)], 1) for a in out]
     return torch.stack(out) if guard.position == "span" else torch.stack(out)[:, :, 0]
 
 
+def image_prompt(guard: LatentGuard, prompt, image, processor=None, *, at: int | None = None) -> ImagePrompt:
+    """An ImagePrompt for a string or a conversation whose user message `at` (default: the last) carries `image`: the
+    image token goes where the model's chat template puts an image part, at the start of that message (RMA's img_in);
+    the message texts stay plain text, never template structure."""
+    model = guard._require_model()
+    processor = processor if processor is not None else getattr(model, "processor", None)
+    image_token_id(model, processor)  # a text model is told so in one line
+    text = role_template(model, processor=processor).image_text
+    if text is None:
+        raise HarmlensError("this model's chat template has no image token: image prompts need a VLM")
+    return ImagePrompt(guard.prepare(prompt, image_text=text, image_at=at)[0], image)
+
+
 def check_images(guard: LatentGuard, items: Sequence[ImagePrompt], processor) -> list[Verdict]:
-    """Verdicts for image prompts; an internal error fails closed per prompt, like LatentGuard.check."""
+    """Verdicts for image prompts; an internal error fails closed per prompt and role markers in the instruction are
+    marked (and flagged), like LatentGuard.check."""
     out = []
     for item in items:
         try:
             out.append(guard.verdicts_from_acts(image_acts(guard, [item], processor))[0])
         except Exception as exc:  # noqa: BLE001 - fail closed, say why
             out.append(guard.failed(f"internal error: {one_line(exc)}"))
-    return out
+    prompts = [item.prompt if isinstance(item, ImagePrompt) else item for item in items]
+    return mark_injections(guard, prompts, out)  # as GuardedModel does
 
 
 class ImageAwareDetector:

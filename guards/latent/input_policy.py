@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.verdict import render_prompt
 from harmlens.probes.chat import ChatFormat, ChatPrompt
+from harmlens.probes.conversation import render_conversation
 from harmlens.probes.markers import find_markers
 
 DEFAULT_MAX_TOKENS = 2048
@@ -77,6 +78,25 @@ def render_within_limits(
         check_length(dataclasses.replace(fmt, max_length=None).render(text), max_tokens, on_long)
     rendered, truncated = render_prompt(fmt, text, token_limit(context, max_tokens))
     return rendered, truncated or cut
+
+
+def render_conversation_within(
+    fmt: ChatFormat,
+    messages,
+    system: str | None,
+    context: int | None,
+    max_tokens: int | None,
+    image_text: str | None = None,
+    image_at: int | None = None,
+) -> ChatPrompt:
+    """A conversation rendered whole, never truncated: over the context or max_tokens is an error (a VLM's image
+    placeholder `image_text`, when given, counts as its unexpanded tokens)."""
+    rendered = render_conversation(
+        fmt.tokenizer, messages, system=system, max_length=context, image_text=image_text, image_at=image_at
+    )
+    if max_tokens is not None and len(rendered) > max_tokens:
+        raise HarmlensError(f"conversation is {len(rendered)} tokens, over max_tokens={max_tokens}")
+    return rendered
 
 
 def _contents(content) -> list[str]:

@@ -12,11 +12,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from harmlens.guards.serve.batching import Batcher, ServiceError
+from harmlens.guards.serve.images import take_images
 from harmlens.guards.serve.schemas import (
     Limits,
     RequestError,
     chat_chunks,
     chat_response,
+    check_model,
     moderation_response,
     parse_body,
     parse_chat,
@@ -86,9 +88,12 @@ def create_app(batcher: Batcher, served: str, *, api_key: str | None = None, lim
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> Response:
-        req = parse_chat(parse_body(await request.body(), limits), served, limits)
+        obj = parse_body(await request.body(), limits)
+        check_model(obj, served)
+        messages, image = take_images(obj.get("messages"), limits.max_images)  # a VLM's one image, decoded
+        req = parse_chat({**obj, "messages": messages}, served, limits)
         try:
-            reply = await batcher.chat(req.messages, req.max_tokens, req.temperature, req.seed)
+            reply = await batcher.chat(req.messages, req.max_tokens, req.temperature, req.seed, image)
         except ServiceError as exc:
             return _error(RequestError(503, str(exc), "model_error"))
         verdict = verdict_field(reply.verdict, reply.blocked)

@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.guard import Verdict, _one_line
 from harmlens.guards.latent.guarded import GuardedModel
+from harmlens.guards.latent.images import ImagePrompt, image_prompt
 from harmlens.guards.serve.schemas import RequestError
 from harmlens.probes.chat import ChatPrompt
+from harmlens.probes.engines import HFBackend
 from harmlens.probes.generation import generate_ids
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ class _Job:
     kind: str  # "chat" or "moderation"
     items: list[Any]  # one conversation (chat) or several (moderation)
     options: tuple = ()  # (max_tokens, temperature, seed) for chat: jobs with equal options share a generate call
+    image: tuple[int, Any] | None = None  # chat on a VLM: (index of the user message with the image, the image)
     loop: asyncio.AbstractEventLoop | None = None
     future: asyncio.Future | None = None
     queued: float = field(default_factory=time.perf_counter)
@@ -75,9 +78,11 @@ class Batcher:
         self.queue.put(None)
         self.thread.join(timeout=60)
 
-    async def chat(self, messages: list[dict], max_tokens: int, temperature: float, seed: int) -> Reply:
-        """The (guarded) reply to one conversation."""
-        return await self._submit(_Job("chat", [messages], (max_tokens, temperature, seed)))
+    async def chat(
+        self, messages: list[dict], max_tokens: int, temperature: float, seed: int, image: tuple[int, Any] | None = None
+    ) -> Reply:
+        """The (guarded) reply to one conversation; `image` (message index, PIL image) on a VLM."""
+        return await self._submit(_Job("chat", [messages], (max_tokens, temperature, seed), image=image))
 
     async def moderate(self, items: list[Any]) -> list[Verdict]:
         """The guard's verdicts for these prompts or conversations (one forward up to the last layer read)."""
@@ -152,13 +157,18 @@ class Batcher:
         return out
 
     def _chat(self, group: list[_Job], max_tokens: int, temperature: float, seed: int) -> list[Any]:
-        """Render on this thread (the tokenizer is not thread-safe), then one generate call for the group."""
+        """Render on this thread (the tokenizer is not thread-safe), then one generate call for the group (image and
+        text prompts in separate batches)."""
         guard, tok = self.guarded.guard, self.guarded.model.tokenizer
         out: list[Any] = [None] * len(group)
-        ready: list[tuple[int, ChatPrompt]] = []
+        ready: list[tuple[int, ChatPrompt | ImagePrompt]] = []
         for i, job in enumerate(group):
             try:
-                ready.append((i, guard.prepare(job.items[0])[0]))
+                if job.image is None:
+                    ready.append((i, guard.prepare(job.items[0])[0]))
+                else:
+                    at, image = job.image
+                    ready.append((i, image_prompt(guard, job.items[0], image, self._processor, at=at)))
             except HarmlensError as exc:  # e.g. longer than the context: the client's fault
                 out[i] = RequestError(400, str(exc), param="messages")
         if not ready:
@@ -170,25 +180,42 @@ class Batcher:
             for (i, prompt), reply in zip(ready, replies):
                 n_new = 0 if reply.blocked else len(tok(reply.text, add_special_tokens=False)["input_ids"])
                 finish = "content_filter" if reply.blocked else _finish(n_new, max_tokens)
-                out[i] = Reply(reply.text, reply.verdict, reply.blocked, len(prompt), n_new, finish)
+                out[i] = Reply(reply.text, reply.verdict, reply.blocked, _length(prompt), n_new, finish)
             return out
-        backend = getattr(self.guarded, "backend", None)  # the vLLM guard's engine serves the baseline too
-        ids = (  # the unguarded baseline: the same rendering, plain generation
-            backend.generate_ids(prompts, max_new_tokens=max_tokens, **sample)
-            if backend is not None
-            else generate_ids(
-                self.guarded.model,
-                prompts,
-                max_new_tokens=max_tokens,
-                batch_size=len(prompts),
-                progress=False,
-                **sample,
-            )
-        )
-        for (i, prompt), new in zip(ready, ids):
+        for (i, prompt), new in zip(ready, self._plain(prompts, max_tokens, sample)):
             text = tok.decode(new, skip_special_tokens=True)
-            out[i] = Reply(text, None, False, len(prompt), len(new), _finish(len(new), max_tokens))
+            out[i] = Reply(text, None, False, _length(prompt), len(new), _finish(len(new), max_tokens))
         return out
+
+    @property
+    def _processor(self) -> Any:
+        return getattr(self.guarded, "processor", None)
+
+    def _plain(self, prompts: list, max_tokens: int, sample: dict[str, Any]) -> list[list[int]]:
+        """The unguarded baseline: the same rendering, plain generation (image prompts with the processor)."""
+        backend = getattr(self.guarded, "backend", None)  # the vLLM guard's engine serves the baseline too
+        if backend is not None:
+            return backend.generate_ids(prompts, max_new_tokens=max_tokens, **sample)
+        out: list[list[int]] = [[] for _ in prompts]
+        for images in (False, True):
+            idx = [j for j, p in enumerate(prompts) if isinstance(p, ImagePrompt) == images]
+            if not idx:
+                continue
+            args = dict(max_new_tokens=max_tokens, batch_size=len(idx), **sample)
+            if images:
+                hf = HFBackend(self.guarded.model, self._processor)
+                pics = [prompts[j].image for j in idx]
+                ids = hf.generate_ids([prompts[j].prompt for j in idx], images=pics, **args)
+            else:
+                ids = generate_ids(self.guarded.model, [prompts[j] for j in idx], progress=False, **args)
+            for j, new in zip(idx, ids):
+                out[j] = new
+        return out
+
+
+def _length(prompt: ChatPrompt | ImagePrompt) -> int:
+    """Prompt tokens for usage: an image counts as its placeholder token(s), not the tokens it expands to."""
+    return len(prompt.prompt if isinstance(prompt, ImagePrompt) else prompt)
 
 
 def _finish(n_new: int, max_tokens: int) -> str:

@@ -37,6 +37,7 @@ class Limits:
     max_message_chars: int = 65536
     max_tokens: int = 512
     default_max_tokens: int = 128
+    max_images: int = 0  # images per chat request: 1 for a VLM served with its processor, 0 for a text model
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def parse_moderation(obj: dict, served: str, limits: Limits) -> list[Any]:
         if isinstance(item, dict) and item.get("type") == "text":
             item = item.get("text")
         if isinstance(item, dict) and item.get("type") in ("image_url", "input_image"):
-            raise RequestError(400, f"input {i} is an image, but this is a text model", param="input")
+            why = "/v1/moderations scores text only" if limits.max_images else "this is a text model"
+            raise RequestError(400, f"input {i} is an image, but {why}", param="input")
         if not isinstance(item, str) or not item.strip():
             raise RequestError(400, f"input {i} must be a non-empty string", param="input")
         if len(item) > limits.max_message_chars:

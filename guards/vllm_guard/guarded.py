@@ -89,7 +89,7 @@ class VLLMGuardedModel:
     ) -> list[GuardedReply]:
         """Replies (greedy by default); blocked prompts get the refusal. Prompts as GuardedModel.generate takes them;
         vLLM batches continuously (batch_size unused)."""
-        check_prompt_list(prompts)
+        check_prompt_list(prompts, images=False)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise HarmlensError("max_new_tokens must be a positive integer")
         out: list[GuardedReply | None] = [None] * len(prompts)
