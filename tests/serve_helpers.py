@@ -6,6 +6,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -74,6 +75,24 @@ def post(base: str, path: str, body: bytes, headers: dict | None = None) -> tupl
 
 
 API_KEY = "test-key-123"
+
+
+def tool_python(tool: str, module: str) -> tuple[str | None, str]:
+    """(python, reason) of the separate venv that has `module` installed for an integration test of `tool`.
+
+    $HARMLENS_<TOOL>_PYTHON (e.g. HARMLENS_LITELLM_PYTHON) names that venv's python; unset, ../venv-<tool>/bin/python
+    beside the checkout is tried. The tools live in their own venvs because installing them would change the
+    packages harmlens runs on; the harmlens server stays in this python. python is None (and reason says why) when
+    there is none or it cannot find `module`, so the tests skip."""
+    var = f"HARMLENS_{tool.upper()}_PYTHON"
+    python = os.environ.get(var) or str(ROOT.parent / f"venv-{tool}" / "bin" / "python")
+    if not (shutil.which(python) or os.access(python, os.X_OK)):
+        return None, f"no {tool} venv: set {var} to the python of a venv with {tool} installed (docs/serving.md)"
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec(sys.argv[1]) is None)"
+    done = subprocess.run([python, "-c", probe, module], capture_output=True, timeout=60)
+    if done.returncode != 0:
+        return None, f"{python} has no '{module}' module (set {var} to the python of a venv that has it)"
+    return python, ""
 
 
 @contextlib.contextmanager
