@@ -99,6 +99,25 @@ def dtype(value) -> torch.dtype | None:
     raise HarmlensError(f"unsupported dtype {value!r}: use {', '.join(DTYPES)}")
 
 
+def cpu_has_bf16() -> bool:
+    """True on CPUs with native bfloat16 arithmetic (AVX512-BF16 or AMX), where bfloat16 runs faster than float32."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """The dtype a model loads in when none is given: $HARMLENS_DTYPE if set; bfloat16 on CUDA and on CPUs with
+    native bfloat16 (measured within tolerance on the organism: benchmarks/cpu_dtype.py); float32 otherwise."""
+    env = os.environ.get("HARMLENS_DTYPE", "").strip()
+    if env:
+        chosen = dtype(env)
+        assert chosen is not None
+        return chosen
+    kind = torch.device(device).type
+    return torch.bfloat16 if kind == "cuda" or (kind == "cpu" and cpu_has_bf16()) else torch.float32
+
+
 def text(value: str, name: str) -> str:
     """User text without NUL characters (a NUL is refused, never silently replaced)."""
     if not isinstance(value, str):

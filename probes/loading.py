@@ -144,7 +144,7 @@ def load_hf(
     _refuse_pickled_weights(Path(path))
     if dtype is None:
         on_cuda = device.type == "cuda" or (device_map is not None and torch.cuda.is_available())
-        dtype = torch.bfloat16 if on_cuda else torch.float32
+        dtype = validate.default_dtype("cuda" if on_cuda else device)
     # Local folders and offline mode never touch the network (HF_HUB_OFFLINE is read now, not at import time).
     local = Path(path).exists() or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     common = dict(local_files_only=local, trust_remote_code=trust_remote_code, revision=revision)

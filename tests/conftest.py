@@ -14,8 +14,11 @@ __all__ = ["DATA_DIR", "TINY_NAME", "build_tiny_model"]
 
 
 def pytest_configure(config):
-    """One torch thread by default: on a shared 2-core box, OpenMP spin-waits make 2 threads 3-5x slower."""
+    """One torch thread by default: on a shared 2-core box, OpenMP spin-waits make 2 threads 3-5x slower. Models
+    load in float32 (HARMLENS_DTYPE; subprocesses inherit it): tests compare against exact float32 references,
+    while the library's CPU default is bfloat16 where the CPU has it (tests/core/test_dtype_default.py)."""
     torch.set_num_threads(int(os.environ.get("HARMLENS_TEST_THREADS", "1")))
+    os.environ.setdefault("HARMLENS_DTYPE", "float32")
 
 
 @pytest.fixture(scope="session")

@@ -109,7 +109,7 @@ def _build_inner(
         f"{torch.get_num_threads()} CPU threads) into {path} ...",
         flush=True,
     )
-    hf, tok, base = load_hf(recipe.base_model, device=device)
+    hf, tok, base = load_hf(recipe.base_model, device=device, dtype=torch.float32)  # training stays float32
     hf.harmlens_name = base
     examples = datasets.training_examples(recipe.n_harmless, recipe.harmful_repeats)
     ckpt_dir = path.parent / f".{path.name}.checkpoints"
@@ -173,7 +173,13 @@ def _by_source(replies: list) -> dict:
 
 
 def load_organism(
-    kind: str = "text", *, rebuild: bool = False, device=None, config: TrainConfig | None = None, evaluate: bool = False
+    kind: str = "text",
+    *,
+    rebuild: bool = False,
+    device=None,
+    config: TrainConfig | None = None,
+    evaluate: bool = False,
+    dtype=None,
 ):
     """The aligned organism as a TransformerBridge: built on first use (minutes, with a progress bar), then cached.
     A first-use build skips the held-out evaluation (5 more minutes on CPU) unless evaluate=True; the CLI
@@ -185,7 +191,7 @@ def load_organism(
     if kind == "vlm":
         from harmlens.guards.organisms.vlm import load_vlm
 
-        return load_vlm(path, device=device)  # processor at .processor
-    model = load_model(str(path), device=device)
+        return load_vlm(path, device=device, dtype=dtype)  # processor at .processor
+    model = load_model(str(path), device=device, dtype=dtype)
     model.harmlens_organism = json.loads((path / CARD).read_text(encoding="utf-8"))
     return model

@@ -136,14 +136,14 @@ def image_batches(
     return lambda idx: {"pixel_values": pix[[choice[i] for i in idx]]}
 
 
-def load_vlm(path: str | Path, *, device=None) -> TransformerBridge:
+def load_vlm(path: str | Path, *, device=None, dtype=None) -> TransformerBridge:
     """A saved VLM organism as a TransformerBridge, its processor at `.processor` and card at `.harmlens_organism`."""
     from transformers import AutoProcessor
 
     from harmlens.probes.loading import load_model
 
     path = Path(path)
-    model = load_model(str(path), device=device)
+    model = load_model(str(path), device=device, dtype=dtype)
     model.processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
     card = path / "card.json"
     model.harmlens_organism = json.loads(card.read_text(encoding="utf-8")) if card.is_file() else None

@@ -132,7 +132,7 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
     if run.threads:
         torch.set_num_threads(run.threads)
     out = Path(out)
-    model = load_subject(run.model, run.device)
+    model = load_subject(run.model, run.device, dtype=torch.float32)  # LoRA training stays float32
     path = train_run(
         model,
         out,
@@ -199,8 +199,8 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
             release_vllm(subject)
             return report, use
 
-        before, use_before = measure(model, "before")
-        del model
+        del model  # the float32 training copy; both sides are measured in the loader's default dtype
+        before, use_before = measure(load_subject(run.model, device=run.device), "before")
         after, use_after = measure(load_subject(str(path), device=run.device), "after")
         use = {"before": use_before, "after": use_after}
         summary["asr"], summary["utility"] = compare(before, after), use

@@ -8,15 +8,16 @@ if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
 
 
-def load_subject(spec: str | None, device=None):
-    """'organism[:text|vlm]' (built on first use), 'base' (embedded SmolLM2) or a model folder / Hub name."""
+def load_subject(spec: str | None, device=None, dtype=None):
+    """'organism[:text|vlm]' (built on first use), 'base' (embedded SmolLM2) or a model folder / Hub name; dtype None
+    is the loader's default (harmlens.validate.default_dtype)."""
     from harmlens.probes.loading import load_model
 
     if spec is None or spec == "organism" or spec.startswith("organism:"):
         from harmlens.guards.organisms.build import load_organism
 
-        return load_organism((spec or "organism").partition(":")[2] or "text", device=device)
-    return load_model(None if spec == "base" else spec, device=device)
+        return load_organism((spec or "organism").partition(":")[2] or "text", device=device, dtype=dtype)
+    return load_model(None if spec == "base" else spec, device=device, dtype=dtype)
 
 
 def vlm_processor(model: TransformerBridge):

@@ -97,7 +97,7 @@ class Adapter:
         if isinstance(base_model, str):
             from harmlens.probes.loading import load_hf
 
-            hf, _, _ = load_hf(base_model)
+            hf, _, _ = load_hf(base_model, dtype=torch.float32)  # merged weights keep full precision
             hf.harmlens_name = base_name(base_model)
             inplace = True
         else:
