@@ -162,10 +162,24 @@ def read_direction_pt(path: str | os.PathLike, model: TransformerBridge | None =
 
 
 def save_edited(
-    model: TransformerBridge, path: str | os.PathLike, *, overwrite: bool = False, card: dict | None = None
+    model: TransformerBridge,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    card: dict | None = None,
+    ablation: torch.Tensor | None = None,
 ) -> Path:
-    """Save a model edited in place (e.g. by orthogonalize) as a plain HF folder: safetensors, config, tokenizer."""
-    hf = unwrap_model(model)
+    """Save a model edited in place (e.g. by orthogonalize) as a plain HF folder: safetensors, config, tokenizer.
+
+    With `ablation` (a [d_model] direction) the folder holds the model orthogonalised against it, as
+    orthogonalize(model, ablation) would leave it, while the model itself stays unedited (vLLM serves such a folder
+    as the directional-ablation condition).
+    """
+    from harmlens.probes.interventions import direction_sha256, orthogonalized_copy
+
+    hf = unwrap_model(model) if ablation is None else orthogonalized_copy(model, ablation)
+    if ablation is not None:
+        card = {"edit": "orthogonalize", "direction_sha256": direction_sha256(model, ablation), **(card or {})}
     tok = getattr(model, "tokenizer", None)
     with atomic_dir(path, overwrite=overwrite, what="edited model") as tmp:
         hf.save_pretrained(tmp, safe_serialization=True)
