@@ -6,8 +6,8 @@ final residual, after the last block). llama.cpp adds the control-vector tensor 
 block N (0-based; ``direction.0`` is refused by llama.cpp's loader, and repeng numbers layers the same way). The
 output of block N is the input of block N+1, so harmlens L <-> llama.cpp N = L - 1, and only L >= 2 can be
 exported. llama.cpp adds the vector times the strength given with ``--control-vector-scaled``; a negative strength
-steers away from the direction. (llama-cpp-python is not installed here, so this mapping is checked against
-llama.cpp's documented convention, not numerically against llama.cpp itself.)
+steers away from the direction. The mapping is checked numerically against llama.cpp itself
+(examples/llamacpp_control_vector_check.py, docs/formats.md).
 """
 
 from __future__ import annotations
