@@ -9,8 +9,10 @@ folder saved before). The model itself is never edited.
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,11 +57,13 @@ def weights_folder(model: TransformerBridge) -> str:
 
 
 def ablated_folder(model: TransformerBridge, direction: torch.Tensor) -> str:
-    """A temporary HF folder holding the model orthogonalised against the direction (the model is not edited)."""
+    """A temporary HF folder holding the model orthogonalised against the direction (the model is not edited),
+    removed when the process exits."""
     from harmlens.probes.export import save_edited
 
-    folder = Path(tempfile.mkdtemp(prefix="harmlens-vllm-ablated-")) / "model"
-    return str(save_edited(model, folder, ablation=direction))
+    tmp = tempfile.mkdtemp(prefix="harmlens-vllm-ablated-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return str(save_edited(model, Path(tmp) / "model", ablation=direction))
 
 
 class VLLMBackend:
