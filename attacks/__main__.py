@@ -78,6 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--band", default=None, help="layer band for the projection, e.g. '12-15' (default: RMA's, scaled)"
     )
+    run.add_argument(
+        "--ablate-layer",
+        type=nonneg_int,
+        default=None,
+        help="directional-ablation condition: ablate the --directions refusal direction of this layer (hooks on "
+        "hf; on vllm the model orthogonalised against it, saved as an HF folder)",
+    )
     gcg = sub.add_parser("gcg", help="GCG suffix per prompt, then their ASR with and without role swap")
     _common(gcg)
     gcg.add_argument("--steps", type=positive_int, default=40, help="GCG optimisation steps per prompt (default 40)")
@@ -100,7 +107,7 @@ def _setup(args):
     return load_model(args.model), prompts
 
 
-def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor=None):
+def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor=None, ablation=None):
     from harmlens.attacks.runs import attack_to_folder
 
     return attack_to_folder(
@@ -121,6 +128,7 @@ def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor
         processor=processor,
         progress=not args.quiet,
         backend=getattr(args, "backend", "hf"),
+        ablation=ablation,
     )
 
 
@@ -131,24 +139,30 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
         if not vllm_available():  # before the model loads
             raise HarmlensError(INSTALL_HINT)
+    if args.ablate_layer is not None and args.directions is None:
+        raise HarmlensError("--ablate-layer needs --directions (the directions.safetensors to take it from)")
     from harmlens.attacks.runs import model_processor, projection_to_folder
+    from harmlens.probes.directions import Directions
 
     model, prompts = _setup(args)
+    directions = Directions.load(args.directions, model=model) if args.directions is not None else None
+    ablation = None
+    if directions is not None and args.ablate_layer is not None:
+        ablation = directions.refusal[directions.row(args.ablate_layer)]
     jailbreaks = [j for j in args.jailbreaks.split(",") if j.strip()]
     processor = model_processor(model, args.model)
-    report = _evaluate(args, model, prompts, args.settings, jailbreaks, args.images, processor)
+    report = _evaluate(args, model, prompts, args.settings, jailbreaks, args.images, processor, ablation)
     result = {
         "out": str(args.out),
         "backend": args.backend,
+        "ablate_layer": args.ablate_layer,
         "asr": {k: round(v.asr, 4) for k, v in report.asr.items()},
     }
-    if args.directions is not None:
-        from harmlens.probes.directions import Directions
-
+    if directions is not None:
         proj = projection_to_folder(
             model,
             report,
-            Directions.load(args.directions, model=model),
+            directions,
             args.out,
             band=parse_layers(args.band),
             batch_size=args.batch_size,

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from tqdm.auto import tqdm
 
 from harmlens.attacks.images import load_images
@@ -20,6 +21,7 @@ from harmlens.attacks.template import RoleTemplate, role_template
 from harmlens.errors import HarmlensError
 from harmlens.probes.chat import ChatPrompt
 from harmlens.probes.engines import Backend, get_backend
+from harmlens.probes.interventions import direction_sha256
 from harmlens.probes.loading import model_name
 from harmlens.probes.markers import tokenize_prompt
 
@@ -38,6 +40,7 @@ _KEYS = (
     "strip_system",
     "instructions_sha256",
     "backend",
+    "ablation",
 )
 
 
@@ -144,6 +147,7 @@ def evaluate_asr(
     processor=None,
     progress: bool = True,
     backend: str | Backend = "hf",
+    ablation: torch.Tensor | None = None,
 ) -> AttackReport:
     """ASR of each (setting × jailbreak) on the instructions; with `out`, results stream to out/results.jsonl.
 
@@ -151,6 +155,8 @@ def evaluate_asr(
     their stored reply. Greedy runs resume exactly; sampled ones are seeded per chunk, so a resumed sampled run is
     reproducible but not identical to an uninterrupted one. backend='vllm' serves the same weights through vLLM
     (prompts go in as token ids, byte-identical); it refuses a model with active hooks (steering stays on 'hf').
+    ablation (a [d_model] direction) is the directional-ablation condition: ablation hooks on 'hf', the weights
+    orthogonalised against it (saved as an HF folder, the model untouched) on 'vllm'; reports record its fingerprint.
     """
 
     instructions = _check_instructions(instructions)
@@ -161,8 +167,13 @@ def evaluate_asr(
     if pictures is not None and processor is None:
         raise HarmlensError("image settings need the model's processor: evaluate_asr(..., processor=...)")
     jbs = resolve_jailbreaks(jailbreaks)
-    engine = get_backend(model, backend, processor=processor)
     judge = get_judge(judge, model)
+    if ablation is not None and not judge.needs_reply:
+        raise HarmlensError(
+            f"judge {judge.name} reads the model, not the replies: ablation= only changes generation; run it as "
+            "`with ablate(model, direction): evaluate_asr(...)` instead"
+        )
+    engine = get_backend(model, backend, processor=processor, ablation=ablation)
     prompts = build_prompts(template, instructions, settings, jbs)
     header = {
         "harmlens": "attacks.results",
@@ -177,6 +188,7 @@ def evaluate_asr(
         "n_instructions": len(instructions),
         "instructions_sha256": hashlib.sha256(json.dumps(instructions).encode()).hexdigest(),
         "backend": engine.name,
+        "ablation": direction_sha256(model, ablation) if ablation is not None else None,
     }
     path = Path(out) / RESULTS_FILE if out is not None else None
     done = _read_results(path, header) if path is not None else {}

@@ -51,8 +51,9 @@ def attack_to_folder(
     processor=None,
     progress: bool = True,
     backend: str = "hf",
+    ablation=None,
 ) -> AttackReport:
-    """evaluate_asr (generation on `backend`: hf or vllm) streaming to out/results.jsonl (so a rerun resumes), then report.json, report.md and heatmaps."""
+    """evaluate_asr (generation on `backend`: hf or vllm; `ablation`: a direction ablated) streaming to out/results.jsonl (so a rerun resumes), then report.json, report.md and heatmaps."""
     report = evaluate_asr(
         model,
         prompts,
@@ -71,6 +72,7 @@ def attack_to_folder(
         processor=processor,
         progress=progress,
         backend=backend,
+        ablation=ablation,
     )
     with output_set(out) as tmp:  # report.json, report.md and heatmaps replace the old ones together
         report.save(tmp)

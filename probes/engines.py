@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
@@ -98,12 +99,13 @@ def hf_generate_ids(
 
 
 class HFBackend:
-    """Generation through the bridged HF model: active hooks (steering, ablation, guards) apply."""
+    """Generation through the bridged HF model: active hooks (steering, ablation, guards) apply; with `ablation`
+    (a [d_model] direction) every generation runs under ablate(model, ablation)."""
 
     name = "hf"
 
-    def __init__(self, model, processor=None) -> None:
-        self.model, self.processor = model, processor
+    def __init__(self, model, processor=None, *, ablation: torch.Tensor | None = None) -> None:
+        self.model, self.processor, self.ablation = model, processor, ablation
 
     @property
     def tokenizer(self):
@@ -124,9 +126,18 @@ class HFBackend:
             encode: Callable[[list[int]], dict[str, Any]] = lambda idx: left_pad([seqs[i] for i in idx], pid)  # noqa: E731
         else:
             encode = self._image_encoder(prompts, images)
-        return hf_generate_ids(
-            hf, [len(s) for s in seqs], encode, stops=stop_token_ids(self.model, tok), pad=pid, **kwargs
-        )
+        with self._hooks():
+            return hf_generate_ids(
+                hf, [len(s) for s in seqs], encode, stops=stop_token_ids(self.model, tok), pad=pid, **kwargs
+            )
+
+    def _hooks(self) -> AbstractContextManager:
+        """The ablation hooks when this backend serves an ablation condition, else nothing."""
+        if self.ablation is None:
+            return nullcontext()
+        from harmlens.probes.interventions import ablate
+
+        return ablate(self.model, self.ablation)
 
     def _image_encoder(self, prompts: Prompts, images: Sequence) -> Callable[[list[int]], dict[str, Any]]:
         """Batches through the processor, which expands each image token and adds pixel_values."""
@@ -165,14 +176,34 @@ class HFBackend:
         ]
 
 
-def get_backend(model: TransformerBridge, backend: str | Backend = "hf", *, processor=None, **engine_kwargs) -> Backend:
-    """A Backend for the model: 'hf', 'vllm' (started once per model and reused) or a Backend instance as is."""
+def get_backend(
+    model: TransformerBridge,
+    backend: str | Backend = "hf",
+    *,
+    processor=None,
+    ablation: torch.Tensor | None = None,
+    **engine_kwargs,
+) -> Backend:
+    """A Backend for the model: 'hf', 'vllm' (started once per model and reused) or a Backend instance as is.
+
+    With `ablation` (a [d_model] direction) the backend serves the directional-ablation condition: 'hf' generates
+    under the ablation hooks, 'vllm' serves the weights orthogonalised against it (saved as an HF folder).
+    """
     if isinstance(backend, Backend) and not isinstance(backend, str):
+        if ablation is not None:
+            raise HarmlensError(
+                "ablation= cannot be added to a backend you built: use backend='hf' or 'vllm', or build it with "
+                "get_backend(model, ..., ablation=direction)"
+            )
         return backend
     if backend == "hf":
-        return HFBackend(model, processor)
+        if ablation is not None:
+            from harmlens.probes.interventions import unit_direction
+
+            unit_direction(model, ablation)  # a bad direction fails here, before any generation
+        return HFBackend(model, processor, ablation=ablation)
     if backend == "vllm":
         from harmlens.probes.vllm_engine import vllm_backend
 
-        return vllm_backend(model, **engine_kwargs)
+        return vllm_backend(model, ablation=ablation, **engine_kwargs)
     raise HarmlensError(f"unknown generation backend {backend!r}; choose from {', '.join(BACKENDS)}")

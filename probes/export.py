@@ -6,8 +6,8 @@ final residual, after the last block). llama.cpp adds the control-vector tensor 
 block N (0-based; ``direction.0`` is refused by llama.cpp's loader, and repeng numbers layers the same way). The
 output of block N is the input of block N+1, so harmlens L <-> llama.cpp N = L - 1, and only L >= 2 can be
 exported. llama.cpp adds the vector times the strength given with ``--control-vector-scaled``; a negative strength
-steers away from the direction. (llama-cpp-python is not installed here, so this mapping is checked against
-llama.cpp's documented convention, not numerically against llama.cpp itself.)
+steers away from the direction. The mapping is checked numerically against llama.cpp itself
+(examples/llamacpp_control_vector_check.py, docs/formats.md).
 """
 
 from __future__ import annotations
@@ -162,10 +162,24 @@ def read_direction_pt(path: str | os.PathLike, model: TransformerBridge | None =
 
 
 def save_edited(
-    model: TransformerBridge, path: str | os.PathLike, *, overwrite: bool = False, card: dict | None = None
+    model: TransformerBridge,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    card: dict | None = None,
+    ablation: torch.Tensor | None = None,
 ) -> Path:
-    """Save a model edited in place (e.g. by orthogonalize) as a plain HF folder: safetensors, config, tokenizer."""
-    hf = unwrap_model(model)
+    """Save a model edited in place (e.g. by orthogonalize) as a plain HF folder: safetensors, config, tokenizer.
+
+    With `ablation` (a [d_model] direction) the folder holds the model orthogonalised against it, as
+    orthogonalize(model, ablation) would leave it, while the model itself stays unedited (vLLM serves such a folder
+    as the directional-ablation condition).
+    """
+    from harmlens.probes.interventions import direction_sha256, orthogonalized_copy
+
+    hf = unwrap_model(model) if ablation is None else orthogonalized_copy(model, ablation)
+    if ablation is not None:
+        card = {"edit": "orthogonalize", "direction_sha256": direction_sha256(model, ablation), **(card or {})}
     tok = getattr(model, "tokenizer", None)
     with atomic_dir(path, overwrite=overwrite, what="edited model") as tmp:
         hf.save_pretrained(tmp, safe_serialization=True)

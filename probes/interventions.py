@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harmlens.errors import HarmlensError
+from harmlens.hf import unwrap_model
 from harmlens.probes.activations import n_layers, resid_hook_name
 from harmlens.probes.devices import PerDevice, is_quantized
 from harmlens.validate import finite
@@ -40,6 +43,12 @@ def unit_direction(model: TransformerBridge, direction) -> torch.Tensor:
     if not norm > 0:
         raise HarmlensError("direction is the zero vector: cannot ablate or orthogonalise along it")
     return direction / norm
+
+
+def direction_sha256(model: TransformerBridge, direction) -> str:
+    """A short fingerprint of the unit direction (float32 bytes): names an ablation condition in reports and caches."""
+    unit = unit_direction(model, direction).float().cpu().contiguous()
+    return hashlib.sha256(unit.numpy().tobytes()).hexdigest()[:16]
 
 
 @contextmanager
@@ -130,22 +139,16 @@ def _untie_output_embeddings(hf, embed: torch.nn.Module) -> None:
             cfg.tie_word_embeddings = False
 
 
-def orthogonalize(model: TransformerBridge, direction: torch.Tensor):
-    """Arditi's permanent edit: W <- W - r̂r̂ᵀW for the embeddings and every attn/MLP output projection (in place).
-
-    A tied unembedding is untied first (cloned) so the logits read-out is unchanged. Equivalent to ablate() for
-    architectures whose attention/MLP outputs enter the residual directly (no post-sublayer norm).
-    """
-    r = unit_direction(model, direction)
-    d = int(model.cfg.d_model)
-    hf = model.original_model
-    if is_quantized(hf):
+def _orthogonal_targets(model: TransformerBridge) -> tuple[list[Any], list[int]]:
+    """The HF modules that write to the residual (embeddings, every attn/MLP output projection) and the axis of each
+    weight that indexes the residual; all checked before anything is edited."""
+    if is_quantized(model.original_model):
         raise HarmlensError(
             "cannot orthogonalise quantized weights in place: load the model unquantized (dtype=torch.bfloat16), "
             "orthogonalise and save it, then quantize; ablate() works on a quantized model"
         )
-    embed = _base_module(model.embed)
-    targets = [embed]
+    d = int(model.cfg.d_model)
+    targets = [_base_module(model.embed)]
     pos_embed = _base_module(getattr(model, "pos_embed", None))
     if isinstance(pos_embed, torch.nn.Embedding):  # learned absolute positions (GPT-2 style) also write to it
         targets.append(pos_embed)
@@ -154,11 +157,22 @@ def orthogonalize(model: TransformerBridge, direction: torch.Tensor):
             targets += [_base_module(block.attn.o), _base_module(block.mlp.out)]
     except AttributeError as exc:
         raise HarmlensError(f"cannot orthogonalise this architecture: no attn.o / mlp.out in a block ({exc})") from None
-    axes = [_output_axis(module) for module in targets]  # validate everything before editing anything
+    axes = [_output_axis(module) for module in targets]
     for module, axis in zip(targets, axes):
         if module.weight.shape[axis] != d:
             raise HarmlensError(f"{type(module).__name__} weight {tuple(module.weight.shape)} has no d_model axis")
-    _untie_output_embeddings(hf, embed)
+    return targets, axes
+
+
+def orthogonalize(model: TransformerBridge, direction: torch.Tensor):
+    """Arditi's permanent edit: W <- W - r̂r̂ᵀW for the embeddings and every attn/MLP output projection (in place).
+
+    A tied unembedding is untied first (cloned) so the logits read-out is unchanged. Equivalent to ablate() for
+    architectures whose attention/MLP outputs enter the residual directly (no post-sublayer norm).
+    """
+    r = unit_direction(model, direction)
+    targets, axes = _orthogonal_targets(model)
+    _untie_output_embeddings(model.original_model, targets[0])
     model.harmlens_weights_path = None  # the weights on disk no longer match: vLLM must serve a fresh copy
     model.__dict__.pop("_harmlens_vllm", None)
     with torch.no_grad():
@@ -168,3 +182,30 @@ def orthogonalize(model: TransformerBridge, direction: torch.Tensor):
             if bias is not None:  # output bias [d_model] writes to the residual too
                 _project_out_(bias.data.unsqueeze(1), r, 0)
     return model
+
+
+def orthogonalized_copy(model: TransformerBridge, direction: torch.Tensor) -> Any:
+    """A plain HF model (as unwrap_model gives) with orthogonalize's edit; the bridge and its weights are untouched.
+
+    Only the edited weights (embeddings, output projections, a tied unembedding) are copied; the rest is shared.
+    """
+    r = unit_direction(model, direction)
+    targets, axes = _orthogonal_targets(model)
+    hf = unwrap_model(model)
+    memo: dict[int, Any] = {id(t): t for t in [*hf.parameters(), *hf.buffers()]}
+    clean = copy.deepcopy(hf, memo)  # its own modules and config, the same weight tensors
+    _untie_output_embeddings(clean, clean.get_input_embeddings())
+    unembed = clean.get_output_embeddings()
+    weights = {m: getattr(m, "weight", None) for m in clean.modules() if m is not unembed}
+    by_weight = {id(w): m for m, w in weights.items() if isinstance(w, torch.Tensor)}
+    with torch.no_grad():
+        for target, axis in zip(targets, axes):
+            module = by_weight[id(target.weight)]
+            for name, rows in (("weight", axis), ("bias", 0)):
+                value = getattr(module, name, None)
+                if value is None:
+                    continue
+                edited = value.detach().clone()
+                _project_out_(edited if name == "weight" else edited.unsqueeze(1), r, rows)
+                setattr(module, name, torch.nn.Parameter(edited, requires_grad=False))
+    return clean

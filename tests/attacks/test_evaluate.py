@@ -116,6 +116,29 @@ def test_rejudge_equals_a_fresh_run_with_that_judge(tiny_model, monkeypatch):
     assert all(isinstance(r["success"], bool) for r in scored.records)
 
 
+def test_ablation_condition_on_hf_equals_the_ablation_hooks(tiny_model, tmp_path):
+    from harmlens.probes.engines import HFBackend
+    from harmlens.probes.interventions import ablate, direction_sha256
+
+    r = tiny_model.W_E[tiny_model.tokenizer.encode("I", add_special_tokens=False)[0]].detach().clone()
+    ablated = evaluate_asr(tiny_model, INSTR, ablation=r, out=tmp_path, **KW)
+    with ablate(tiny_model, r):
+        hooked = evaluate_asr(tiny_model, INSTR, **KW)
+    plain = evaluate_asr(tiny_model, INSTR, **KW)
+    assert [x["reply"] for x in ablated.records] == [x["reply"] for x in hooked.records]
+    assert [x["reply"] for x in ablated.records] != [x["reply"] for x in plain.records]
+    assert ablated.meta["ablation"] == direction_sha256(tiny_model, r) and plain.meta["ablation"] is None
+    assert not tiny_model.hook_dict["blocks.0.hook_resid_pre"].has_hooks()  # hooks only while generating
+    with pytest.raises(HarmlensError, match="different run \\(ablation differ\\)"):
+        evaluate_asr(tiny_model, INSTR, out=tmp_path, **KW)
+    with pytest.raises(HarmlensError, match="judge refusal_score reads the model"):
+        evaluate_asr(tiny_model, INSTR, ablation=r, judge="refusal_score", **KW)
+    with pytest.raises(HarmlensError, match="cannot be added to a backend you built"):
+        evaluate_asr(tiny_model, INSTR, ablation=r, backend=HFBackend(tiny_model), **KW)
+    with pytest.raises(HarmlensError, match="zero vector"):
+        evaluate_asr(tiny_model, INSTR, ablation=r * 0, **KW)
+
+
 def test_bad_input(tiny_model):
     with pytest.raises(HarmlensError, match="empty instruction list"):
         evaluate_asr(tiny_model, [], **KW)
@@ -163,6 +186,13 @@ def test_cli_run_on_the_embedded_model(tmp_path, capsys):
     rc = main(["run", "--settings", "img_out", "--limit", "1", "--out", str(tmp_path / "x"), "--quiet"])
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the weight-loading bar
     assert rc == 2 and last.startswith("error: setting(s) img_out need an image") and "text-only" in last
+
+
+def test_cli_ablate_layer_needs_directions(tmp_path, capsys):
+    assert main(["run", "--ablate-layer", "12", "--out", str(tmp_path), "--quiet"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --ablate-layer needs --directions (the directions.safetensors to take it from)"
+    )
 
 
 def test_cli_list(capsys):

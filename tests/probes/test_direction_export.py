@@ -161,3 +161,30 @@ def test_save_edited_folder_loads_in_transformers_with_ablation_logits(tmp_path,
             torch.testing.assert_close(out, hooked[i], atol=1e-4, rtol=0)
     assert (folder / "tokenizer_config.json").is_file() and (folder / "model.safetensors").is_file()
     assert not any(k for k in hf.state_dict() if "original_component" in k)
+
+
+def test_save_edited_with_ablation_leaves_the_model_alone(tmp_path, make_tiny_model):
+    """save_edited(..., ablation=r) writes what orthogonalize(r) + save_edited writes; the bridge keeps its weights."""
+    m = make_tiny_model(n_layers=2, seed=7)  # tied embeddings, like the embedded model
+    r = torch.randn(m.cfg.d_model, generator=torch.Generator().manual_seed(7))
+    before = {k: v.clone() for k, v in unwrap_model(m).state_dict().items()}
+    with ablate(m, r):
+        hooked = _logits(m)
+    folder = save_edited(m, tmp_path / "ablated", ablation=r)
+    after = unwrap_model(m).state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    torch.testing.assert_close(_logits(m), _logits(make_tiny_model(n_layers=2, seed=7)), atol=0, rtol=0)
+    card = json.loads((folder / "harmlens_edit.json").read_text())
+    assert card["edit"] == "orthogonalize" and len(card["direction_sha256"]) == 16
+    hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert not hf.config.tie_word_embeddings
+    orthogonalize(m, r)
+    edited = unwrap_model(m).state_dict()
+    saved = hf.state_dict()
+    assert all(torch.equal(saved[k], edited[k]) for k in saved), [
+        k for k in saved if not torch.equal(saved[k], edited[k])
+    ]
+    with torch.no_grad():
+        for i, p in enumerate(chat_format(m).render_many(HARMLESS)):
+            out = hf(input_ids=torch.tensor([list(p.input_ids)])).logits[0, -1]
+            torch.testing.assert_close(out, hooked[i], atol=1e-4, rtol=0)
