@@ -15,6 +15,25 @@ DATA_DIR = Path(os.environ.get("HARMLENS_TEST_DATA", Path(__file__).resolve().pa
 TINY_NAME = "harmlens-test/tiny-random-llama"
 
 
+def tiny_llama_config(tokenizer, **overrides):
+    """The tiny random Llama's config (2 layers, d_model 64) with the tokenizer's vocabulary and special ids."""
+    from transformers import LlamaConfig
+
+    fields = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        initializer_range=0.1,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaConfig(**(fields | overrides))
+
+
 def build_tiny_model(
     tokenizer,
     *,
@@ -33,10 +52,10 @@ def build_tiny_model(
     init_range is larger than HF's 0.02 so attention is far from uniform and padding bugs show up.
     """
     from transformer_lens.model_bridge import TransformerBridge
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
-    cfg = LlamaConfig(
-        vocab_size=len(tokenizer),
+    cfg = tiny_llama_config(
+        tokenizer,
         hidden_size=d_model,
         intermediate_size=d_mlp,
         num_hidden_layers=n_layers,
@@ -45,9 +64,6 @@ def build_tiny_model(
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         initializer_range=init_range,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
     cfg.name_or_path = name
     with torch.random.fork_rng():

@@ -93,17 +93,10 @@ def test_from_hf_wraps_users_model_and_peft(model, harmful_prompts, embedded_tok
         from_hf("gpt2", embedded_tokenizer)
 
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from support import tiny_llama_config
+    from transformers import LlamaForCausalLM
 
-    cfg = LlamaConfig(
-        vocab_size=len(embedded_tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.1,
-    )
+    cfg = tiny_llama_config(embedded_tokenizer)
     torch.manual_seed(3)
     base = LlamaForCausalLM(cfg).eval()  # a plain HF model the user built (not bridged yet)
     ids = torch.tensor([embedded_tokenizer("Hello there, friend")["input_ids"]])

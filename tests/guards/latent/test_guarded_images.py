@@ -46,24 +46,14 @@ class Replica:
 def organism_replica(embedded_tokenizer, tmp_path_factory):
     """The VLM organism's architecture (assemble_vlm: the embedded tokenizer + <image>, a tiny CLIP tower) over a tiny
     random Llama, saved and loaded back with load_model (which attaches the processor)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from support import tiny_llama_config
+    from transformers import LlamaForCausalLM
 
     from harmlens.guards.organisms.vlm import assemble_vlm
     from harmlens.probes.loading import load_model
 
     tok = embedded_tokenizer
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        initializer_range=0.1,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    cfg = tiny_llama_config(tok)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         lm = LlamaForCausalLM(cfg).eval()

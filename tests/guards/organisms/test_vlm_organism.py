@@ -14,22 +14,11 @@ from harmlens.errors import HarmlensError
 @pytest.fixture(scope="module")
 def tiny_lm(embedded_tokenizer):
     """A seeded 2-layer random Llama with the embedded tokenizer's vocabulary (plain HF model)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from support import tiny_llama_config
+    from transformers import LlamaForCausalLM
 
     tok = embedded_tokenizer
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-        initializer_range=0.1,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
+    cfg = tiny_llama_config(tok, tie_word_embeddings=True)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         return LlamaForCausalLM(cfg).eval()
