@@ -17,6 +17,7 @@ from harmlens.probes.devices import input_device
 from harmlens.probes.token_prompts import (
     Prompts,
     check_generation_args,
+    cut_at_stop,
     left_pad,
     pad_id,
     stop_token_ids,
@@ -92,7 +93,7 @@ def hf_generate_ids(
         width = enc["input_ids"].shape[1]
         for row, i in enumerate(idx):
             new = seqs[row, width:].tolist()
-            out[i] = new[: next((j for j, t in enumerate(new) if t in stops), len(new))]
+            out[i] = cut_at_stop(new, stops)
         bar.update(len(idx))
     bar.close()
     return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -68,6 +68,12 @@ def left_pad(seqs: Sequence[Sequence[int]], pad: int) -> dict[str, torch.Tensor]
         ids[row, width - len(s) :] = torch.tensor(list(s))
         mask[row, width - len(s) :] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def cut_at_stop(ids: Sequence[int], stops: Collection[int]) -> list[int]:
+    """The new token ids up to (not including) the first stop token."""
+    ids = list(ids)
+    return ids[: next((j for j, t in enumerate(ids) if t in stops), len(ids))]
 
 
 def check_generation_args(max_new_tokens: int, do_sample: bool, temperature: float) -> None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.token_prompts import Prompts, check_generation_args, stop_token_ids, token_ids
+from harmlens.probes.token_prompts import Prompts, check_generation_args, cut_at_stop, stop_token_ids, token_ids
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -145,7 +145,7 @@ class VLLMBackend:
         result = []
         for out in outs:
             new = list(out.outputs[0].token_ids)
-            result.append(new[: next((j for j, t in enumerate(new) if t in self.stops), len(new))])
+            result.append(cut_at_stop(new, self.stops))
         return result
 
     def generate(self, prompts: Prompts, **kwargs: Any) -> list[str]:

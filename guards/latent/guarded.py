@@ -28,6 +28,7 @@ from harmlens.probes.conversation import is_conversation
 from harmlens.probes.devices import PerDevice
 from harmlens.probes.generation import pad_id, stop_token_ids
 from harmlens.probes.loading import model_device
+from harmlens.probes.token_prompts import cut_at_stop
 
 if TYPE_CHECKING:  # type-only: guard.py imports this module
     from harmlens.guards.latent.guard import LatentGuard
@@ -257,7 +258,7 @@ class GuardedModel:
             except _AllBlocked:
                 new = [[] for _ in chunk]
         reader.blocked(device)  # fills fail-closed verdicts if the hook never fired
-        new = [ids[: next((j for j, t in enumerate(ids) if t in stops), len(ids))] for ids in new]
+        new = [cut_at_stop(ids, stops) for ids in new]
         return new, reader.verdicts  # type: ignore[return-value]
 
     def __call__(self, prompts, **kwargs) -> str | list[str]:

@@ -27,6 +27,7 @@ from harmlens.guards.vllm_guard.reads import Read, VerdictCache, score_reads
 from harmlens.guards.vllm_guard.worker import READ_KEY
 from harmlens.probes.chat import ChatPrompt
 from harmlens.probes.conversation import is_conversation
+from harmlens.probes.token_prompts import check_generation_args, cut_at_stop
 from harmlens.probes.vllm_engine import INSTALL_HINT, VLLMBackend, remember_engine, vllm_available
 
 if TYPE_CHECKING:
@@ -88,8 +89,7 @@ class VLLMGuardedModel:
         """Replies (greedy by default); blocked prompts get the refusal. Prompts as GuardedModel.generate takes them;
         vLLM batches continuously (batch_size unused)."""
         check_prompt_list(prompts, images=False)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise HarmlensError("max_new_tokens must be a positive integer")
+        check_generation_args(max_new_tokens, do_sample, temperature)
         out: list[GuardedReply | None] = [None] * len(prompts)
         reads: list[Read] = []
         for i, prompt in enumerate(prompts):
@@ -121,9 +121,7 @@ class VLLMGuardedModel:
 
     def _decode(self, ids: list[int]) -> str:
         stops = self.backend.stops
-        return self.model.tokenizer.decode(
-            ids[: next((j for j, t in enumerate(ids) if t in stops), len(ids))], skip_special_tokens=True
-        )
+        return self.model.tokenizer.decode(cut_at_stop(ids, stops), skip_special_tokens=True)
 
     def _params(self, read: Read, opts: dict) -> Any:
         from vllm import SamplingParams
