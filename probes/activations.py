@@ -39,6 +39,11 @@ def resid_hook_name(model: TransformerBridge, layer: int) -> str:
     return f"blocks.{layer}.hook_resid_pre" if layer < L else "ln_final.hook_in"
 
 
+def last_hook(names: Sequence[str]) -> str:
+    """The hook a forward reaches last among these residual hooks (after it, the forward can stop)."""
+    return max(names, key=lambda n: (n.startswith("ln_final"), int(n.split(".")[1]) if n.startswith("blocks") else 0))
+
+
 def check_layers(model: TransformerBridge, layers: Sequence[int] | None) -> list[int]:
     """Validate a layer list (None = every resid_pre plus the final residual)."""
     L = n_layers(model)
@@ -117,9 +122,7 @@ def iter_resid_batches(
     device = model_device(model)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     names = [resid_hook_name(model, layer) for layer in layers]
-    last_name = max(
-        names, key=lambda n: (n.startswith("ln_final"), int(n.split(".")[1]) if n.startswith("blocks") else 0)
-    )
+    last_name = last_hook(names)
     desc = progress if isinstance(progress, str) else "caching activations"
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
     for start in range(0, len(prompts), batch_size):

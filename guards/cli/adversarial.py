@@ -69,6 +69,21 @@ def add_command(sub) -> None:
         default="hf",
         help="generation for --evaluate: hf, vllm, or auto (vllm when installed; default hf)",
     )
+    p.add_argument(
+        "--eval-batch-size", type=positive_int, default=16, help="prompts per generation batch for --evaluate"
+    )
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bfloat16 autocast while training (default: where the device has native bfloat16; --no-bf16: float32)",
+    )
+    p.add_argument(
+        "--before-results",
+        default=None,
+        help="results.jsonl of an earlier attack on the same model, prompts, judge and reply length: the 'before' "
+        "table resumes from it instead of attacking again",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
@@ -103,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         progress=not args.quiet,
         backend=args.backend,
+        eval_batch_size=args.eval_batch_size,
+        bf16=args.bf16,
+        before_results=args.before_results,
     )
     run_adversarial(args.out, settings)
     return 0

@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         n_directions=args.n_directions,
         backend=args.backend,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size,
     )
     run_main_job(args.out, settings)
     return 0
@@ -72,5 +74,14 @@ def add_command(sub) -> None:
         default="auto",
         help="generation of the attack and before/after tables: hf, vllm, or auto (default: vllm when installed; "
         "image prompts always on hf)",
+    )
+    p.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=32,
+        help="reply length of the attack table and the adversarial step's before/after tables (default 32)",
+    )
+    p.add_argument(
+        "--batch-size", type=positive_int, default=32, help="prompts per generation batch of those tables (default 32)"
     )
     p.set_defaults(func=run)

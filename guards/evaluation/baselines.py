@@ -10,7 +10,6 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.guard import LatentGuard
-from harmlens.probes.activations import iter_resid_batches
 from harmlens.probes.chat import ChatPrompt, chat_format
 from harmlens.probes.generation import generate_ids, pad_id
 
@@ -173,61 +172,6 @@ class LatentDetector:
     def predict(self, prompts: Sequence[Prompt]) -> list[tuple[float, bool]]:
         """(score, flagged) per prompt."""
         return [(v.score, v.harmful) for v in self.guard.check(list(prompts))]
-
-
-def predict_shared(detectors: Sequence[LatentDetector], prompts: Sequence[Prompt]) -> dict[str, list]:
-    """Every latent detector's (score, flagged) from one forward pass over the union of their layers and positions."""
-    guards = [d.guard for d in detectors]
-    first = guards[0]
-    layers = sorted({layer for g in guards for layer in g.layers})
-    out: dict[str, list] = {d.name: [None] * len(prompts) for d in detectors}
-    ready = []
-    for i, prompt in enumerate(prompts):
-        try:
-            ready.append((i, *first.prepare(prompt)))
-        except Exception as exc:  # noqa: BLE001 - a bad prompt fails on its own
-            for d in detectors:
-                v = d.guard.failed(str(exc))
-                out[d.name][i] = (v.score, v.harmful)
-    ready.sort(key=lambda r: len(r[1]))
-    for start in range(0, len(ready), first.batch_size):
-        chunk = ready[start : start + first.batch_size]
-        try:
-            _, acts = next(
-                iter_resid_batches(
-                    first._require_model(),
-                    [r[1] for r in chunk],
-                    lambda p: (p.t_inst, p.t_post_inst),
-                    layers=layers,
-                    batch_size=len(chunk),
-                    progress=False,
-                )
-            )
-        except Exception as exc:  # noqa: BLE001 - fail closed, say why
-            acts, error = None, f"internal error: {type(exc).__name__}: {exc}"
-        for d in detectors:
-            if acts is None:
-                verdicts = [d.guard.failed(error, r[2]) for r in chunk]
-            else:
-                rows = [layers.index(layer) for layer in d.guard.layers]
-                pos = 0 if d.guard.position == "t_inst" else 1
-                verdicts = d.guard.verdicts_from_acts(acts[:, rows, pos], [r[2] for r in chunk])
-            for (i, _, _), v in zip(chunk, verdicts):
-                out[d.name][i] = (v.score, v.harmful)
-    return out
-
-
-def can_share(detectors: Sequence) -> bool:
-    """Whether these latent detectors read the same model with the same prompt format (one pass serves all);
-    span guards read every token up to t_inst and run on their own."""
-    guards = [d.guard for d in detectors if isinstance(d, LatentDetector)]
-    return len(guards) > 1 and all(
-        g.position != "span"
-        and g.model is guards[0].model
-        and g.metadata.get("system") == guards[0].metadata.get("system")
-        and g.max_length == guards[0].max_length
-        for g in guards
-    )
 
 
 class BehaviourGuard:

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.guards.evaluation.baselines import LatentDetector, Prompt, can_share, predict_shared
+from harmlens.guards.evaluation.baselines import LatentDetector, Prompt
+from harmlens.guards.evaluation.shared_read import can_share, shared_check
 from harmlens.guards.latent.calibration import auroc
 from harmlens.guards.latent.guard import LatentGuard
 from harmlens.io import atomic_write_text, json_safe
@@ -144,19 +145,19 @@ def evaluate_guard(
     scores: dict[str, dict[str, list[float]]] = {d.name: {} for d in detectors}
     flags: dict[str, dict[str, list[bool]]] = {d.name: {} for d in detectors}
     timing: dict[str, float] = {}
-    pointwise = [d for d in detectors if isinstance(d, LatentDetector) and d.guard.position != "span"]
-    shared = pointwise if can_share(pointwise) else []  # one forward for every single-position latent detector
+    latent = [d for d in detectors if isinstance(d, LatentDetector)]
+    shared = latent if len(latent) > 1 and can_share([d.guard for d in latent]) else []  # one forward serves them all
     groups = ([shared] if shared else []) + [[d] for d in detectors if d not in shared]
     for group in groups:
         label, start = "+".join(d.name for d in group), time.perf_counter()
         for set_name, (prompts, _) in sets.items():
             if progress:
                 print(f"  {label} on {set_name} ({len(prompts)} prompts)", flush=True)
-            preds = (
-                predict_shared(group, list(prompts))
-                if group is shared
-                else {group[0].name: group[0].predict(list(prompts))}
-            )
+            if group is shared:
+                verdicts = shared_check([d.guard for d in group], list(prompts))
+                preds = {d.name: [(v.score, v.harmful) for v in vs] for d, vs in zip(group, verdicts)}
+            else:
+                preds = {group[0].name: group[0].predict(list(prompts))}
             for name, pred in preds.items():
                 scores[name][set_name] = [float(s) for s, _ in pred]
                 flags[name][set_name] = [bool(f) for _, f in pred]

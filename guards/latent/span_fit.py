@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from tqdm.auto import tqdm
 
 from harmlens.attacks.jailbreaks import Jailbreak, get_jailbreak, gptfuzzer_templates
 from harmlens.errors import HarmlensError
@@ -29,11 +28,11 @@ from harmlens.guards.latent.guard_file import FORMAT, MLP_VERSION, VERSION
 from harmlens.guards.latent.mlp_probe import MLPProbeConfig, train_mlp_probe
 from harmlens.guards.latent.span_scoring import scaled_max, scales_from, span_parts
 from harmlens.guards.latent.splits import calibration_split, check_set, hold_out, prompt_roles
-from harmlens.guards.latent.verdict import span_positions
 from harmlens.io import model_signature
-from harmlens.probes.activations import check_layers, iter_resid_batches
+from harmlens.probes.activations import check_layers
 from harmlens.probes.chat import ChatPrompt, chat_format
 from harmlens.probes.directions import data_hash
+from harmlens.probes.prefix_reads import read_positions
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -126,24 +125,21 @@ def _examples(fmt, tokenizer, harmful, harmless, groups, k: int | None, rng, bal
 
 def _gather(model, examples, layers, batch_size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Activations [n, n_layers, d] at the positive and negative positions, and {harmful?: [(t_inst, t_post_inst)
-    activations]} of the plain prompts (their centroids; t_post_inst ones give the Δrefuse baseline)."""
+    activations]} of the plain prompts (their centroids; t_post_inst ones give the Δrefuse baseline). Prompts wrapped
+    in the same template run their shared prefix once (harmlens.probes.prefix_reads)."""
     pos: list = []
     neg: list = []
     post: dict[bool, list] = {True: [], False: []}
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
-    chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-    for idx in tqdm(chunks, desc="span guard: caching", disable=not progress, unit="batch"):
-        prompts = [examples[i][0] for i in idx]
-        width = max(p.t_inst + 1 for p in prompts)
-        sel = lambda p: span_positions(p, width) + (p.t_post_inst,)  # noqa: E731, B023 (used at once)
-        _, acts = next(iter_resid_batches(model, prompts, sel, layers=layers, batch_size=len(idx), progress=False))
-        acts = acts.cpu()
-        for row, i in enumerate(idx):
-            _, p_pos, n_pos, plain = examples[i]
-            pos += [acts[row, :, j] for j in p_pos]
-            neg += [acts[row, :, j] for j in n_pos]
-            if plain is not None:
-                post[plain].append((acts[row, :, examples[i][0].t_inst], acts[row, :, -1]))
+    plain_ends = lambda e: (e[0].t_inst, e[0].t_post_inst) if e[3] is not None else ()  # noqa: E731
+    wanted = [sorted({*e[1], *e[2], *plain_ends(e)}) for e in examples]
+    desc = "span guard: caching" if progress else False
+    acts = read_positions(model, [e[0] for e in examples], wanted, layers=layers, batch_size=batch_size, progress=desc)
+    for (prompt, p_pos, n_pos, plain), want, read in zip(examples, wanted, acts):
+        at = dict(zip(want, read.unbind(1)))
+        pos += [at[j] for j in p_pos]
+        neg += [at[j] for j in n_pos]
+        if plain is not None:
+            post[plain].append((at[prompt.t_inst], at[prompt.t_post_inst]))
     return torch.stack(pos), torch.stack(neg), post
 
 

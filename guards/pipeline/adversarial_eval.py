@@ -21,6 +21,7 @@ def attack_suite(
     jailbreaks=(),
     judge: str = "substring:rma",
     max_new_tokens: int = 32,
+    batch_size: int = 16,
     progress: bool = True,
     backend: str = "hf",
 ) -> AttackReport:
@@ -36,7 +37,7 @@ def attack_suite(
         judge=judge,
         images="builtin",
         max_new_tokens=max_new_tokens,
-        batch_size=16,
+        batch_size=batch_size,
         progress=progress,
         backend=backend,
     )
@@ -51,6 +52,7 @@ def utility_suite(
     settings="all",
     judge: str = "substring:rma",
     max_new_tokens: int = 32,
+    batch_size: int = 16,
     progress: bool = True,
     backend: str = "hf",
 ) -> dict:
@@ -66,6 +68,7 @@ def utility_suite(
             settings=settings,
             judge=judge,
             max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
             progress=progress,
             backend=backend,
         )

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harmlens.attacks.evaluate import RESULTS_FILE, ResultsMismatch
 from harmlens.errors import HarmlensError
 from harmlens.guards.pipeline.adversarial_eval import (
     attack_suite,
@@ -21,6 +23,7 @@ from harmlens.guards.pipeline.settings import resolve_backend
 from harmlens.guards.pipeline.subjects import load_subject, vlm_processor
 from harmlens.io import atomic_write_text
 from harmlens.probes.vllm_engine import release_vllm
+from harmlens.validate import default_dtype
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -51,12 +54,28 @@ class AdversarialRun:
     eval_benign: int = 40
     judge: str = "substring:rma"
     max_new_tokens: int = 32
+    eval_batch_size: int = 16  # prompts per generation batch in the before/after tables
     progress: bool = True
     backend: str = "hf"  # generation of the before/after tables: hf, vllm, or auto (vllm when installed)
+    bf16: bool | None = None  # bfloat16 autocast in training (None: where the device has native bf16, as default_dtype)
+    before_results: str | None = None  # an earlier attack's results.jsonl on the same model: 'before' resumes from it
 
     def __post_init__(self) -> None:
         if self.steps < 2 and self.schedule == "two-stage":
             raise HarmlensError("--steps must be at least 2 for the two-stage schedule")
+
+
+def seed_results(source: str | None, folder: Path) -> bool:
+    """Start folder's attack from an earlier results.jsonl (copied when folder has none yet): evaluate_asr then
+    generates only what that file lacks, and refuses it (ResultsMismatch) if it came from a different run."""
+    target = folder / RESULTS_FILE
+    if source is None or target.exists():
+        return False
+    if not Path(source).is_file():
+        raise HarmlensError(f"before_results {source} is not a file: give an attack folder's {RESULTS_FILE}")
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+    return True
 
 
 def train_run(
@@ -75,6 +94,7 @@ def train_run(
     checkpoint_every: int = 10,
     device=None,
     threads: int | None = None,
+    bf16: bool = False,
     progress: bool = True,
 ) -> Path:
     """Train (resuming from out/checkpoints) and save out/adapter and the merged out/model; returns out/model."""
@@ -94,6 +114,7 @@ def train_run(
         checkpoint_dir=str(out / "checkpoints"),
         device=device,
         threads=threads,
+        bf16=bf16,
     )
     processor = vlm_processor(model)
     start, cpu = time.perf_counter(), time.process_time()
@@ -132,7 +153,8 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
     if run.threads:
         torch.set_num_threads(run.threads)
     out = Path(out)
-    model = load_subject(run.model, run.device, dtype=torch.float32)  # LoRA training stays float32
+    model = load_subject(run.model, run.device, dtype=torch.float32)  # float32 weights; bf16 only as autocast
+    bf16 = run.bf16 if run.bf16 is not None else default_dtype(next(model.parameters()).device) == torch.bfloat16
     path = train_run(
         model,
         out,
@@ -147,6 +169,7 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
         seed=run.seed,
         checkpoint_every=run.checkpoint_every,
         device=run.device,
+        bf16=bf16,
         progress=run.progress,
     )
     card = json.loads((path / "card.json").read_text(encoding="utf-8"))
@@ -158,6 +181,7 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
         "tokens_per_second": card.get("tokens_per_second"),
         "run_seconds": card.get("run_seconds"),
         "cpu_seconds": card.get("cpu_seconds"),
+        "bf16": bool(card["meta"].get("config", {}).get("bf16", False)),
     }
     print(
         f"adversarially trained model: {path} ({summary['steps']} steps, {summary['train_seconds']:.0f} s "
@@ -174,17 +198,30 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
             """The attack suite and the utility suite of one model, into out/eval/<tag>."""
             folder, tokens = out / "eval" / tag, run.max_new_tokens
             backend = resolve_backend(run.backend, images=vlm_processor(subject) is not None)
-            report = attack_suite(
-                subject,
-                folder,
-                prompts,
-                settings=run.settings,
-                jailbreaks=jbs,
-                judge=run.judge,
-                max_new_tokens=tokens,
-                progress=run.progress,
-                backend=backend,
-            )
+            seeded = tag == "before" and seed_results(run.before_results, folder)
+
+            def attack():
+                return attack_suite(
+                    subject,
+                    folder,
+                    prompts,
+                    settings=run.settings,
+                    jailbreaks=jbs,
+                    judge=run.judge,
+                    max_new_tokens=tokens,
+                    batch_size=run.eval_batch_size,
+                    progress=run.progress,
+                    backend=backend,
+                )
+
+            try:
+                report = attack()
+            except ResultsMismatch as exc:
+                if not seeded:
+                    raise
+                print(f"not reusing {run.before_results}: {exc}", flush=True)
+                (folder / RESULTS_FILE).unlink()
+                report = attack()
             use = utility_suite(
                 subject,
                 folder,
@@ -193,6 +230,7 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
                 settings=run.settings,
                 judge=run.judge,
                 max_new_tokens=tokens,
+                batch_size=run.eval_batch_size,
                 progress=run.progress,
                 backend=backend,
             )

@@ -38,6 +38,8 @@ class MainJobSettings:
     model: str = "organism"  # what the steps after `organism` read: organism, base, or a model folder / Hub name
     n_directions: int = 128  # harmful/harmless training prompts per class for the directions (Arditi et al.'s 128)
     backend: str = "auto"  # generation of the attack and evaluation tables: hf, vllm, or auto (vllm when installed)
+    batch_size: int = 32  # prompts per generation batch of those tables (1.3x faster than 16 on 2 CPU cores)
+    max_new_tokens: int = 32  # reply length of the attack table and the before/after tables (one attack serves both)
 
     def __post_init__(self) -> None:
         for name in ("jailbreaks", "steps"):  # a comma string is accepted as code shorthand
@@ -47,8 +49,9 @@ class MainJobSettings:
         unknown = sorted(set(self.steps) - set(STEPS))
         if unknown:
             raise HarmlensError(f"unknown step(s) {unknown}; choose from {', '.join(STEPS)}")
-        if self.n < 1 or self.n_directions < 1:
-            raise HarmlensError(f"n and n_directions must be positive (got {self.n}, {self.n_directions})")
+        sizes = {k: getattr(self, k) for k in ("n", "n_directions", "batch_size", "max_new_tokens")}
+        if any(not isinstance(v, int) or v < 1 for v in sizes.values()):
+            raise HarmlensError(f"{', '.join(sizes)} must be positive integers (got {sizes})")
         if not self.jailbreaks:
             raise HarmlensError("the attack table needs at least one jailbreak")
         if self.backend not in BACKENDS:

@@ -85,7 +85,8 @@ def step_attacks(out: Path, settings: MainJobSettings, subject: Subject) -> dict
         jailbreaks=settings.jailbreaks,
         judge="substring:rma",
         images="builtin",
-        max_new_tokens=48,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
         processor=processor,
         progress=False,
         backend=settings.generation_backend(images=processor is not None),
@@ -123,9 +124,11 @@ def step_guard(out: Path, settings: MainJobSettings, subject: Subject) -> dict:
 def step_adversarial(out: Path, settings: MainJobSettings, subject: Subject) -> dict:
     """Adversarially train on RMA-perturbed prompts (with four text jailbreaks) and attack before and after with
     the main job's jailbreaks, which training never saw."""
+    from harmlens.attacks.evaluate import RESULTS_FILE
     from harmlens.guards.pipeline.adversarial_eval import markdown, utility_markdown
     from harmlens.guards.pipeline.adversarial_run import AdversarialRun, run_adversarial
 
+    attacks = out.parent / "attacks" / RESULTS_FILE
     run = AdversarialRun(
         model=settings.model,
         jailbreaks=TRAIN_JAILBREAKS,
@@ -137,10 +140,14 @@ def step_adversarial(out: Path, settings: MainJobSettings, subject: Subject) -> 
         eval_benign=100,
         progress=False,
         backend=settings.backend,
+        max_new_tokens=settings.max_new_tokens,
+        eval_batch_size=settings.batch_size,
+        before_results=str(attacks) if attacks.is_file() else None,  # the attack step's table is the 'before' one
     )
     summary = run_adversarial(out, run)
     return {
-        "markdown": f"{summary['steps']} LoRA steps in {summary['train_seconds']:.0f} s; attacked with "
+        "markdown": f"{summary['steps']} LoRA steps{' (bfloat16 autocast)' if summary.get('bf16') else ''} in "
+        f"{summary['train_seconds']:.0f} s; attacked with "
         f"jailbreaks not used in training ({','.join(settings.jailbreaks)}):\n\n"
         + markdown(summary["asr"])
         + "\n"

@@ -74,6 +74,7 @@ class TrainConfig:
     first_token_weight: float = 1.0  # loss weight of each answer's first token (where it refuses or complies)
     share_prefix: bool = True  # run the batch's common prompt prefix once (same maths, ~30-40% less compute)
     bucket: int = 16  # sort each window of bucket*batch_size shuffled examples by length (less padding); 1 = off
+    bf16: bool = False  # bfloat16 autocast for the forward pass (LoRA weights, gradients and optimizer stay float32)
     seed: int = 0  # seeds LoRA init, data order and dropout
     checkpoint_every: int = 0  # runtime: save a resumable checkpoint every N steps (0 = never)
     checkpoint_dir: str | None = None  # runtime: where checkpoints go; a run resumes from the newest one there
@@ -99,6 +100,8 @@ class TrainConfig:
             if not self.layers:
                 raise HarmlensError("TrainConfig.layers is empty: give layer indices, or None for all")
             self.layers = tuple(validate.layer_index(x, "TrainConfig.layers entry") for x in self.layers)
+        if not isinstance(self.bf16, bool):
+            raise HarmlensError(f"TrainConfig.bf16 must be true or false, got {self.bf16!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise HarmlensError(f"TrainConfig.schedule must be cosine, linear or constant, got {self.schedule!r}")
         validate.device(self.device)
@@ -106,7 +109,10 @@ class TrainConfig:
     def fingerprint_fields(self) -> dict:
         """The fields that define the result (not where or how fast it runs)."""
         runtime = {"checkpoint_every", "checkpoint_dir", "device", "threads"}
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k not in runtime}
+        fields = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items() if k not in runtime}
+        if not self.bf16:  # float32 runs keep the fingerprints (and cached organisms) they had before bf16 existed
+            del fields["bf16"]
+        return fields
 
 
 def shared_prefix(ids: torch.Tensor, mask: torch.Tensor, labels: torch.Tensor, minimum: int = 4) -> int:
@@ -296,15 +302,16 @@ def train(
             start = time.perf_counter()
             ids, mask, labels = collate(encoded, plan[step], pad_id, device)
             extra = {k: v.to(device) for k, v in batch_inputs(plan[step]).items()} if batch_inputs else None
-            loss = response_loss(
-                hf,
-                ids,
-                mask,
-                labels,
-                share_prefix=config.share_prefix,
-                first_token_weight=config.first_token_weight,
-                extra=extra,
-            )
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                loss = response_loss(
+                    hf,
+                    ids,
+                    mask,
+                    labels,
+                    share_prefix=config.share_prefix,
+                    first_token_weight=config.first_token_weight,
+                    extra=extra,
+                )
             loss.backward()
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)

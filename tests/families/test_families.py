@@ -203,3 +203,9 @@ def test_qwen_vl_processor_renders_the_rma_paper_prompts_byte_for_byte():
     paper = "<|im_start|>assistant\n" + vision + "{query}<|im_end|>\n<|im_start|>user\n"  # RMA notebook, img pos_swap
     assert perturb(rt, Q, "img_in+swap").text == paper.format(query=Q)
     assert perturb(rt, Q, "img_out").text == f"<|im_start|>user\n{Q}<|im_end|>\n<|im_start|>assistant\n{vision}"
+
+
+def test_shared_prefix_reads_equal_whole_reads(fam):
+    from prefix_read_checks import check_equal_to_whole_reads
+
+    check_equal_to_whole_reads(fam.bridge, [0, 1, 2])

@@ -233,3 +233,20 @@ def test_cli_resumes_after_interruption(tiny_model, embedded_tokenizer, tmp_path
     assert use["before"]["answer_ce"] > 0 and use["after"]["answer_ce"] != use["before"]["answer_ce"]
     assert "benign refusal, swap" in capsys.readouterr().out
     assert (out / "eval" / "before" / "report.md").is_file() and (out / "eval" / "after" / "report.md").is_file()
+
+    # the 'before' table resumes from an earlier attack of the same model (as the main job's attack step): no new replies
+    import shutil
+
+    saved = tmp_path / "before.jsonl"
+    shutil.copyfile(out / "eval" / "before" / "results.jsonl", saved)
+    shutil.rmtree(out / "eval")
+    evaluate = argv + ["--evaluate", "--eval-limit", "2", "--eval-benign", "3", "--before-results", str(saved)]
+    assert main(evaluate + ["--max-new-tokens", "2"]) == 0
+    assert (out / "eval" / "before" / "results.jsonl").read_text() == saved.read_text()
+    assert json.loads((out / "summary.json").read_text())["asr"] == rows
+    capsys.readouterr()
+    shutil.rmtree(out / "eval")  # another reply length: the earlier file is refused and the table attacked again
+    assert main(evaluate + ["--max-new-tokens", "3"]) == 0
+    assert "not reusing" in capsys.readouterr().out and "max_new_tokens" in saved.read_text()
+    header = json.loads((out / "eval" / "before" / "results.jsonl").read_text().splitlines()[0])
+    assert header["max_new_tokens"] == 3

@@ -189,6 +189,18 @@ def test_same_seed_same_weights(tiny_model):
     assert weights_equal(a, b) and not weights_equal(a, c)
 
 
+def test_bf16_autocast_trains_float32_weights_close_to_float32(tiny_model):
+    fp32 = train(tiny_model, PAIRS * 4, config=tiny_config(max_steps=24, batch_size=6), progress=False)
+    bf16 = train(tiny_model, PAIRS * 4, config=tiny_config(max_steps=24, batch_size=6, bf16=True), progress=False)
+    assert all(w.dtype == torch.float32 for w in bf16.weights.values())  # only the forward runs in bfloat16
+    assert bf16.meta["config"]["bf16"] is True and "bf16" not in fp32.meta["config"]  # float32 fingerprints unchanged
+    assert bf16.meta["fingerprint"] != fp32.meta["fingerprint"]
+    assert sum(bf16.meta["losses"][-4:]) < 0.85 * sum(bf16.meta["losses"][:4])
+    assert bf16.meta["losses"] == pytest.approx(fp32.meta["losses"], rel=0.1)
+    with pytest.raises(HarmlensError, match="bf16 must be true or false"):
+        tiny_config(bf16="yes")
+
+
 CHILD = textwrap.dedent("""
     import sys, time, torch
     sys.path[:0] = [{tests!r}, {here!r}]

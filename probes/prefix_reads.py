@@ -1,0 +1,166 @@
+"""Read the residual stream at each prompt's own positions, running a token prefix shared by several prompts once.
+
+Why: a jailbreak template wraps many requests in the same long text, so prompts built from it share every token
+before the request. Activations there depend only on those tokens, so the prefix runs once and its KV cache serves
+every prompt's remainder. Same maths as reading each prompt whole; far fewer tokens (the span guard's fit).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from tqdm.auto import tqdm
+
+from harmlens.errors import HarmlensError
+from harmlens.probes.activations import _StopForward, check_layers, last_hook, resid_hook_name
+from harmlens.probes.chat import ChatPrompt
+from harmlens.probes.devices import PerDevice
+from harmlens.probes.loading import model_device
+
+if TYPE_CHECKING:
+    from transformer_lens.model_bridge import TransformerBridge
+
+KV = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def prefix_groups(prompts: Sequence[ChatPrompt], min_prefix: int) -> list[tuple[int, list[int]]]:
+    """(shared prefix length, prompt indices): prompts whose first `min_prefix` tokens agree form a group with their
+    longest common prefix (each keeps at least one token of its own); every other prompt is a group of one with 0."""
+    by_start: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    alone: list[int] = []
+    for i, p in enumerate(prompts):
+        (by_start[tuple(p.input_ids[:min_prefix])] if len(p) > min_prefix else alone).append(i)
+    groups = [(0, [i]) for i in alone]
+    for idx in by_start.values():
+        if len(idx) < 2:
+            groups.append((0, idx))
+            continue
+        ids = [prompts[i].input_ids for i in idx]
+        shared = min(len(x) for x in ids) - 1
+        for j in range(min_prefix, shared):
+            if any(x[j] != ids[0][j] for x in ids):
+                shared = j
+                break
+        groups.append((shared, idx))
+    return groups
+
+
+def read_positions(
+    model: TransformerBridge,
+    prompts: Sequence[ChatPrompt],
+    positions: Sequence[Sequence[int]],
+    *,
+    layers: Sequence[int] | None = None,
+    batch_size: int = 8,
+    min_prefix: int = 32,
+    progress: bool | str = False,
+) -> list[torch.Tensor]:
+    """Activations [n_layers, len(positions[i]), d_model] (float32, CPU) of prompts[i] at positions[i]; prompts that
+    share at least `min_prefix` leading tokens run their common prefix once (see the module docstring)."""
+    if len(prompts) != len(positions):
+        raise HarmlensError(f"{len(prompts)} prompts but {len(positions)} position lists")
+    for p, pos in zip(prompts, positions):
+        if not pos or min(pos) < 0 or max(pos) >= len(p):
+            raise HarmlensError(f"positions {list(pos)[:8]} do not fit a prompt of {len(p)} tokens")
+    reader = _Reader(model, check_layers(model, layers))
+    out: list[torch.Tensor | None] = [None] * len(prompts)
+    bar = tqdm(total=len(prompts), desc=progress if isinstance(progress, str) else "reading", disable=not progress)
+    for shared, idx in sorted(prefix_groups(prompts, min_prefix), key=lambda g: -len(g[1])):
+        kv, head = None, {}
+        if shared:
+            first = prompts[idx[0]].input_ids[:shared]
+            wanted = sorted({j for i in idx for j in positions[i] if j < shared}) or [0]
+            acts, kv = reader.run([list(first)], [wanted], keep_cache=True)
+            head = {j: acts[0][:, k] for k, j in enumerate(wanted)}
+            if kv is None:  # a cache that is not plain keys/values (e.g. linear attention): read these prompts whole
+                shared, head = 0, {}
+        order = sorted(idx, key=lambda i: len(prompts[i]))
+        for s in range(0, len(order), batch_size):
+            chunk = order[s : s + batch_size]
+            tails = [[j for j in positions[i] if j >= shared] or [shared] for i in chunk]
+            rows = [list(prompts[i].input_ids[shared:]) for i in chunk]
+            acts, _ = reader.run(rows, [[j - shared for j in t] for t in tails], prefix=kv, start=shared)
+            for i, tail, a in zip(chunk, tails, acts):
+                at = {j: a[:, k] for k, j in enumerate(tail)}
+                out[i] = torch.stack([head[j] if j < shared else at[j] for j in positions[i]], dim=1)
+            bar.update(len(chunk))
+    bar.close()
+    return [a for a in out if a is not None]
+
+
+class _Reader:
+    """One model's hooks at the chosen layers: right-padded forwards, optionally after a cached prefix."""
+
+    def __init__(self, model: TransformerBridge, layers: list[int]) -> None:
+        self.model, self.device = model, model_device(model)
+        self.names = [resid_hook_name(model, layer) for layer in layers]
+        self.last = last_hook(self.names)
+        tok = model.tokenizer
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    def run(
+        self,
+        rows: list[list[int]],
+        wanted: list[list[int]],
+        *,
+        prefix: KV | None = None,
+        start: int = 0,
+        keep_cache: bool = False,
+    ) -> tuple[list[torch.Tensor], KV | None]:
+        """Per row [n_layers, len(wanted[row]), d]; with keep_cache (one row, no prefix) also the row's KV cache."""
+        from transformers import DynamicCache
+
+        n, width = len(rows), max(len(r) for r in rows)
+        ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, start + width), dtype=torch.long)
+        mask[:, :start] = 1
+        for b, r in enumerate(rows):
+            ids[b, : len(r)] = torch.tensor(r)
+            mask[b, start : start + len(r)] = 1
+        k = max(len(w) for w in wanted)
+        pos = PerDevice(torch.tensor([w + [w[-1]] * (k - len(w)) for w in wanted]))
+        batch = PerDevice(torch.arange(n)[:, None])
+        cache = None
+        if prefix is not None:
+            cache = DynamicCache()
+            for layer, (key, value) in enumerate(prefix):
+                cache.update(key.expand(n, *key.shape[1:]), value.expand(n, *value.shape[1:]), layer)
+        elif keep_cache:
+            cache = DynamicCache()
+        store: dict[str, torch.Tensor] = {}
+
+        def make_hook(name: str):
+            def hook(x: torch.Tensor, hook) -> torch.Tensor:
+                store[name] = x[batch.on(x.device), pos.on(x.device)].detach().float().cpu()
+                if name == self.last:
+                    raise _StopForward
+                return x
+
+            return hook
+
+        extra = {"past_key_values": cache, "use_cache": True} if cache is not None else {}
+        with torch.no_grad(), self.model.hooks(fwd_hooks=[(m, make_hook(m)) for m in set(self.names)]):
+            try:
+                self.model(
+                    ids.to(self.device),
+                    attention_mask=mask.to(self.device),
+                    position_ids=(start + torch.arange(width))[None].expand(n, -1).to(self.device),
+                    **extra,
+                )
+            except _StopForward:
+                pass
+        acts = torch.stack([store[m] for m in self.names], dim=1)  # [n, n_layers, k, d]
+        kv = _plain_kv(cache) if keep_cache else None
+        return [acts[b, :, : len(w)] for b, w in enumerate(wanted)], kv
+
+
+def _plain_kv(cache) -> KV | None:
+    """The cache's (keys, values) per layer, or None when some layer keeps other state (it cannot be broadcast)."""
+    layers = getattr(cache, "layers", None) or []
+    kv = [(getattr(layer, "keys", None), getattr(layer, "values", None)) for layer in layers]
+    if not kv or not all(isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor) for k, v in kv):
+        return None
+    return kv  # type: ignore[return-value]  # checked above
