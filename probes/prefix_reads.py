@@ -68,27 +68,48 @@ def read_positions(
     reader = _Reader(model, check_layers(model, layers))
     out: list[torch.Tensor | None] = [None] * len(prompts)
     bar = tqdm(total=len(prompts), desc=progress if isinstance(progress, str) else "reading", disable=not progress)
-    for shared, idx in sorted(prefix_groups(prompts, min_prefix), key=lambda g: -len(g[1])):
-        kv, head = None, {}
-        if shared:
-            first = prompts[idx[0]].input_ids[:shared]
-            wanted = sorted({j for i in idx for j in positions[i] if j < shared}) or [0]
-            acts, kv = reader.run([list(first)], [wanted], keep_cache=True)
-            head = {j: acts[0][:, k] for k, j in enumerate(wanted)}
-            if kv is None:  # a cache that is not plain keys/values (e.g. linear attention): read these prompts whole
-                shared, head = 0, {}
-        order = sorted(idx, key=lambda i: len(prompts[i]))
-        for s in range(0, len(order), batch_size):
-            chunk = order[s : s + batch_size]
-            tails = [[j for j in positions[i] if j >= shared] or [shared] for i in chunk]
-            rows = [list(prompts[i].input_ids[shared:]) for i in chunk]
-            acts, _ = reader.run(rows, [[j - shared for j in t] for t in tails], prefix=kv, start=shared)
-            for i, tail, a in zip(chunk, tails, acts):
-                at = {j: a[:, k] for k, j in enumerate(tail)}
-                out[i] = torch.stack([head[j] if j < shared else at[j] for j in positions[i]], dim=1)
-            bar.update(len(chunk))
+    alone: list[int] = []  # prompts read whole, batched together by length
+    for shared, idx in prefix_groups(prompts, min_prefix):
+        if not shared:
+            alone += idx
+            continue
+        first = prompts[idx[0]].input_ids[:shared]
+        wanted = sorted({j for i in idx for j in positions[i] if j < shared}) or [0]
+        acts, kv = reader.run([list(first)], [wanted], keep_cache=True)
+        if kv is None:  # a cache that is not plain keys/values (e.g. linear attention): read these prompts whole
+            alone += idx
+            continue
+        head = dict(zip(wanted, acts[0].unbind(1)))
+        _read_tails(reader, prompts, positions, idx, out, bar, batch_size, shared, kv, head)
+    _read_tails(reader, prompts, positions, alone, out, bar, batch_size)
     bar.close()
     return [a for a in out if a is not None]
+
+
+def _read_tails(
+    reader: _Reader,
+    prompts: Sequence[ChatPrompt],
+    positions: Sequence[Sequence[int]],
+    idx: list[int],
+    out: list,
+    bar,
+    batch_size: int,
+    shared: int = 0,
+    kv: KV | None = None,
+    head: dict | None = None,
+) -> None:
+    """Read prompts idx from token `shared` on (after the cached prefix kv), in length-sorted batches, into out."""
+    head = head or {}
+    order = sorted(idx, key=lambda i: len(prompts[i]))
+    for s in range(0, len(order), batch_size):
+        chunk = order[s : s + batch_size]
+        tails = [[j for j in positions[i] if j >= shared] or [shared] for i in chunk]
+        rows = [list(prompts[i].input_ids[shared:]) for i in chunk]
+        acts, _ = reader.run(rows, [[j - shared for j in t] for t in tails], prefix=kv, start=shared)
+        for i, tail, a in zip(chunk, tails, acts):
+            at = dict(zip(tail, a.unbind(1)))
+            out[i] = torch.stack([head[j] if j < shared else at[j] for j in positions[i]], dim=1)
+        bar.update(len(chunk))
 
 
 class _Reader:

@@ -181,7 +181,7 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
         "tokens_per_second": card.get("tokens_per_second"),
         "run_seconds": card.get("run_seconds"),
         "cpu_seconds": card.get("cpu_seconds"),
-        "bf16": bool(card["meta"].get("config", {}).get("bf16", False)),
+        "bf16": bool(_train_config(card["meta"]).get("bf16", False)),
     }
     print(
         f"adversarially trained model: {path} ({summary['steps']} steps, {summary['train_seconds']:.0f} s "
@@ -246,3 +246,8 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
         print(markdown(summary["asr"]), utility_markdown(use), sep="\n")
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=1))
     return summary
+
+
+def _train_config(meta: dict) -> dict:
+    """The TrainConfig fields a merged model's card recorded (an adversarial run keeps them with its stages)."""
+    return meta.get("config") or (meta.get("adversarial") or {}).get("config") or {}

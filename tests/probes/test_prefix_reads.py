@@ -25,6 +25,9 @@ def test_shared_prefix_reads_equal_whole_reads_with_fewer_tokens(tiny_model, mon
     shared = sorted(len(idx) for n, idx in groups if n)
     assert shared == [4, 4] and all(n > 100 for n, idx in groups if n)  # the two templates, each run once
     assert sum(tokens) < 0.6 * sum(len(p) for p in prompts)
+    alone = sum(len(idx) for n, idx in groups if not n)
+    # each template: its prefix once, then its prompts in batches of 3; prompts without a shared prefix batched together
+    assert len(tokens) == sum(1 + -(-len(idx) // 3) for n, idx in groups if n) + -(-alone // 3)
 
 
 def test_groups_keep_a_token_of_their_own_and_bad_input_is_refused(tiny_model):

@@ -206,6 +206,7 @@ def test_cli_resumes_after_interruption(tiny_model, embedded_tokenizer, tmp_path
         "4",
         "--checkpoint-every",
         "1",
+        "--bf16",  # bfloat16 autocast (tests otherwise pin float32)
         "--quiet",
     ]
     monkeypatch.setattr(adv, "DEFAULT_CONFIG", tiny_config())
@@ -228,6 +229,7 @@ def test_cli_resumes_after_interruption(tiny_model, embedded_tokenizer, tmp_path
     assert len(calls) == 3  # finished: nothing retrained, only evaluated before and after
     summary = json.loads((out / "summary.json").read_text())
     rows, use = summary["asr"], summary["utility"]
+    assert summary["bf16"] is True and Adapter.load(out / "adapter").meta["adversarial"]["config"]["bf16"] is True
     assert [r["condition"] for r in rows] == ["none", "swap"] and all(r["n"] == 2 for r in rows)
     assert set(use["after"]["benign_refusal"]) == {"none", "swap"} and use["before"]["n_benign"] == 3
     assert use["before"]["answer_ce"] > 0 and use["after"]["answer_ce"] != use["before"]["answer_ce"]
