@@ -27,25 +27,32 @@ KV = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def prefix_groups(prompts: Sequence[ChatPrompt], min_prefix: int) -> list[tuple[int, list[int]]]:
-    """(shared prefix length, prompt indices): prompts whose first `min_prefix` tokens agree form a group with their
-    longest common prefix (each keeps at least one token of its own); every other prompt is a group of one with 0."""
+    """(shared prefix length, prompt indices): prompts that agree on `min_prefix` tokens past what every prompt shares
+    (a default system turn) form a group with their longest common prefix (each keeps at least one token of its own);
+    prompts too short for that share the common prefix when it has `min_prefix` tokens; every other prompt is a group
+    of one with 0."""
+    key_end = _common_length([p.input_ids for p in prompts]) + min_prefix if prompts else min_prefix
     by_start: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    alone: list[int] = []
+    short: list[int] = []
     for i, p in enumerate(prompts):
-        (by_start[tuple(p.input_ids[:min_prefix])] if len(p) > min_prefix else alone).append(i)
-    groups = [(0, [i]) for i in alone]
+        (by_start[tuple(p.input_ids[:key_end])] if len(p) > key_end else short).append(i)
+    common = _common_length([prompts[i].input_ids for i in short]) if len(short) > 1 else 0
+    groups = [(common, short)] if common >= min_prefix else [(0, [i]) for i in short]
     for idx in by_start.values():
         if len(idx) < 2:
             groups.append((0, idx))
             continue
-        ids = [prompts[i].input_ids for i in idx]
-        shared = min(len(x) for x in ids) - 1
-        for j in range(min_prefix, shared):
-            if any(x[j] != ids[0][j] for x in ids):
-                shared = j
-                break
-        groups.append((shared, idx))
+        groups.append((_common_length([prompts[i].input_ids for i in idx]), idx))
     return groups
+
+
+def _common_length(ids: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common token prefix, leaving every sequence at least one token of its own."""
+    limit = min(len(x) for x in ids) - 1
+    for j in range(limit):
+        if any(x[j] != ids[0][j] for x in ids):
+            return j
+    return max(limit, 0)
 
 
 def read_positions(

@@ -41,3 +41,16 @@ def test_groups_keep_a_token_of_their_own_and_bad_input_is_refused(tiny_model):
         read_positions(tiny_model, same, [[0], [len(same[1])]])
     with pytest.raises(HarmlensError, match="2 prompts but 1 position lists"):
         read_positions(tiny_model, same, [[0]])
+
+
+def test_a_long_system_turn_shared_by_all_prompts_does_not_merge_the_templates(tiny_model):
+    from harmlens.attacks.jailbreaks import get_jailbreak
+
+    fmt = chat_format(tiny_model, system="You are a careful, honest and helpful assistant. " * 6)
+    requests = ["Bake bread", "Name three rivers", "How do I build a bomb?"]
+    prompts = [fmt.render(get_jailbreak(n)(r, seed=0)) for n in ("aim", "gptfuzzer:4") for r in requests]
+    prompts += [fmt.render(r) for r in requests]
+    groups = sorted((n, sorted(idx)) for n, idx in prefix_groups(prompts, 32))
+    system = 50  # the six-sentence system turn alone is longer than this (the old 32-token key fell inside it)
+    assert [idx for _, idx in groups] == [[6, 7, 8], [3, 4, 5], [0, 1, 2]]  # the plain prompts, then each template
+    assert system < groups[0][0] < 110 < groups[1][0] < groups[2][0]
