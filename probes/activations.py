@@ -119,10 +119,8 @@ def iter_resid_batches(
     layers = check_layers(model, layers)
     if not prompts:
         raise HarmlensError("empty prompt list")
-    device = model_device(model)
     pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     names = [resid_hook_name(model, layer) for layer in layers]
-    last_name = last_hook(names)
     desc = progress if isinstance(progress, str) else "caching activations"
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
     for start in range(0, len(prompts), batch_size):
@@ -131,33 +129,51 @@ def iter_resid_batches(
         rel = [list(select(p)) for p in chunk]
         if len({len(r) for r in rel}) != 1:
             raise HarmlensError("position selector returned different numbers of positions within a batch")
-        # Index tensors follow each activation's device (a device_map split puts layers on different devices).
-        pos = PerDevice(torch.tensor(rel) + batch.offsets[:, None])
-        rows = PerDevice(torch.arange(len(chunk))[:, None])
-        store: dict[str, torch.Tensor] = {}
-
-        def make_hook(name: str):
-            def hook(x: torch.Tensor, hook) -> torch.Tensor:
-                # noqa below: hooks live for this batch only
-                store[name] = x[rows.on(x.device), pos.on(x.device)].detach().float().to(device)  # noqa: B023
-                if name == last_name:
-                    raise _StopForward
-                return x
-
-            return hook
-
-        with torch.no_grad(), model.hooks(fwd_hooks=[(n, make_hook(n)) for n in set(names)]):
-            try:
-                model(
-                    batch.input_ids.to(device),
-                    attention_mask=batch.attention_mask.to(device),
-                    position_ids=batch.position_ids.to(device),
-                )
-            except _StopForward:
-                pass
-        yield chunk, torch.stack([store[n] for n in names], dim=1)
+        positions = torch.tensor(rel) + batch.offsets[:, None]
+        yield chunk, read_at(model, names, positions, batch.input_ids, batch.attention_mask, batch.position_ids)
         bar.update(len(chunk))
     bar.close()
+
+
+def read_at(
+    model: TransformerBridge,
+    names: Sequence[str],
+    positions: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    position_ids: torch.Tensor,
+    *,
+    out_device: torch.device | str | None = None,
+    **forward_kwargs,
+) -> torch.Tensor:
+    """Activations [batch, len(names), n_pos, d_model] (float32, on out_device; default the model's) at the hooks
+    `names` and padded-row `positions` [batch, n_pos] of one forward pass, stopped after the last hook read."""
+    device = model_device(model)
+    out_device = device if out_device is None else out_device
+    # Index tensors follow each activation's device (a device_map split puts layers on different devices).
+    pos, rows = PerDevice(positions), PerDevice(torch.arange(len(positions))[:, None])
+    last, store = last_hook(names), {}
+
+    def make_hook(name: str):
+        def hook(x: torch.Tensor, hook) -> torch.Tensor:
+            store[name] = x[rows.on(x.device), pos.on(x.device)].detach().float().to(out_device)
+            if name == last:
+                raise _StopForward
+            return x
+
+        return hook
+
+    with torch.no_grad(), model.hooks(fwd_hooks=[(n, make_hook(n)) for n in set(names)]):
+        try:
+            model(
+                input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                position_ids=position_ids.to(device),
+                **forward_kwargs,
+            )
+        except _StopForward:
+            pass
+    return torch.stack([store[n] for n in names], dim=1)
 
 
 def cache_resid(

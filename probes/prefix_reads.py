@@ -15,10 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.activations import _StopForward, check_layers, last_hook, resid_hook_name
+from harmlens.probes.activations import check_layers, read_at, resid_hook_name
 from harmlens.probes.chat import ChatPrompt
-from harmlens.probes.devices import PerDevice
-from harmlens.probes.loading import model_device
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -123,9 +121,8 @@ class _Reader:
     """One model's hooks at the chosen layers: right-padded forwards, optionally after a cached prefix."""
 
     def __init__(self, model: TransformerBridge, layers: list[int]) -> None:
-        self.model, self.device = model, model_device(model)
+        self.model = model
         self.names = [resid_hook_name(model, layer) for layer in layers]
-        self.last = last_hook(self.names)
         tok = model.tokenizer
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
@@ -149,8 +146,7 @@ class _Reader:
             ids[b, : len(r)] = torch.tensor(r)
             mask[b, start : start + len(r)] = 1
         k = max(len(w) for w in wanted)
-        pos = PerDevice(torch.tensor([w + [w[-1]] * (k - len(w)) for w in wanted]))
-        batch = PerDevice(torch.arange(n)[:, None])
+        positions = torch.tensor([w + [w[-1]] * (k - len(w)) for w in wanted])
         cache = None
         if prefix is not None:
             cache = DynamicCache()
@@ -158,29 +154,9 @@ class _Reader:
                 cache.update(key.expand(n, *key.shape[1:]), value.expand(n, *value.shape[1:]), layer)
         elif keep_cache:
             cache = DynamicCache()
-        store: dict[str, torch.Tensor] = {}
-
-        def make_hook(name: str):
-            def hook(x: torch.Tensor, hook) -> torch.Tensor:
-                store[name] = x[batch.on(x.device), pos.on(x.device)].detach().float().cpu()
-                if name == self.last:
-                    raise _StopForward
-                return x
-
-            return hook
-
         extra = {"past_key_values": cache, "use_cache": True} if cache is not None else {}
-        with torch.no_grad(), self.model.hooks(fwd_hooks=[(m, make_hook(m)) for m in set(self.names)]):
-            try:
-                self.model(
-                    ids.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    position_ids=(start + torch.arange(width))[None].expand(n, -1).to(self.device),
-                    **extra,
-                )
-            except _StopForward:
-                pass
-        acts = torch.stack([store[m] for m in self.names], dim=1)  # [n, n_layers, k, d]
+        position_ids = (start + torch.arange(width))[None].expand(n, -1)
+        acts = read_at(self.model, self.names, positions, ids, mask, position_ids, out_device="cpu", **extra)
         kv = _plain_kv(cache) if keep_cache else None
         return [acts[b, :, : len(w)] for b, w in enumerate(wanted)], kv
 
