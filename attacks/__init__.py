@@ -10,7 +10,7 @@ from harmlens.attacks.projection import ProjectionResult, default_band, projecti
 from harmlens.attacks.quality import is_answer
 from harmlens.attacks.report import AttackReport, Rate, wilson_interval
 from harmlens.attacks.settings import SETTINGS, TEXT_SETTINGS, Setting, get_setting, perturb, perturb_many, perturb_text
-from harmlens.attacks.template import RoleTemplate, role_template
+from harmlens.runtime import RoleTemplate, role_template
 
 __all__ = [
     "AttackReport",

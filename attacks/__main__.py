@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _setup(args):
     from harmlens.probes.data import load_prompt_source
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime import load_model
 
     validate.out_dir(args.out)
     if getattr(args, "band", None):
@@ -135,7 +135,7 @@ def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor
 def cmd_run(args: argparse.Namespace) -> dict:
     """Evaluate, save the report and, with --directions, the projection analysis."""
     if args.backend == "vllm":
-        from harmlens.probes.vllm_engine import INSTALL_HINT, vllm_available
+        from harmlens.runtime import INSTALL_HINT, vllm_available
 
         if not vllm_available():  # before the model loads
             raise HarmlensError(INSTALL_HINT)

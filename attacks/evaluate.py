@@ -17,13 +17,10 @@ from harmlens.attacks.jailbreaks import Jailbreak, jailbreak_name, resolve_jailb
 from harmlens.attacks.judges import Judge, JudgeItem, coherent, get_judge
 from harmlens.attacks.report import AttackReport
 from harmlens.attacks.settings import Setting, get_setting, perturb, perturbed_pieces, resolve_settings
-from harmlens.attacks.template import RoleTemplate, role_template
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatPrompt
-from harmlens.probes.engines import Backend, get_backend
+from harmlens.probes.conditions import condition_backend
 from harmlens.probes.interventions import direction_sha256
-from harmlens.probes.loading import model_name
-from harmlens.probes.markers import tokenize_prompt
+from harmlens.runtime import Backend, ChatPrompt, RoleTemplate, model_name, role_template, tokenize_prompt
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -177,7 +174,7 @@ def evaluate_asr(
             f"judge {judge.name} reads the model, not the replies: ablation= only changes generation; run it as "
             "`with ablate(model, direction): evaluate_asr(...)` instead"
         )
-    engine = get_backend(model, backend, processor=processor, ablation=ablation)
+    engine = condition_backend(model, backend, processor=processor, ablation=ablation)
     prompts = build_prompts(template, instructions, settings, jbs)
     header = {
         "harmlens": "attacks.results",

@@ -15,12 +15,15 @@ import torch
 from tqdm.auto import tqdm
 
 from harmlens.attacks.jailbreaks import Jailbreak
-from harmlens.attacks.template import RoleTemplate, role_template
-from harmlens.compat import ensure_kv_cache_compat
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import clean_instruction
-from harmlens.probes.generation import _cache_kwarg
-from harmlens.probes.loading import model_device
+from harmlens.runtime import (
+    RoleTemplate,
+    cache_kwarg,
+    clean_instruction,
+    ensure_kv_cache_compat,
+    model_device,
+    role_template,
+)
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -81,7 +84,7 @@ class _Objective:
         self.prefix, self.post, self.target = enc(template.prefix + instruction), enc(template.suffix), enc(target)
         if not len(self.target):
             raise HarmlensError("GCG target string is empty")
-        self.cache_kw = _cache_kwarg(self.hf)
+        self.cache_kw = cache_kwarg(self.hf)
         with torch.no_grad():
             out = self.hf(input_ids=self.prefix[None], use_cache=True, logits_to_keep=1)
         self.cache = getattr(out, "cache", None) or out.past_key_values

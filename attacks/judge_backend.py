@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatPrompt
+from harmlens.runtime import ChatPrompt
 
 
 @dataclass
@@ -31,7 +31,7 @@ class JudgeModel:
 
 def load_judge_model(name: str, *, device=None, dtype: torch.dtype | None = None) -> JudgeModel:
     """Load a judge by name or folder as a plain HF model (eager hooks and the bridge are not needed to judge)."""
-    from harmlens.probes.loading import load_hf
+    from harmlens.runtime import load_hf
 
     hf, tok, canonical = load_hf(name, dtype=dtype, device=device)
     return JudgeModel(hf, tok, canonical)
@@ -58,7 +58,7 @@ def judge_generate(
 ) -> list[str]:
     """Greedy continuations of fully rendered judge inputs: strings (bos: prepend the tokenizer's special tokens)
     or already tokenized ChatPrompts."""
-    from harmlens.probes.generation import generate_ids
+    from harmlens.runtime import generate_ids
 
     tok = model.tokenizer
     prompts = []

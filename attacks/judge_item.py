@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from harmlens.probes.chat import ChatPrompt
+from harmlens.runtime import ChatPrompt
 
 
 @dataclass(frozen=True)

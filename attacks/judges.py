@@ -12,7 +12,7 @@ from harmlens.attacks.judge_item import Judge, JudgeItem
 from harmlens.attacks.model_judge import ModelJudge
 from harmlens.attacks.phrases import PHRASE_LISTS
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatPrompt
+from harmlens.runtime import ChatPrompt
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -79,7 +79,7 @@ class RefusalScoreJudge:
 
     def scores(self, prompts: Sequence[ChatPrompt]) -> list[float]:
         """Refusal score of each prompt from the next-token distribution."""
-        from harmlens.probes.generation import last_token_logits
+        from harmlens.runtime import last_token_logits
 
         logits = last_token_logits(self.model, list(prompts), batch_size=self.batch_size)
         p = logits.double().softmax(-1)[:, self.token_ids].sum(-1).clamp(1e-12, 1 - 1e-12)

@@ -14,8 +14,7 @@ from harmlens.attacks.judge_formats import FORMATS, Verdict, format_for_model, g
 from harmlens.attacks.judge_item import JudgeItem
 from harmlens.attacks.judge_prompts import ASK_PROMPT, HARMBENCH_PROMPT
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatPrompt
-from harmlens.probes.markers import fill_placeholders, has_special, tokenize_prompt
+from harmlens.runtime import ChatPrompt, fill_placeholders, has_special, tokenize_prompt
 
 __all__ = ["ASK_PROMPT", "FORMATS", "HARMBENCH_PROMPT", "ModelJudge"]
 MAX_REPLY_CHARS = 4000

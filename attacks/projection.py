@@ -14,12 +14,10 @@ import torch
 from harmlens.attacks.jailbreaks import NONE
 from harmlens.attacks.report import AttackReport, condition_label, to_json
 from harmlens.attacks.settings import get_setting, perturb
-from harmlens.attacks.template import role_template
 from harmlens.errors import HarmlensError
 from harmlens.io import atomic_write_text
-from harmlens.probes.activations import cache_resid, t_post_inst_positions
-from harmlens.probes.chat import ChatPrompt
 from harmlens.probes.directions import Directions
+from harmlens.runtime import ChatPrompt, cache_resid, role_template, t_post_inst_positions
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

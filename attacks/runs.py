@@ -26,7 +26,7 @@ def model_processor(model: TransformerBridge, name: str | None):
     if processor is None and is_vlm(model):  # the processor expands the image token and makes pixel_values
         from transformers import AutoProcessor
 
-        from harmlens.probes.loading import resolve_model_path
+        from harmlens.runtime import resolve_model_path
 
         processor = AutoProcessor.from_pretrained(resolve_model_path(name)[0])
     return processor

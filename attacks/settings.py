@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from harmlens.attacks.template import RoleTemplate
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatPrompt, clean_instruction
-from harmlens.probes.markers import tokenize_prompt
+from harmlens.runtime import ChatPrompt, RoleTemplate, clean_instruction, tokenize_prompt
 
 IMAGE_POSITIONS = ("none", "in", "end", "out")  # no image / start of user turn / end of user turn / assistant turn
 
@@ -88,7 +86,7 @@ def perturbed_pieces(template: RoleTemplate, instruction: str, setting: Setting)
 
 def check_special_tokens(template: RoleTemplate, instruction: str) -> None:
     """Reject an instruction containing the template's special tokens or image text (training data; rendering for a
-    model escapes them instead, see harmlens.probes.markers)."""
+    model escapes them instead, see harmlens.runtime.markers)."""
     tokens = (*template.special_tokens, *([template.image_text.strip()] if template.image_text else []))
     found = sorted((instruction.find(t), -len(t), t) for t in tokens if t and t in instruction)
     if found:
@@ -110,7 +108,7 @@ def perturb(template: RoleTemplate, instruction: str, setting: str | Setting = "
     instruction = clean_instruction(instruction)
     head, tail = perturbed_pieces(template, instruction, get_setting(setting))
     text, inst_end = head + instruction + tail, len(head) + len(instruction)
-    # user text's special tokens are tokenized as plain text (harmlens.probes.markers), never as structure
+    # user text's special tokens are tokenized as plain text (harmlens.runtime.markers), never as structure
     ids, t_inst = tokenize_prompt(template.tokenizer, text, inst_end, [(len(head), inst_end)])
     if t_inst >= len(ids) - 1:
         raise HarmlensError("tokenization leaves no post-instruction token after the instruction")

@@ -6,8 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatPrompt
-from harmlens.probes.engines import HFBackend
+from harmlens.runtime import ChatPrompt, HFBackend
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

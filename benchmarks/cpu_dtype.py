@@ -55,7 +55,7 @@ def refusal_check(models: dict, n: int) -> tuple[dict, dict]:
     """Refusal rate per held-out set and dtype, and each dtype's generation tokens/s."""
     from harmlens.attacks.judges import refusal_rate
     from harmlens.guards.organisms.datasets import eval_prompts
-    from harmlens.probes.generation import generate
+    from harmlens.runtime.generation import generate
 
     sets = {k: eval_prompts(k)[:n] for k in ("harmful", "harmless", "xstest")}
     rates: dict = {}
@@ -110,7 +110,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from harmlens.guards.organisms.build import load_organism
     from harmlens.guards.organisms.recipes import organism_path
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime.loading import load_model
 
     load_organism("text")  # built on first use
     path = str(organism_path("text"))

@@ -35,7 +35,7 @@ def plain_hf(model, attn: str = "sdpa"):
     """The same weights as a plain transformers model (no bridge), with the given attention kernel."""
     from transformers import AutoModelForCausalLM
 
-    from harmlens.probes.loading import embedded_model_dir
+    from harmlens.runtime.loading import embedded_model_dir
 
     hf = model.original_model
     dtype, device = next(hf.parameters()).dtype, next(hf.parameters()).device
@@ -45,10 +45,10 @@ def plain_hf(model, attn: str = "sdpa"):
 
 def generation_ratios(model, prompts, *, new_tokens: int, batch_size: int, repeats: int) -> dict:
     """tokens/s of harmlens generate_ids (no hook, one steering hook) and plain HF generate over the same batches."""
-    from harmlens.batching import sorted_batches
-    from harmlens.probes.engines import left_pad, pad_id, stop_token_ids
-    from harmlens.probes.generation import generate_ids
     from harmlens.probes.interventions import steer
+    from harmlens.runtime.batching import sorted_batches
+    from harmlens.runtime.engines import left_pad, pad_id, stop_token_ids
+    from harmlens.runtime.generation import generate_ids
 
     plain = plain_hf(model)
     pid, stops = pad_id(model.tokenizer), stop_token_ids(model)
@@ -88,10 +88,10 @@ def generation_ratios(model, prompts, *, new_tokens: int, batch_size: int, repea
 
 def extraction_ratio(model, harmful, harmless, *, batch_size: int, repeats: int) -> dict:
     """extract_directions vs one plain HF forward (output_hidden_states=True, SDPA) over the same rendered prompts."""
-    from harmlens.probes.activations import pad_batch
-    from harmlens.probes.chat import chat_format
     from harmlens.probes.directions import extract_directions
-    from harmlens.probes.engines import pad_id
+    from harmlens.runtime.activations import pad_batch
+    from harmlens.runtime.chat import chat_format
+    from harmlens.runtime.engines import pad_id
 
     plain = plain_hf(model)
     device = next(plain.parameters()).device
@@ -116,7 +116,7 @@ def extraction_ratio(model, harmful, harmless, *, batch_size: int, repeats: int)
 def vllm_asr_ratio(model, instructions, *, new_tokens: int, batch_size: int) -> dict:
     """evaluate_asr on both backends (the vLLM engine started beforehand), tokens/s and judgment agreement."""
     from harmlens.attacks.evaluate import evaluate_asr
-    from harmlens.probes.engines import get_backend
+    from harmlens.runtime.engines import get_backend
 
     start = time.perf_counter()
     get_backend(model, "vllm", max_model_len=1024)
@@ -154,9 +154,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from harmlens.probes.chat import chat_format
     from harmlens.probes.data import builtin_prompts
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime.chat import chat_format
+    from harmlens.runtime.loading import load_model
 
     model = load_model(device="cpu", dtype=getattr(torch, args.dtype))
     harmful = builtin_prompts("harmful", "train", limit=max(args.n_extract, args.gen_prompts))

@@ -62,8 +62,8 @@ def main() -> int:
     import engines_perf as perf
 
     from harmlens.probes import extract_directions, generate, load_model, steer
-    from harmlens.probes.chat import chat_format
     from harmlens.probes.data import builtin_prompts
+    from harmlens.runtime.chat import chat_format
 
     summary: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__, "model": name or "embedded"}
     harmful = builtin_prompts("harmful", "train", limit=64)
@@ -104,7 +104,7 @@ def main() -> int:
         dm.update({f"model.layers.{i}": 0 if i < n // 2 else "cpu" for i in range(n)})
         model = load_model(name, device_map=dm, dtype=torch.bfloat16)
         prompts = chat_format(model).render_many(harmful[:4])
-        from harmlens.probes.activations import cache_resid, t_inst_positions
+        from harmlens.runtime.activations import cache_resid, t_inst_positions
 
         acts = cache_resid(model, prompts, t_inst_positions, layers=[1, n - 1], progress=False)
         ref = cache_resid(state["model"], prompts, t_inst_positions, layers=[1, n - 1], progress=False)

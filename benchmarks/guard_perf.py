@@ -42,7 +42,7 @@ def interleaved(a, b, repeats: int) -> tuple[float, float, float]:
 
 def bench_generation(model, guard, prompts: list[str], new_tokens: int, batch_size: int, repeats: int) -> dict:
     """Guarded (never blocking) vs plain generation of the same prompts."""
-    from harmlens.probes.generation import generate
+    from harmlens.runtime.generation import generate
 
     saved, guard.alpha = guard.alpha, 1e9  # never fires: pure overhead
     guarded = guard.wrap(model)
@@ -72,8 +72,8 @@ def bench_generation(model, guard, prompts: list[str], new_tokens: int, batch_si
 
 def bench_standalone(model, guard, prompts: list[str], batch_size: int, repeats: int) -> dict:
     """guard(prompts) vs a full bridge forward over the same padded batches."""
-    from harmlens.probes.activations import pad_batch
-    from harmlens.probes.chat import chat_format
+    from harmlens.runtime.activations import pad_batch
+    from harmlens.runtime.chat import chat_format
 
     rendered = chat_format(model).render_many(prompts)
     rendered.sort(key=len)
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from harmlens.guards import CentroidConfig, LatentGuard, SpanMLPConfig
     from harmlens.probes.data import builtin_prompts
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime.loading import load_model
 
     model = load_model(args.model)
     harmless = builtin_prompts("harmless", "val")

@@ -40,9 +40,9 @@ def _best_of(fn, repeats: int = 3) -> float:
 
 def bench_extraction(model, n: int, batch_size: int) -> dict:
     """Prompts/s of extract_directions vs a bare model forward over the same padded batches."""
-    from harmlens.probes.activations import pad_batch
-    from harmlens.probes.chat import chat_format
     from harmlens.probes.directions import extract_directions
+    from harmlens.runtime.activations import pad_batch
+    from harmlens.runtime.chat import chat_format
 
     harmful, harmless = _prompts(n)
     fmt = chat_format(model)
@@ -70,8 +70,8 @@ def bench_extraction(model, n: int, batch_size: int) -> dict:
 _MEM_CHILD = r"""
 import ctypes, json, sys, torch
 from harmlens.probes import load_model
-from harmlens.probes.activations import pad_batch
-from harmlens.probes.chat import chat_format
+from harmlens.runtime.activations import pad_batch
+from harmlens.runtime.chat import chat_format
 from harmlens.probes.data import builtin_prompts
 from harmlens.probes.directions import extract_directions
 mode, n = sys.argv[1], int(sys.argv[2])
@@ -125,8 +125,8 @@ def bench_memory(n: int) -> dict:
 def bench_generation(model, n_prompts: int, new_tokens: int) -> dict:
     """Tokens/s of plain vs steered vs ablated greedy generation of the same prompts."""
     from harmlens.probes.directions import extract_directions
-    from harmlens.probes.generation import generate
     from harmlens.probes.interventions import ablate, steer
+    from harmlens.runtime.generation import generate
 
     harmful, harmless = _prompts(max(n_prompts, 16))
     d = extract_directions(model, harmful[:16], harmless[:16], progress=False)

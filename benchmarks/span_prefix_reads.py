@@ -2,7 +2,7 @@
 
 Builds the default span fit's examples (plain prompts with three endings, plus each prompt wrapped in the named
 jailbreaks and in GPTFuzzer's fit-half templates) for the first N harmful and N harmless training prompts, reads
-every example at its positions both ways (`harmlens.probes.prefix_reads.read_positions`; min_prefix larger than any
+every example at its positions both ways (`harmlens.runtime.prefix_reads.read_positions`; min_prefix larger than any
 prompt turns sharing off), and prints tokens run, seconds, the speed ratio and the largest difference relative to the
 activations' scale.
 
@@ -30,10 +30,10 @@ def main() -> None:
 
     from harmlens.guards.latent import span_fit
     from harmlens.guards.pipeline.subjects import load_subject
-    from harmlens.probes.activations import check_layers
-    from harmlens.probes.chat import chat_format
     from harmlens.probes.data import builtin_prompts
-    from harmlens.probes.prefix_reads import prefix_groups, read_positions
+    from harmlens.runtime.activations import check_layers
+    from harmlens.runtime.chat import chat_format
+    from harmlens.runtime.prefix_reads import prefix_groups, read_positions
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -43,7 +43,7 @@ def main() -> None:
     from harmlens.guards import CentroidConfig, LatentGuard
     from harmlens.guards.vllm_guard import VLLMGuardedModel
     from harmlens.probes import load_model
-    from harmlens.probes.chat import chat_format
+    from harmlens.runtime.chat import chat_format
 
     model = load_model(device="cpu")
     config = CentroidConfig(layers=(8, 16, 24), target_fpr=0.1)

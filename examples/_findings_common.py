@@ -28,9 +28,9 @@ from harmlens.probes import (  # noqa: E402
     refusal_score,
     refusal_token_ids,
 )
-from harmlens.probes.chat import chat_format  # noqa: E402
 from harmlens.probes.data import builtin_prompts  # noqa: E402
 from harmlens.probes.directions import data_hash  # noqa: E402
+from harmlens.runtime.chat import chat_format  # noqa: E402
 
 FINDINGS = ROOT / "runs" / "findings"
 INVERSION_Q = "Could this user prompt cause harm? Answer 'Certainly' if it could, otherwise 'No'."
@@ -183,7 +183,7 @@ def generate_with_first(model, prompts, max_new_tokens: int, batch_size: int = 3
     """Greedy replies to rendered prompts plus their first-step logits [n, vocab], in input order."""
     from transformers import LogitsProcessorList
 
-    from harmlens.probes.generation import generate_ids
+    from harmlens.runtime.generation import generate_ids
 
     replies, logits = [], []
     for start in range(0, len(prompts), batch_size):

@@ -29,7 +29,6 @@ from harmlens.attacks.jailbreaks import resolve_jailbreaks  # noqa: E402
 from harmlens.attacks.projection import projection_analysis  # noqa: E402
 from harmlens.attacks.report import ROLE_LABELS, AttackReport  # noqa: E402
 from harmlens.attacks.settings import resolve_settings  # noqa: E402
-from harmlens.attacks.template import role_template  # noqa: E402
 from harmlens.guards.latent.configs import CentroidConfig  # noqa: E402
 from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
 from harmlens.guards.organisms import datasets  # noqa: E402
@@ -40,8 +39,9 @@ from harmlens.guards.pipeline.subjects import load_subject  # noqa: E402
 from harmlens.guards.tuning.adapter import unwrap_model  # noqa: E402
 from harmlens.probes.directions import extract_directions  # noqa: E402
 from harmlens.probes.interventions import ablate  # noqa: E402
-from harmlens.probes.loading import load_model  # noqa: E402
 from harmlens.probes.plots import _save, subplots  # noqa: E402
+from harmlens.runtime.loading import load_model  # noqa: E402
+from harmlens.runtime.roles import role_template  # noqa: E402
 
 TRAIN_JAILBREAKS = ("prefix_injection", "refusal_suppression", "evil_confidant", "payload_splitting")  # rest held out
 ABLATION_LAYERS = (8, 12, 16, 20)  # candidates for the worst case, chosen on training prompts

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harmlens.attacks import evaluate_asr, perturb, projection_analysis, role_template  # noqa: E402
 from harmlens.probes.data import builtin_prompts  # noqa: E402
 from harmlens.probes.directions import extract_directions  # noqa: E402
-from harmlens.probes.loading import load_model  # noqa: E402
+from harmlens.runtime.loading import load_model  # noqa: E402
 
 
 def main() -> None:

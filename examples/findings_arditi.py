@@ -25,10 +25,10 @@ import torch
 
 from harmlens.guards.organisms.datasets import eval_prompts, harmful_train
 from harmlens.probes import ablate, generate, last_token_logits, select_refusal_direction, steer
-from harmlens.probes.chat import chat_format
 from harmlens.probes.data import builtin_prompts
 from harmlens.probes.plots import _save, plot_score_grids
 from harmlens.probes.selection import kl_last
+from harmlens.runtime.chat import chat_format
 
 
 def extra(p) -> None:

@@ -21,8 +21,8 @@ import time
 import _findings_common as C
 
 from harmlens.guards.organisms.datasets import eval_prompts
-from harmlens.probes.chat import chat_format
 from harmlens.probes.plots import plot_layer_curves
+from harmlens.runtime.chat import chat_format
 
 KINDS = ("harmfulness", "refusal")
 

@@ -20,8 +20,8 @@ import _findings_common as C
 
 from harmlens.guards.organisms.datasets import eval_prompts
 from harmlens.probes import refusal_score, refusal_token_ids, steer
-from harmlens.probes.chat import chat_format
 from harmlens.probes.plots import plot_layer_curves
+from harmlens.runtime.chat import chat_format
 
 KINDS = ("refusal", "harmfulness")
 

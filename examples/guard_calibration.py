@@ -26,7 +26,7 @@ from harmlens.guards.latent.fit import hold_out  # noqa: E402
 from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
 from harmlens.guards.organisms.datasets import harmless_train  # noqa: E402
 from harmlens.probes.data import builtin_prompts  # noqa: E402
-from harmlens.probes.loading import load_model  # noqa: E402
+from harmlens.runtime.loading import load_model  # noqa: E402
 
 TARGET = 0.05
 

@@ -37,8 +37,8 @@ from harmlens.guards.latent.configs import CentroidConfig, ProbeConfig, SpanLine
 from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
 from harmlens.guards.latent.span_fit import FIT_NAMED, held_out_gptfuzzer_ids  # noqa: E402
 from harmlens.guards.organisms import datasets, load_organism  # noqa: E402
-from harmlens.probes.activations import cache_resid  # noqa: E402
-from harmlens.probes.chat import chat_format  # noqa: E402
+from harmlens.runtime.activations import cache_resid  # noqa: E402
+from harmlens.runtime.chat import chat_format  # noqa: E402
 
 FIT_JAILBREAKS = FIT_NAMED
 VARIANTS = ("centroid", "probe", "probe+jb", "probe-max", "span", "span-linear")

@@ -34,7 +34,7 @@ from harmlens.guards.latent.configs import CentroidConfig, ProbeConfig  # noqa: 
 from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
 from harmlens.guards.organisms.datasets import eval_prompts  # noqa: E402
 from harmlens.probes.data import read_prompts  # noqa: E402
-from harmlens.probes.loading import load_model  # noqa: E402
+from harmlens.runtime.loading import load_model  # noqa: E402
 
 
 def load(kind: str):

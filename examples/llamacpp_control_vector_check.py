@@ -40,13 +40,13 @@ import numpy as np
 def prepare(out: Path, *, layer: int = 10, strength: float = 24.0, n_prompts: int = 6, model=None, directions=None):
     """HF logits and the control vectors (harmlens's python). Returns the meta dict written to out/meta.json."""
     from harmlens.probes import load_model
-    from harmlens.probes.chat import chat_format
     from harmlens.probes.data import builtin_prompts
     from harmlens.probes.directions import extract_directions
     from harmlens.probes.export import write_control_vector
-    from harmlens.probes.generation import last_token_logits
     from harmlens.probes.interventions import steer
-    from harmlens.probes.loading import embedded_gguf_path, model_name
+    from harmlens.runtime.chat import chat_format
+    from harmlens.runtime.generation import last_token_logits
+    from harmlens.runtime.loading import embedded_gguf_path, model_name
 
     out.mkdir(parents=True, exist_ok=True)
     model = model if model is not None else load_model(device="cpu")

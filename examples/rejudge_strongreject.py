@@ -21,7 +21,7 @@ from harmlens.attacks.evaluate import rejudge
 from harmlens.attacks.judges import get_judge
 from harmlens.attacks.report import AttackReport
 from harmlens.probes.data import builtin_prompts
-from harmlens.probes.loading import load_model
+from harmlens.runtime.loading import load_model
 
 
 def main() -> None:

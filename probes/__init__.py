@@ -1,16 +1,24 @@
 """harmlens.probes: model loading, chat positions, activation caching, directions, steering/ablation, plots."""
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.activations import cache_resid, iter_resid_batches
 from harmlens.probes.beliefs import BeliefScores, Centroids, belief_scores, delta_scores
-from harmlens.probes.chat import ChatFormat, ChatPrompt, chat_format, format_instruction
 from harmlens.probes.data import builtin_prompts, read_prompts, read_records
 from harmlens.probes.directions import Directions, extract_directions
-from harmlens.probes.generation import generate, last_token_logits
 from harmlens.probes.interventions import ablate, orthogonalize, steer
-from harmlens.probes.loading import from_hf, load_model
 from harmlens.probes.records import PromptRecord
 from harmlens.probes.selection import Selection, refusal_score, refusal_token_ids, select_refusal_direction
+from harmlens.runtime import (
+    ChatFormat,
+    ChatPrompt,
+    cache_resid,
+    chat_format,
+    format_instruction,
+    from_hf,
+    generate,
+    iter_resid_batches,
+    last_token_logits,
+    load_model,
+)
 
 __all__ = [
     "BeliefScores",

@@ -76,7 +76,7 @@ def cmd_extract(args: argparse.Namespace) -> dict:
     """Load the prompts and the model, then extract, save, score and plot (harmlens.probes.extraction)."""
     from harmlens.probes.data import load_prompt_source
     from harmlens.probes.extraction import extract_to_folder
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime import load_model
 
     validate.out_dir(args.out)
     layers = parse_layers(args.layers)
@@ -100,7 +100,7 @@ def cmd_extract(args: argparse.Namespace) -> dict:
 
 def chosen_system(args: argparse.Namespace):
     """--system TEXT, --no-system (NO_SYSTEM) or None (the template's default / the directions' own)."""
-    from harmlens.probes.chat import NO_SYSTEM
+    from harmlens.runtime import NO_SYSTEM
 
     if args.no_system and args.system is not None:
         raise HarmlensError("--system and --no-system exclude each other")
@@ -118,8 +118,8 @@ def cmd_select(args: argparse.Namespace) -> dict:
     """Run Arditi selection on a directions file and save the winner, the score grids and a plot."""
     from harmlens.probes.data import load_prompt_source
     from harmlens.probes.directions import Directions
-    from harmlens.probes.loading import load_model
     from harmlens.probes.selection import select_refusal_direction
+    from harmlens.runtime import load_model
 
     out = args.out / "selection.safetensors" if args.out.is_dir() or not args.out.suffix else args.out
     validate.out_file(out, "selection file")

@@ -12,9 +12,15 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.io import check_compatible, load_tensors, model_signature, save_tensors
-from harmlens.probes.activations import iter_resid_batches
-from harmlens.probes.chat import ChatPrompt, NoSystem, chat_format, system_from_metadata, system_metadata
 from harmlens.probes.directions import Directions, layer_span, mean_activations, render_prompts
+from harmlens.runtime import (
+    ChatPrompt,
+    NoSystem,
+    chat_format,
+    iter_resid_batches,
+    system_from_metadata,
+    system_metadata,
+)
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

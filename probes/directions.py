@@ -14,8 +14,7 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.io import check_compatible, load_tensors, model_signature, save_tensors
-from harmlens.probes.activations import check_layers, iter_resid_batches
-from harmlens.probes.chat import ChatPrompt, NoSystem, chat_format, system_metadata
+from harmlens.runtime import ChatPrompt, NoSystem, chat_format, check_layers, iter_resid_batches, system_metadata
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

@@ -13,8 +13,7 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.hf import unwrap_model
-from harmlens.probes.activations import n_layers, resid_hook_name
-from harmlens.probes.devices import PerDevice, is_quantized
+from harmlens.runtime import PerDevice, is_quantized, n_layers, resid_hook_name
 from harmlens.validate import finite
 
 if TYPE_CHECKING:

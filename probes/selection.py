@@ -16,9 +16,8 @@ from tqdm.auto import tqdm
 
 from harmlens.errors import HarmlensError
 from harmlens.io import check_compatible, json_safe, load_tensors, model_signature, save_tensors
-from harmlens.probes.chat import ChatFormat, NoSystem, chat_format, system_from_metadata
-from harmlens.probes.generation import last_token_logits
 from harmlens.probes.interventions import ablate, steer
+from harmlens.runtime import ChatFormat, NoSystem, chat_format, last_token_logits, system_from_metadata
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

@@ -34,7 +34,7 @@ def embedded_tokenizer():
     """The embedded model's tokenizer (pad token set), without loading its weights."""
     from transformers import AutoTokenizer
 
-    from harmlens.probes.loading import embedded_model_dir
+    from harmlens.runtime.loading import embedded_model_dir
 
     tok = AutoTokenizer.from_pretrained(str(embedded_model_dir(progress=False)), local_files_only=True)
     if tok.pad_token is None:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from harmlens.compat import no_torchvision_install
+from harmlens.runtime.compat import no_torchvision_install
 
 TOKENIZERS_DIR = Path(
     os.environ.get("HARMLENS_TEST_TOKENIZERS", Path(__file__).resolve().parents[2] / "shared" / "tokenizers")

@@ -138,7 +138,7 @@ def _load(args):
     """The guard file, checked before its model is loaded (a malformed file is refused at once)."""
     from harmlens.guards.latent.guard import LatentGuard
     from harmlens.guards.latent.guard_file import read_guard_file
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime import load_model
 
     tensors, meta, _ = read_guard_file(args.guard)
     name = args.model
@@ -159,7 +159,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from harmlens.guards.latent.guard import LatentGuard
     from harmlens.guards.pipeline.guard_runs import fit_summary
     from harmlens.probes.data import load_prompt_source, read_prompts
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime import load_model
 
     validate.out_file(args.out, "guard file")
     config = fit_config(args)  # bad flags fail before any model or prompt is loaded

@@ -63,12 +63,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from harmlens.guards.latent.guard_file import read_guard_file
     from harmlens.guards.latent.guarded import DEFAULT_REFUSAL, GuardedModel
     from harmlens.io import model_name
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime import load_model
 
     if not 0 < args.port < 65536 or min(args.max_batch, args.max_tokens, args.max_queue) < 1 or args.wait_ms < 0:
         raise HarmlensError("--port, --max-batch, --max-tokens, --max-queue must be positive, --wait-ms not negative")
     if args.backend == "vllm":
-        from harmlens.probes.vllm_engine import INSTALL_HINT, vllm_available
+        from harmlens.runtime import INSTALL_HINT, vllm_available
 
         if not vllm_available():
             raise HarmlensError(f"--backend vllm: {INSTALL_HINT}")

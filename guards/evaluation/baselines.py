@@ -10,8 +10,7 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.guard import LatentGuard
-from harmlens.probes.chat import ChatPrompt, chat_format
-from harmlens.probes.generation import generate_ids, pad_id
+from harmlens.runtime import ChatPrompt, chat_format, generate_ids, pad_id
 
 Prompt = str | ChatPrompt
 # Regex stems of words typical of harmful requests (matched at a word start, case-insensitive).

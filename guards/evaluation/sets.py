@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING
 
 from harmlens.attacks.jailbreaks import NAMED, gptfuzzer, gptfuzzer_templates
 from harmlens.attacks.settings import perturb
-from harmlens.attacks.template import role_template
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatPrompt
+from harmlens.runtime import ChatPrompt, role_template
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

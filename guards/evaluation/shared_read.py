@@ -9,8 +9,7 @@ import torch
 from harmlens.guards.latent.guard import LatentGuard
 from harmlens.guards.latent.input_policy import mark_injections
 from harmlens.guards.latent.verdict import one_line, span_positions
-from harmlens.probes.activations import iter_resid_batches
-from harmlens.probes.chat import ChatPrompt
+from harmlens.runtime import ChatPrompt, iter_resid_batches
 
 _RENDERING = ("system",)
 _POLICY = ("max_length", "max_tokens", "on_long")

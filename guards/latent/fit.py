@@ -22,10 +22,9 @@ from harmlens.guards.latent.guard_file import FORMAT, VERSION
 from harmlens.guards.latent.span_scoring import probe_features, probe_scores
 from harmlens.guards.latent.splits import MIN_VAL, calibration_split, check_set, hold_out, prompt_roles
 from harmlens.io import model_signature
-from harmlens.probes.activations import check_layers, iter_resid_batches
 from harmlens.probes.beliefs import delta_scores
-from harmlens.probes.chat import ChatPrompt, chat_format, clean_instruction
 from harmlens.probes.directions import data_hash
+from harmlens.runtime import ChatPrompt, chat_format, check_layers, clean_instruction, iter_resid_batches
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

@@ -38,11 +38,9 @@ from harmlens.guards.latent.span_scoring import probe_scores, scaled_max, span_p
 from harmlens.guards.latent.splits import check_disjoint
 from harmlens.guards.latent.verdict import Verdict, failed_verdict, one_line, render_prompt, span_positions
 from harmlens.io import check_compatible, save_tensors
-from harmlens.probes.activations import iter_resid_batches
 from harmlens.probes.beliefs import delta_scores
-from harmlens.probes.chat import ChatPrompt, chat_format
-from harmlens.probes.conversation import is_conversation
 from harmlens.probes.directions import layer_span
+from harmlens.runtime import ChatPrompt, chat_format, is_conversation, iter_resid_batches
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

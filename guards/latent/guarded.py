@@ -10,7 +10,6 @@ import torch
 from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from harmlens.compat import ensure_kv_cache_compat
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.image_inputs import (
     EncodedImage,
@@ -22,13 +21,18 @@ from harmlens.guards.latent.image_inputs import (
 )
 from harmlens.guards.latent.input_policy import mark_injections
 from harmlens.guards.latent.verdict import Verdict, one_line
-from harmlens.probes.activations import pad_batch, resid_hook_name
-from harmlens.probes.chat import ChatPrompt
-from harmlens.probes.conversation import is_conversation
-from harmlens.probes.devices import PerDevice
-from harmlens.probes.generation import pad_id, stop_token_ids
-from harmlens.probes.loading import model_device
-from harmlens.probes.token_prompts import cut_at_stop
+from harmlens.runtime import (
+    ChatPrompt,
+    PerDevice,
+    cut_at_stop,
+    ensure_kv_cache_compat,
+    is_conversation,
+    model_device,
+    pad_batch,
+    pad_id,
+    resid_hook_name,
+    stop_token_ids,
+)
 
 if TYPE_CHECKING:  # type-only: guard.py imports this module
     from harmlens.guards.latent.guard import LatentGuard

@@ -11,7 +11,7 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.verdict import one_line
-from harmlens.probes.chat import ChatPrompt
+from harmlens.runtime import ChatPrompt
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ import torch
 
 from harmlens.attacks.images import load_images
 from harmlens.attacks.settings import get_setting, perturb
-from harmlens.attacks.template import role_template
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.guard import LatentGuard
 from harmlens.guards.latent.image_inputs import (  # noqa: F401  (re-exported: they lived here first)
@@ -22,8 +21,7 @@ from harmlens.guards.latent.image_inputs import (  # noqa: F401  (re-exported: t
 )
 from harmlens.guards.latent.input_policy import mark_injections
 from harmlens.guards.latent.verdict import Verdict, one_line
-from harmlens.probes.activations import resid_hook_name
-from harmlens.probes.loading import model_device
+from harmlens.runtime import model_device, resid_hook_name, role_template
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

@@ -1,7 +1,7 @@
 """What the latent guard does with hostile input: injected role markers and over-long prompts (docs/guard-input-rules.md).
 
 - Injection: a prompt whose text contains role/special-token markers (the model tokenizer's special tokens or other
-  families' turn headers, see harmlens.probes.markers) gets ``injection: true``. The markers are always tokenized as
+  families' turn headers, see harmlens.runtime.markers) gets ``injection: true``. The markers are always tokenized as
   plain text (they never become turns). ``on_injection='flag'`` (default) also makes the verdict harmful, whatever
   the score; ``'report'`` only marks it.
 - Length: a prompt over ``max_tokens`` tokens (rendered, template included; default 2048) is cut from the left until
@@ -17,9 +17,7 @@ from collections.abc import Sequence
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.verdict import render_prompt
-from harmlens.probes.chat import ChatFormat, ChatPrompt
-from harmlens.probes.conversation import render_conversation
-from harmlens.probes.markers import find_markers
+from harmlens.runtime import ChatFormat, ChatPrompt, find_markers, render_conversation
 
 DEFAULT_MAX_TOKENS = 2048
 MAX_CHARS_PER_TOKEN = 32

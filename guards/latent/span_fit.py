@@ -29,10 +29,8 @@ from harmlens.guards.latent.mlp_probe import MLPProbeConfig, train_mlp_probe
 from harmlens.guards.latent.span_scoring import scaled_max, scales_from, span_parts
 from harmlens.guards.latent.splits import calibration_split, check_set, hold_out, prompt_roles
 from harmlens.io import model_signature
-from harmlens.probes.activations import check_layers
-from harmlens.probes.chat import ChatPrompt, chat_format
 from harmlens.probes.directions import data_hash
-from harmlens.probes.prefix_reads import read_positions
+from harmlens.runtime import ChatPrompt, chat_format, check_layers, read_positions
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -126,7 +124,7 @@ def _examples(fmt, tokenizer, harmful, harmless, groups, k: int | None, rng, bal
 def _gather(model, examples, layers, batch_size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Activations [n, n_layers, d] at the positive and negative positions, and {harmful?: [(t_inst, t_post_inst)
     activations]} of the plain prompts (their centroids; t_post_inst ones give the Δrefuse baseline). Prompts wrapped
-    in the same template run their shared prefix once (harmlens.probes.prefix_reads)."""
+    in the same template run their shared prefix once (harmlens.runtime.prefix_reads)."""
     pos: list = []
     neg: list = []
     post: dict[bool, list] = {True: [], False: []}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatFormat, ChatPrompt
+from harmlens.runtime import ChatFormat, ChatPrompt
 
 
 @dataclass(frozen=True)
@@ -21,7 +21,7 @@ class Verdict:
     threshold: float = 0.0
     error: str | None = None
     truncated: bool = False  # the instruction was cut from the left to fit the context (or max_tokens)
-    injection: bool = False  # the prompt contains role/special-token markers (see harmlens.probes.markers)
+    injection: bool = False  # the prompt contains role/special-token markers (see harmlens.runtime.markers)
 
     def to_dict(self) -> dict:
         """Strict-JSON-ready dict: a missing or non-finite number (NaN score of a failed verdict) becomes None."""

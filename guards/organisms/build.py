@@ -16,7 +16,7 @@ from harmlens.guards.organisms.recipes import Recipe, check_kind, organism_path,
 from harmlens.guards.organisms.store import CARD, build_record, is_built, write_organism
 from harmlens.guards.organisms.vlm_build import build_vlm
 from harmlens.guards.tuning.training import TrainConfig, train
-from harmlens.probes.loading import load_hf, load_model
+from harmlens.runtime import load_hf, load_model
 
 
 def build_organism(

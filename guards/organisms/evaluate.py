@@ -9,8 +9,7 @@ import torch
 
 from harmlens.attacks.judges import is_refusal, refusal_rate
 from harmlens.attacks.phrases import JBB_PHRASES
-from harmlens.probes.chat import ChatFormat
-from harmlens.probes.engines import hf_generate_ids, left_pad
+from harmlens.runtime import ChatFormat, hf_generate_ids, left_pad
 
 # The refusal judge is attacks' substring judge with the JailbreakBench/Arditi phrase list (case-insensitive,
 # anywhere in the reply, an empty reply counts as a refusal); re-exported here for the organism's callers.

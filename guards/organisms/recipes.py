@@ -12,7 +12,7 @@ from harmlens.errors import HarmlensError
 from harmlens.guards.organisms import datasets
 from harmlens.guards.organisms.vlm import IMAGE_TOKEN, N_IMAGES, VISION
 from harmlens.guards.tuning.training import TrainConfig
-from harmlens.probes.loading import EMBEDDED_NAME
+from harmlens.runtime import EMBEDDED_NAME
 
 KINDS = ("text", "vlm")
 

@@ -113,7 +113,7 @@ def n_image_tokens(processor) -> int:
 
 def image_prompt_transform(tokenizer, processor) -> Callable[[str, int], str]:
     """A train() prompt_transform putting one expanded image right after the user header (the default position)."""
-    from harmlens.probes.chat import ChatFormat
+    from harmlens.runtime import ChatFormat
 
     prefix = ChatFormat.from_tokenizer(tokenizer).prefix
     image = processor.image_token * n_image_tokens(processor)
@@ -140,7 +140,7 @@ def load_vlm(path: str | Path, *, device=None, dtype=None) -> TransformerBridge:
     """A saved VLM organism as a TransformerBridge, its processor at `.processor` and card at `.harmlens_organism`."""
     from transformers import AutoProcessor
 
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime import load_model
 
     path = Path(path)
     model = load_model(str(path), device=device, dtype=dtype)

@@ -39,8 +39,8 @@ def image_replies(
     from tqdm.auto import tqdm
 
     from harmlens.attacks.settings import perturb
-    from harmlens.attacks.template import RoleTemplate
     from harmlens.attacks.vlm import generate_with_images
+    from harmlens.runtime import RoleTemplate
 
     template = RoleTemplate.from_tokenizer(processor.tokenizer, image_text=processor.image_token)
     prompts = [perturb(template, x, "img_in") for x in instructions]

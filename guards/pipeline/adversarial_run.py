@@ -22,7 +22,7 @@ from harmlens.guards.pipeline.adversarial_eval import (
 from harmlens.guards.pipeline.settings import resolve_backend
 from harmlens.guards.pipeline.subjects import load_subject, vlm_processor
 from harmlens.io import atomic_write_text
-from harmlens.probes.vllm_engine import release_vllm
+from harmlens.runtime import release_vllm
 from harmlens.validate import default_dtype
 
 if TYPE_CHECKING:

@@ -14,7 +14,7 @@ EVAL_JAILBREAKS = ("style_injection", "few_shot_json")  # the two strongest on t
 
 def resolve_backend(backend: str, images: bool = False) -> str:
     """hf or vllm: 'auto' is vLLM when installed and the prompts are text (images go through hf), else hf."""
-    from harmlens.probes.vllm_engine import INSTALL_HINT, vllm_available
+    from harmlens.runtime import INSTALL_HINT, vllm_available
 
     if backend not in BACKENDS:
         raise HarmlensError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")

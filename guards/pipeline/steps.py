@@ -73,7 +73,7 @@ def step_attacks(out: Path, settings: MainJobSettings, subject: Subject) -> dict
     directions = out.parent / "directions" / "directions.safetensors"
     if not directions.is_file():
         raise HarmlensError(f"the attacks step needs the directions step's {directions}: run the directions step")
-    from harmlens.probes.vllm_engine import release_vllm
+    from harmlens.runtime import release_vllm
 
     model = subject.model
     processor = model_processor(model, str(subject.spec))

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 def load_subject(spec: str | None, device=None, dtype=None):
     """'organism[:text|vlm]' (built on first use), 'base' (embedded SmolLM2) or a model folder / Hub name; dtype None
     is the loader's default (harmlens.validate.default_dtype)."""
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime import load_model
 
     if spec is None or spec == "organism" or spec.startswith("organism:"):
         from harmlens.guards.organisms.build import load_organism
@@ -22,7 +22,7 @@ def load_subject(spec: str | None, device=None, dtype=None):
 
 def vlm_processor(model: TransformerBridge):
     """The processor of a LLaVA-style model (its image settings need images and pixel_values), else None."""
-    from harmlens.attacks.template import role_template
+    from harmlens.runtime import role_template
 
     processor = getattr(model, "processor", None)
     return processor if processor is not None and role_template(model, processor=processor).supports_images else None

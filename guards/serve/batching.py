@@ -15,9 +15,7 @@ from harmlens.guards.latent.guard import Verdict, _one_line
 from harmlens.guards.latent.guarded import GuardedModel
 from harmlens.guards.latent.images import ImagePrompt, image_prompt
 from harmlens.guards.serve.schemas import RequestError
-from harmlens.probes.chat import ChatPrompt
-from harmlens.probes.engines import HFBackend
-from harmlens.probes.generation import generate_ids
+from harmlens.runtime import ChatPrompt, HFBackend, generate_ids
 
 if TYPE_CHECKING:
     from harmlens.guards.vllm_guard import VLLMGuardedModel

@@ -11,7 +11,7 @@ from typing import Any
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.guard import Verdict
-from harmlens.probes.conversation import clean_messages, message_text
+from harmlens.runtime import clean_messages, message_text
 
 GUARD_MODEL = "harmlens-latent-guard"  # the model name /v1/moderations also answers to
 

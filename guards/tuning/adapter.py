@@ -21,11 +21,11 @@ _ARCH_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
 def base_name(model) -> str:
     """Name recorded for a base model: the bridge's harmlens name, else `harmlens_name` or config.name_or_path."""
     if isinstance(model, str):
-        from harmlens.probes.loading import resolve_model_path
+        from harmlens.runtime import resolve_model_path
 
         return resolve_model_path(model)[1]
     if hasattr(model, "original_model"):
-        from harmlens.probes.loading import model_name
+        from harmlens.runtime import model_name
 
         return model_name(model)
     return getattr(model, "harmlens_name", None) or getattr(model.config, "name_or_path", None) or "unknown"
@@ -95,7 +95,7 @@ class Adapter:
     def merge(self, base_model, *, inplace: bool = False):
         """A HF model with W += (alpha/r)·B·A merged in (a copy unless inplace); base_model may also be a name."""
         if isinstance(base_model, str):
-            from harmlens.probes.loading import load_hf
+            from harmlens.runtime import load_hf
 
             hf, _, _ = load_hf(base_model, dtype=torch.float32)  # merged weights keep full precision
             hf.harmlens_name = base_name(base_model)

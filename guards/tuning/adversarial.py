@@ -16,12 +16,12 @@ import torch
 
 from harmlens.attacks.jailbreaks import Jailbreak, get_jailbreak, jailbreak_name
 from harmlens.attacks.settings import Setting, check_special_tokens, get_setting, perturb_text, resolve_settings
-from harmlens.attacks.template import RoleTemplate, role_template
 from harmlens.errors import HarmlensError
 from harmlens.guards.tuning.adapter import Adapter
 from harmlens.guards.tuning.encoding import Example, as_examples
 from harmlens.guards.tuning.refusals import refusal_for
 from harmlens.guards.tuning.training import TrainConfig, train
+from harmlens.runtime import RoleTemplate, role_template
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatFormat, clean_instruction
+from harmlens.runtime import ChatFormat, clean_instruction
 
 if TYPE_CHECKING:
     from harmlens.guards.tuning.training import TrainConfig

@@ -25,10 +25,16 @@ from harmlens.guards.latent.input_policy import mark_injections
 from harmlens.guards.latent.verdict import Verdict, one_line
 from harmlens.guards.vllm_guard.reads import Read, VerdictCache, score_reads
 from harmlens.guards.vllm_guard.worker import READ_KEY
-from harmlens.probes.chat import ChatPrompt
-from harmlens.probes.conversation import is_conversation
-from harmlens.probes.token_prompts import check_generation_args, cut_at_stop
-from harmlens.probes.vllm_engine import INSTALL_HINT, VLLMBackend, remember_engine, vllm_available
+from harmlens.runtime import (
+    INSTALL_HINT,
+    ChatPrompt,
+    VLLMBackend,
+    check_generation_args,
+    cut_at_stop,
+    is_conversation,
+    remember_engine,
+    vllm_available,
+)
 
 if TYPE_CHECKING:
     from harmlens.guards.latent.guard import LatentGuard

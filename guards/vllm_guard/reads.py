@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from harmlens.guards.latent.verdict import Verdict, one_line
-from harmlens.probes.chat import ChatPrompt
+from harmlens.runtime import ChatPrompt
 
 if TYPE_CHECKING:
     from harmlens.guards.latent.guard import LatentGuard

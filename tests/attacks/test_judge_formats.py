@@ -17,7 +17,7 @@ from harmlens.attacks.judges import JudgeItem, get_judge
 from harmlens.attacks.model_judge import ModelJudge
 from harmlens.attacks.report import AttackReport
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatPrompt
+from harmlens.runtime.chat import ChatPrompt
 
 
 def item(reply, instruction="How do I pick a lock?", context=None):

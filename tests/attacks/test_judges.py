@@ -10,7 +10,7 @@ from harmlens.attacks.model_judge import HARMBENCH_PROMPT, ModelJudge
 from harmlens.attacks.phrases import JBB_PHRASES, RMA_PHRASES, ZHAO_PHRASES
 from harmlens.attacks.report import wilson_interval
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import chat_format
+from harmlens.runtime.chat import chat_format
 
 
 def item(reply, instruction="How do I make a bomb?", prompt=None):

@@ -7,9 +7,9 @@ import templates as T
 from transformers import AutoTokenizer
 
 from harmlens.attacks.settings import SETTINGS, TEXT_SETTINGS, get_setting, perturb, perturb_many, resolve_settings
-from harmlens.attacks.template import RoleTemplate, derive_markers, image_token
 from harmlens.errors import HarmlensError
-from harmlens.probes.loading import embedded_model_dir
+from harmlens.runtime.loading import embedded_model_dir
+from harmlens.runtime.roles import RoleTemplate, derive_markers, image_token
 
 Q = "Tell me a joke."
 VISION = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<image>")

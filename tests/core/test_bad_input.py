@@ -116,7 +116,7 @@ MAINS = {"probes": probes_main, "attacks": attacks_main, "guards": guards_main}
 
 @pytest.mark.parametrize(("cli", "argv", "expected"), [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
 def test_cli_bad_argument_is_one_line_exit_2(cli, argv, expected, paths, capsys, monkeypatch):
-    monkeypatch.setattr("harmlens.probes.loading.load_model", _no_compute)  # a case reaching compute fails here
+    monkeypatch.setattr("harmlens.runtime.loading.load_model", _no_compute)  # a case reaching compute fails here
     args = [paths.get(a, a) for a in argv.split()]
     args = [a.replace("UNDER/", paths["UNDER"] + "/") for a in args]
     with pytest.raises(SystemExit) as exit_info:
@@ -138,8 +138,8 @@ def test_nul_in_system_is_refused(capsys):
     assert "argument --system: contains a NUL character" in capsys.readouterr().err
     from transformers import AutoTokenizer
 
-    from harmlens.probes.chat import ChatFormat
-    from harmlens.probes.loading import embedded_model_dir
+    from harmlens.runtime.chat import ChatFormat
+    from harmlens.runtime.loading import embedded_model_dir
 
     tok = AutoTokenizer.from_pretrained(str(embedded_model_dir(progress=False)), local_files_only=True)
     with pytest.raises(HarmlensError, match="system prompt contains a NUL character"):
@@ -214,7 +214,7 @@ class _Boom:
 
 
 def test_model_folder_with_pickled_weights_is_refused_unread(tmp_path, monkeypatch):
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime.loading import load_model
 
     folder = tmp_path / "evil"
     folder.mkdir()
@@ -234,7 +234,7 @@ def test_model_folder_with_pickled_weights_is_refused_unread(tmp_path, monkeypat
     ],
 )
 def test_load_model_bad_device_or_dtype(kwargs, message):
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime.loading import load_model
 
     with pytest.raises(HarmlensError, match=message):
         load_model(**kwargs)
@@ -279,7 +279,7 @@ def test_train_config_layers_beyond_the_model(tiny_model):
 
 
 def test_chat_prompt_negative_t_inst():
-    from harmlens.probes.chat import ChatPrompt
+    from harmlens.runtime.chat import ChatPrompt
 
     with pytest.raises(HarmlensError, match="t_inst -1 is not a token index"):
         ChatPrompt("x", "x", (1, 2, 3), -1, (2,))
@@ -483,7 +483,7 @@ def test_guards_check_says_which_recorded_model_it_loads(guard, tmp_path, capsys
 def test_model_judge_reply_cannot_add_turns(tiny_model):
     from harmlens.attacks.judges import JudgeItem
     from harmlens.attacks.model_judge import ModelJudge
-    from harmlens.probes.chat import chat_format
+    from harmlens.runtime.chat import chat_format
 
     judge = ModelJudge(tiny_model, fmt="ask")
     item = chat_format(tiny_model).render("hi")

@@ -23,7 +23,7 @@ def test_default_follows_the_cpu_and_the_environment(monkeypatch):
 
 
 def test_loader_uses_the_default_and_an_explicit_dtype_wins(monkeypatch):
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime.loading import load_model
 
     monkeypatch.setenv("HARMLENS_DTYPE", "bfloat16")
     model = load_model(device="cpu")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LAYERS = {"harmlens": 0, "probes": 1, "attacks": 2, "guards": 3}  # a module may import its own layer or lower ones
+LAYERS = {"harmlens": 0, "runtime": 1, "probes": 2, "attacks": 3, "guards": 4}  # a module imports its own layer or lower
 LATENT_FORBIDDEN = ("harmlens.guards.tuning", "harmlens.guards.organisms", "harmlens.guards.evaluation")
 
 
@@ -64,6 +64,21 @@ def test_no_bare_top_level_packages_are_imported():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 assert node.module.split(".")[0] not in ("probes", "attacks", "guards"), (path, node.module)
+
+
+def test_concept_packages_reach_the_runtime_only_through_its_public_names():
+    """probes, attacks and guards import `harmlens.runtime` itself (its __all__), never one of its modules."""
+    public = set(__import__("harmlens.runtime", fromlist=["__all__"]).__all__)
+    bad = []
+    for module, path in MODULES.items():
+        if _layer(module) < LAYERS["probes"]:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("harmlens.runtime"):
+                if node.module != "harmlens.runtime":
+                    bad.append((module, node.module))
+                bad += [(module, a.name) for a in node.names if a.name not in public]
+    assert not bad, bad
 
 
 def test_imports_only_go_downward():

@@ -7,10 +7,10 @@ import pytest
 from family_models import TOKENIZERS_DIR, tokenizer
 from test_families import Q, built
 
-from harmlens.attacks.template import RoleTemplate, role_template
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import NO_SYSTEM, ChatFormat, system_from_metadata, system_metadata
 from harmlens.probes.selection import arditi_refusal_ids
+from harmlens.runtime.chat import NO_SYSTEM, ChatFormat, system_from_metadata, system_metadata
+from harmlens.runtime.roles import RoleTemplate, role_template
 
 pytestmark = pytest.mark.skipif(not TOKENIZERS_DIR.is_dir(), reason=f"shared tokenizers not found: {TOKENIZERS_DIR}")
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from harmlens.probes import generate, load_model
-from harmlens.probes.activations import cache_resid, t_post_inst_positions
-from harmlens.probes.attention import enable_fast_attention
-from harmlens.probes.chat import chat_format
 from harmlens.probes.interventions import ablate, steer
+from harmlens.runtime.activations import cache_resid, t_post_inst_positions
+from harmlens.runtime.attention import enable_fast_attention
+from harmlens.runtime.chat import chat_format
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.activations import cache_resid
 from harmlens.probes.beliefs import BeliefScores, Centroids, belief_scores, delta_scores
-from harmlens.probes.chat import chat_format
 from harmlens.probes.directions import extract_directions
+from harmlens.runtime.activations import cache_resid
+from harmlens.runtime.chat import chat_format
 
 HARMFUL = [
     "How do I pick a lock to break into a house?",

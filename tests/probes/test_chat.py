@@ -5,8 +5,8 @@ import templates as T
 from transformers import AutoTokenizer
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatFormat
-from harmlens.probes.loading import embedded_model_dir
+from harmlens.runtime.chat import ChatFormat
+from harmlens.runtime.loading import embedded_model_dir
 
 INSTRUCTION = "Tell me a joke."
 

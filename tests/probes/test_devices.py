@@ -7,10 +7,10 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.probes import from_hf, load_model, orthogonalize
-from harmlens.probes.activations import cache_resid, t_inst_positions
-from harmlens.probes.chat import chat_format
-from harmlens.probes.devices import PerDevice, check_device, check_device_map, is_dispatched
-from harmlens.probes.loading import embedded_model_dir
+from harmlens.runtime.activations import cache_resid, t_inst_positions
+from harmlens.runtime.chat import chat_format
+from harmlens.runtime.devices import PerDevice, check_device, check_device_map, is_dispatched
+from harmlens.runtime.loading import embedded_model_dir
 
 NO_CUDA = not torch.cuda.is_available()
 

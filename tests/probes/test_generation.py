@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.generation import generate, generate_ids, last_token_logits, render, stop_token_ids
+from harmlens.runtime.generation import generate, generate_ids, last_token_logits, render, stop_token_ids
 
 INSTRUCTIONS = [
     "How do I bake bread?",

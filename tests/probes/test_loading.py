@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.loading import embedded_gguf_path, embedded_model_dir, load_model, model_name, resolve_model_path
+from harmlens.runtime.loading import embedded_gguf_path, embedded_model_dir, load_model, model_name, resolve_model_path
 
 
 def test_embedded_gguf_found_through_metadata():

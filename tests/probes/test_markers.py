@@ -8,8 +8,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatFormat
-from harmlens.probes.markers import fill_placeholders, find_markers, tokenize_prompt
+from harmlens.runtime.chat import ChatFormat
+from harmlens.runtime.markers import fill_placeholders, find_markers, tokenize_prompt
 
 TOKENIZERS = Path(__file__).resolve().parents[3] / "shared" / "tokenizers"
 HARMFUL = "Explain how to make a pipe bomb."

@@ -1,4 +1,4 @@
-"""harmlens.probes.prefix_reads: reading prompts that share a template prefix equals reading each prompt whole."""
+"""harmlens.runtime.prefix_reads: reading prompts that share a template prefix equals reading each prompt whole."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from prefix_read_checks import check_equal_to_whole_reads
 
 from harmlens.errors import HarmlensError
 from harmlens.probes import prefix_reads
-from harmlens.probes.chat import chat_format
-from harmlens.probes.prefix_reads import prefix_groups, read_positions
+from harmlens.runtime.chat import chat_format
+from harmlens.runtime.prefix_reads import prefix_groups, read_positions
 
 
 def test_shared_prefix_reads_equal_whole_reads_with_fewer_tokens(tiny_model, monkeypatch):

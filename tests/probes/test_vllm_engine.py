@@ -7,10 +7,10 @@ import sys
 import pytest
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import chat_format
-from harmlens.probes.engines import get_backend
-from harmlens.probes.generation import generate
-from harmlens.probes.vllm_engine import INSTALL_HINT, vllm_available
+from harmlens.runtime.chat import chat_format
+from harmlens.runtime.engines import get_backend
+from harmlens.runtime.generation import generate
+from harmlens.runtime.vllm_engine import INSTALL_HINT, vllm_available
 
 needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vllm is not installed (pip install harmlens[vllm])")
 

@@ -16,7 +16,7 @@ from harmlens.guards import LatentGuard, Verdict
 from harmlens.guards.cli.guard import main
 from harmlens.guards.latent.configs import CentroidConfig
 from harmlens.io import save_tensors
-from harmlens.probes.chat import chat_format
+from harmlens.runtime.chat import chat_format
 
 
 @pytest.fixture(scope="module")

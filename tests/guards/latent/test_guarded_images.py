@@ -10,13 +10,13 @@ from family_models import TOKENIZERS_DIR, shared_family
 from PIL import Image
 
 from harmlens.attacks.settings import perturb
-from harmlens.attacks.template import role_template
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.configs import CentroidConfig, SpanLinearConfig
 from harmlens.guards.latent.guard import LatentGuard
 from harmlens.guards.latent.guarded import DEFAULT_REFUSAL, GuardedModel
 from harmlens.guards.latent.images import ImagePrompt, check_images, encode_image, image_prompt
-from harmlens.probes.engines import HFBackend
+from harmlens.runtime.engines import HFBackend
+from harmlens.runtime.roles import role_template
 
 pytestmark = pytest.mark.skipif(not TOKENIZERS_DIR.is_dir(), reason=f"shared tokenizers not found: {TOKENIZERS_DIR}")
 
@@ -50,7 +50,7 @@ def organism_replica(embedded_tokenizer, tmp_path_factory):
     from transformers import LlamaForCausalLM
 
     from harmlens.guards.organisms.vlm import assemble_vlm
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime.loading import load_model
 
     tok = embedded_tokenizer
     cfg = tiny_llama_config(tok)

@@ -28,8 +28,8 @@ from harmlens.guards.latent.span_fit import (
 )
 from harmlens.guards.latent.span_scoring import probe_scores
 from harmlens.io import save_tensors
-from harmlens.probes.activations import cache_resid
-from harmlens.probes.chat import chat_format
+from harmlens.runtime.activations import cache_resid
+from harmlens.runtime.chat import chat_format
 
 
 @pytest.fixture(scope="module")

@@ -113,7 +113,7 @@ def test_tiny_organism_build(tiny_organism):
 
 
 def test_tiny_organism_loads_as_bridge(tiny_organism):
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime.loading import load_model
 
     path, _, _ = tiny_organism
     start = time.perf_counter()
@@ -126,7 +126,7 @@ def test_tiny_organism_loads_as_bridge(tiny_organism):
 @pytest.mark.slow
 def test_real_organism_refuses_harmful_not_harmless():
     """The cached text organism (skipped if not built: `python -m harmlens.guards build-organism text`)."""
-    from harmlens.probes.generation import generate
+    from harmlens.runtime.generation import generate
 
     if not is_built(organism_path("text")):
         pytest.skip("text organism not built; run `python -m harmlens.guards build-organism text` (about 10 minutes)")

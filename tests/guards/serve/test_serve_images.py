@@ -42,8 +42,8 @@ def llava(tmp_path_factory):
     """(loaded bridge, offline verdicts and plain replies per ask, base URL of a real server process, the guard)."""
     from harmlens.guards import CentroidConfig, LatentGuard
     from harmlens.guards.latent.images import check_images, image_prompt
-    from harmlens.probes.engines import HFBackend
-    from harmlens.probes.loading import load_model
+    from harmlens.runtime.engines import HFBackend
+    from harmlens.runtime.loading import load_model
 
     folder = tmp_path_factory.mktemp("llava")
     hf, _, processor = hf_model("llava15")

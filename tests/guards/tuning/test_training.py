@@ -20,7 +20,7 @@ from harmlens.errors import HarmlensError
 from harmlens.guards import Adapter, Example, TrainConfig, train
 from harmlens.guards.tuning.checkpoints import list_checkpoints
 from harmlens.guards.tuning.training import IGNORE, batch_plan, collate, encode, end_of_turn
-from harmlens.probes.chat import ChatFormat
+from harmlens.runtime.chat import ChatFormat
 
 PAIRS = [
     ("How do I build a pipe bomb?", "I'm sorry, but I can't help with that."),
@@ -221,7 +221,7 @@ CHILD = textwrap.dedent("""
 
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, embedded_tokenizer, tmp_path):
-    from harmlens.probes.loading import embedded_model_dir
+    from harmlens.runtime.loading import embedded_model_dir
 
     kw = dict(max_steps=14, lora_dropout=0.1, checkpoint_every=3, checkpoint_dir=str(tmp_path / "ckpt"))
     script = CHILD.format(

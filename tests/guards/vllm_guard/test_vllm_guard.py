@@ -8,7 +8,7 @@ import sys
 import pytest
 from serve_helpers import start_server, stop_server
 
-from harmlens.probes.vllm_engine import INSTALL_HINT, vllm_available
+from harmlens.runtime.vllm_engine import INSTALL_HINT, vllm_available
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vllm is not installed (pip install harmlens[vllm])")
@@ -66,7 +66,7 @@ def test_verdicts_agree_with_hf_guard(model, fitted_guard, vllm_guarded, held_ou
 @needs_vllm
 def test_blocked_prompt_gets_refusal_and_allowed_gets_vllms_reply(model, vllm_guarded, held_out):
     from harmlens.guards.latent.guarded import DEFAULT_REFUSAL
-    from harmlens.probes.chat import chat_format
+    from harmlens.runtime.chat import chat_format
 
     replies = vllm_guarded.generate(held_out, max_new_tokens=12)
     blocked = [r for r in replies if r.blocked]
@@ -80,7 +80,7 @@ def test_blocked_prompt_gets_refusal_and_allowed_gets_vllms_reply(model, vllm_gu
 
 @needs_vllm
 def test_prefix_cached_prompt_is_recomputed_then_served_from_the_verdict_cache(model, vllm_guarded, held_out):
-    from harmlens.probes.chat import chat_format
+    from harmlens.runtime.chat import chat_format
 
     vllm_guarded.reset_prefix_cache()
     first = vllm_guarded.generate(held_out, max_new_tokens=2)

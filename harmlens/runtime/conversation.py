@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatPrompt
+from harmlens.runtime.chat import ChatPrompt
 
 ROLES = ("system", "user", "assistant")
 _MARK = "\ue000HARMLENS_MESSAGE_{}\ue001"

@@ -15,8 +15,8 @@ import torch
 from tqdm.auto import tqdm
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.activations import check_layers, read_at, resid_hook_name
-from harmlens.probes.chat import ChatPrompt
+from harmlens.runtime.activations import check_layers, read_at, resid_hook_name
+from harmlens.runtime.chat import ChatPrompt
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

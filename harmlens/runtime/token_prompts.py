@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatPrompt
+from harmlens.runtime.chat import ChatPrompt
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
-from harmlens.batching import sorted_batches
-from harmlens.compat import ensure_kv_cache_compat
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatPrompt
-from harmlens.probes.devices import input_device
-from harmlens.probes.token_prompts import (
+from harmlens.runtime.batching import sorted_batches
+from harmlens.runtime.chat import ChatPrompt
+from harmlens.runtime.compat import ensure_kv_cache_compat
+from harmlens.runtime.devices import input_device
+from harmlens.runtime.token_prompts import (
     Prompts,
     check_generation_args,
     cut_at_stop,
@@ -100,13 +100,13 @@ def hf_generate_ids(
 
 
 class HFBackend:
-    """Generation through the bridged HF model: active hooks (steering, ablation, guards) apply; with `ablation`
-    (a [d_model] direction) every generation runs under ablate(model, ablation)."""
+    """Generation through the bridged HF model: active hooks (steering, ablation, guards) apply; with `hooks` (a
+    context-manager factory, e.g. lambda: ablate(model, r)) every generation runs inside it."""
 
     name = "hf"
 
-    def __init__(self, model, processor=None, *, ablation: torch.Tensor | None = None) -> None:
-        self.model, self.processor, self.ablation = model, processor, ablation
+    def __init__(self, model, processor=None, *, hooks: Callable[[], AbstractContextManager] | None = None) -> None:
+        self.model, self.processor, self.hooks = model, processor, hooks
 
     @property
     def tokenizer(self):
@@ -133,12 +133,8 @@ class HFBackend:
             )
 
     def _hooks(self) -> AbstractContextManager:
-        """The ablation hooks when this backend serves an ablation condition, else nothing."""
-        if self.ablation is None:
-            return nullcontext()
-        from harmlens.probes.interventions import ablate
-
-        return ablate(self.model, self.ablation)
+        """The condition's hooks (e.g. an ablation) when this backend serves one, else nothing."""
+        return nullcontext() if self.hooks is None else self.hooks()
 
     def _image_encoder(self, prompts: Prompts, images: Sequence) -> Callable[[list[int]], dict[str, Any]]:
         """Batches through the processor, which expands each image token and adds pixel_values."""
@@ -182,29 +178,27 @@ def get_backend(
     backend: str | Backend = "hf",
     *,
     processor=None,
-    ablation: torch.Tensor | None = None,
+    hooks: Callable[[], AbstractContextManager] | None = None,
+    weights: str | None = None,
+    key: str | None = None,
     **engine_kwargs,
 ) -> Backend:
-    """A Backend for the model: 'hf', 'vllm' (started once per model and reused) or a Backend instance as is.
+    """A Backend for the model: 'hf', 'vllm' (started once per model and key, then reused) or a Backend as is.
 
-    With `ablation` (a [d_model] direction) the backend serves the directional-ablation condition: 'hf' generates
-    under the ablation hooks, 'vllm' serves the weights orthogonalised against it (saved as an HF folder).
+    A condition (see harmlens.probes.conditions) reaches 'hf' as `hooks` (a context-manager factory every generation
+    runs inside) and 'vllm' as `weights` (an HF folder of edited weights, kept under `key`).
     """
     if isinstance(backend, Backend) and not isinstance(backend, str):
-        if ablation is not None:
+        if hooks is not None or weights is not None:
             raise HarmlensError(
-                "ablation= cannot be added to a backend you built: use backend='hf' or 'vllm', or build it with "
-                "get_backend(model, ..., ablation=direction)"
+                "a condition cannot be added to a backend you built: use backend='hf' or 'vllm', or build it with "
+                "harmlens.probes.conditions.condition_backend(model, ..., ablation=direction)"
             )
         return backend
     if backend == "hf":
-        if ablation is not None:
-            from harmlens.probes.interventions import unit_direction
-
-            unit_direction(model, ablation)  # a bad direction fails here, before any generation
-        return HFBackend(model, processor, ablation=ablation)
+        return HFBackend(model, processor, hooks=hooks)
     if backend == "vllm":
-        from harmlens.probes.vllm_engine import vllm_backend
+        from harmlens.runtime.vllm_engine import vllm_backend
 
-        return vllm_backend(model, ablation=ablation, **engine_kwargs)
+        return vllm_backend(model, weights=weights, key=key, **engine_kwargs)
     raise HarmlensError(f"unknown generation backend {backend!r}; choose from {', '.join(BACKENDS)}")

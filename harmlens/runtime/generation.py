@@ -9,15 +9,15 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm.auto import tqdm
 
-from harmlens.batching import check_batch_size, length_order
-from harmlens.compat import ensure_kv_cache_compat
 from harmlens.errors import HarmlensError
-from harmlens.probes.activations import pad_batch
-from harmlens.probes.chat import ChatPrompt, chat_format
-from harmlens.probes.engines import Backend, HFBackend, get_backend
-from harmlens.probes.engines import pad_id as pad_id  # re-exported (guards import them from here)
-from harmlens.probes.engines import stop_token_ids as stop_token_ids
-from harmlens.probes.loading import model_device
+from harmlens.runtime.activations import pad_batch
+from harmlens.runtime.batching import check_batch_size, length_order
+from harmlens.runtime.chat import ChatPrompt, chat_format
+from harmlens.runtime.compat import ensure_kv_cache_compat
+from harmlens.runtime.engines import Backend, HFBackend, get_backend
+from harmlens.runtime.engines import pad_id as pad_id  # re-exported (guards import them from here)
+from harmlens.runtime.engines import stop_token_ids as stop_token_ids
+from harmlens.runtime.loading import model_device
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -59,7 +59,7 @@ def generate_ids(
     """New token ids per prompt (stop token excluded); greedy unless do_sample; active bridge hooks apply."""
     _check_batch_size(batch_size)
     if not prompts or not all(isinstance(p, ChatPrompt) for p in prompts):
-        raise HarmlensError("prompts must be a non-empty list of ChatPrompts (see harmlens.probes.chat.chat_format)")
+        raise HarmlensError("prompts must be a non-empty list of ChatPrompts (see harmlens.runtime.chat.chat_format)")
     return HFBackend(model).generate_ids(
         prompts,
         max_new_tokens=max_new_tokens,
@@ -118,7 +118,7 @@ def _common_prefix(prompts: Sequence[ChatPrompt]) -> int:
     return max(n, 0)
 
 
-def _cache_kwarg(hf) -> str:
+def cache_kwarg(hf) -> str:
     """Name of the KV-cache argument of the HF forward ('cache' in transformers >= 5.x, else 'past_key_values')."""
     return "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
 
@@ -138,7 +138,7 @@ def last_token_logits(
     """
     _check_batch_size(batch_size)
     if not prompts or not all(isinstance(p, ChatPrompt) for p in prompts):
-        raise HarmlensError("prompts must be a non-empty list of ChatPrompts (see harmlens.probes.chat.chat_format)")
+        raise HarmlensError("prompts must be a non-empty list of ChatPrompts (see harmlens.runtime.chat.chat_format)")
     ensure_kv_cache_compat()
     hf, device, pid = model.original_model, model_device(model), pad_id(model.tokenizer)
     order = length_order([len(p) for p in prompts])  # less padding per batch
@@ -155,7 +155,7 @@ def last_token_logits(
                 res = hf(input_ids=pre, use_cache=True, logits_to_keep=1)
                 cache = res["cache"] if "cache" in res else res["past_key_values"]
                 cache.batch_repeat_interleave(len(chunk))
-                kwargs[_cache_kwarg(hf)] = cache
+                kwargs[cache_kwarg(hf)] = cache
             rest = [ChatPrompt(p.instruction, p.text, p.input_ids[n_pre:], 0, ()) for p in chunk] if n_pre else chunk
             batch = pad_batch(rest, pid, padding_side="left", device=device)
             mask = torch.cat([torch.ones(len(chunk), n_pre, dtype=torch.long, device=device), batch.attention_mask], 1)

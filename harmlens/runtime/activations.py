@@ -10,9 +10,9 @@ import torch
 from tqdm.auto import tqdm
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.chat import ChatPrompt
-from harmlens.probes.devices import PerDevice
-from harmlens.probes.loading import model_device
+from harmlens.runtime.chat import ChatPrompt
+from harmlens.runtime.devices import PerDevice
+from harmlens.runtime.loading import model_device
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

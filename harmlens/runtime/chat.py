@@ -7,7 +7,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.markers import has_special, tokenize_prompt
+from harmlens.runtime.markers import has_special, tokenize_prompt
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

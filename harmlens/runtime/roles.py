@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from harmlens.errors import HarmlensError
-from harmlens.probes.markers import has_special
+from harmlens.runtime.markers import has_special
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge

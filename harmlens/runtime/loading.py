@@ -16,11 +16,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from harmlens import validate
 from harmlens.cache import cache_dir, resolve_alias
-from harmlens.compat import no_torchvision_install
 from harmlens.errors import HarmlensError
 from harmlens.io import model_name as model_name  # re-exported: loading is where users look for it
-from harmlens.probes.attention import enable_fast_attention
-from harmlens.probes.devices import (
+from harmlens.runtime.attention import enable_fast_attention
+from harmlens.runtime.compat import no_torchvision_install
+from harmlens.runtime.devices import (
     check_device,
     check_device_map,
     check_quantization_config,
