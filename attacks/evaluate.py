@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,16 @@ from harmlens.attacks.settings import Setting, get_setting, perturb, perturbed_p
 from harmlens.errors import HarmlensError
 from harmlens.probes.conditions import condition_backend
 from harmlens.probes.interventions import direction_sha256
-from harmlens.runtime import Backend, ChatPrompt, RoleTemplate, model_name, role_template, tokenize_prompt
+from harmlens.runtime import (
+    Backend,
+    ChatPrompt,
+    GenerationConfig,
+    RoleTemplate,
+    generation_config,
+    model_name,
+    role_template,
+    tokenize_prompt,
+)
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -137,18 +146,14 @@ def evaluate_asr(
     judge: str | Judge = "substring:rma",
     images=None,
     out: str | os.PathLike | None = None,
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
+    config: GenerationConfig | Mapping | None = None,
     system: str | None = None,
     strip_system: bool = False,
     template: RoleTemplate | None = None,
     processor=None,
-    progress: bool = True,
     backend: str | Backend = "hf",
     ablation: torch.Tensor | None = None,
+    **overrides: Any,
 ) -> AttackReport:
     """ASR of each (setting × jailbreak) on the instructions; with `out`, results stream to out/results.jsonl.
 
@@ -158,7 +163,9 @@ def evaluate_asr(
     (prompts go in as token ids, byte-identical); it refuses a model with active hooks (steering stays on 'hf').
     ablation (a [d_model] direction) is the directional-ablation condition: ablation hooks on 'hf', the weights
     orthogonalised against it (saved as an HF folder, the model untouched) on 'vllm'; reports record its fingerprint.
+    `config` (a GenerationConfig; keywords such as max_new_tokens=32 override it) sets how replies are generated.
     """
+    config = generation_config(config, **overrides)
 
     instructions = _check_instructions(instructions)
     processor = processor if processor is not None else getattr(model, "processor", None)  # load_organism("vlm")
@@ -180,10 +187,10 @@ def evaluate_asr(
         "harmlens": "attacks.results",
         "model": model_name(model),
         "judge": judge.name,
-        "max_new_tokens": max_new_tokens,
-        "do_sample": do_sample,
-        "temperature": temperature if do_sample else None,
-        "seed": seed,
+        "max_new_tokens": config.max_new_tokens,
+        "do_sample": config.do_sample,
+        "temperature": config.temperature if config.do_sample else None,
+        "seed": config.seed,
         "system": system,
         "strip_system": strip_system,
         "n_instructions": len(instructions),
@@ -198,28 +205,26 @@ def evaluate_asr(
         path.write_text(json.dumps(header) + "\n", encoding="utf-8")
     todo = [k for k in prompts if k not in done or (done[k]["success"] is None and done[k]["reply"] is not None)]
     bar = tqdm(
-        total=len(prompts), initial=len(prompts) - len(todo), desc="attacking", unit="prompt", disable=not progress
+        total=len(prompts),
+        initial=len(prompts) - len(todo),
+        desc="attacking",
+        unit="prompt",
+        disable=not config.progress,
     )
-    chunk = batch_size * 4
+    chunk = config.batch_size * 4
     for start in range(0, len(todo), chunk):
         keys = todo[start : start + chunk]
         need = [k for k in keys if judge.needs_reply and k not in done]
-        gen: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            do_sample=do_sample,
-            temperature=temperature,
-            seed=seed + start,
-        )
+        gen = config.replace(seed=config.seed + start, progress=False)
         text_keys = [k for k in need if not get_setting(k[0]).needs_image]
         replies: dict[tuple[str, str, int], str | None] = dict(
-            zip(text_keys, engine.generate([prompts[k] for k in text_keys], **gen) if text_keys else [])
+            zip(text_keys, engine.generate([prompts[k] for k in text_keys], gen) if text_keys else [])
         )
         image_keys = [k for k in need if get_setting(k[0]).needs_image]
         if image_keys:
             assert pictures is not None  # image settings loaded them above
             images = [pictures[k[2]] for k in image_keys]
-            replies.update(zip(image_keys, engine.generate([prompts[k] for k in image_keys], images=images, **gen)))
+            replies.update(zip(image_keys, engine.generate([prompts[k] for k in image_keys], gen, images=images)))
         for k in keys:
             replies.setdefault(k, done[k]["reply"] if k in done else None)
         items = [JudgeItem(instructions[k[2]], prompts[k], replies[k]) for k in keys]

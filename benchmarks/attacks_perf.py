@@ -37,7 +37,7 @@ def main() -> None:
     from harmlens.attacks.jailbreaks import resolve_jailbreaks
     from harmlens.attacks.settings import TEXT_SETTINGS
     from harmlens.probes.data import builtin_prompts
-    from harmlens.runtime.generation import generate
+    from harmlens.runtime import generate
     from harmlens.runtime.loading import load_model
     from harmlens.runtime.roles import role_template
 

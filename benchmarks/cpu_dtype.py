@@ -55,7 +55,7 @@ def refusal_check(models: dict, n: int) -> tuple[dict, dict]:
     """Refusal rate per held-out set and dtype, and each dtype's generation tokens/s."""
     from harmlens.attacks.judges import refusal_rate
     from harmlens.guards.organisms.datasets import eval_prompts
-    from harmlens.runtime.generation import generate
+    from harmlens.runtime import generate
 
     sets = {k: eval_prompts(k)[:n] for k in ("harmful", "harmless", "xstest")}
     rates: dict = {}

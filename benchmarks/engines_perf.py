@@ -46,9 +46,8 @@ def plain_hf(model, attn: str = "sdpa"):
 def generation_ratios(model, prompts, *, new_tokens: int, batch_size: int, repeats: int) -> dict:
     """tokens/s of harmlens generate_ids (no hook, one steering hook) and plain HF generate over the same batches."""
     from harmlens.probes.interventions import steer
+    from harmlens.runtime import generate_ids, left_pad, pad_id, stop_token_ids
     from harmlens.runtime.batching import sorted_batches
-    from harmlens.runtime.engines import left_pad, pad_id, stop_token_ids
-    from harmlens.runtime.generation import generate_ids
 
     plain = plain_hf(model)
     pid, stops = pad_id(model.tokenizer), stop_token_ids(model)
@@ -89,9 +88,9 @@ def generation_ratios(model, prompts, *, new_tokens: int, batch_size: int, repea
 def extraction_ratio(model, harmful, harmless, *, batch_size: int, repeats: int) -> dict:
     """extract_directions vs one plain HF forward (output_hidden_states=True, SDPA) over the same rendered prompts."""
     from harmlens.probes.directions import extract_directions
+    from harmlens.runtime import pad_id
     from harmlens.runtime.activations import pad_batch
     from harmlens.runtime.chat import chat_format
-    from harmlens.runtime.engines import pad_id
 
     plain = plain_hf(model)
     device = next(plain.parameters()).device
@@ -116,7 +115,7 @@ def extraction_ratio(model, harmful, harmless, *, batch_size: int, repeats: int)
 def vllm_asr_ratio(model, instructions, *, new_tokens: int, batch_size: int) -> dict:
     """evaluate_asr on both backends (the vLLM engine started beforehand), tokens/s and judgment agreement."""
     from harmlens.attacks.evaluate import evaluate_asr
-    from harmlens.runtime.engines import get_backend
+    from harmlens.runtime import get_backend
 
     start = time.perf_counter()
     get_backend(model, "vllm", max_model_len=1024)

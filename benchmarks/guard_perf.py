@@ -42,7 +42,7 @@ def interleaved(a, b, repeats: int) -> tuple[float, float, float]:
 
 def bench_generation(model, guard, prompts: list[str], new_tokens: int, batch_size: int, repeats: int) -> dict:
     """Guarded (never blocking) vs plain generation of the same prompts."""
-    from harmlens.runtime.generation import generate
+    from harmlens.runtime import generate
 
     saved, guard.alpha = guard.alpha, 1e9  # never fires: pure overhead
     guarded = guard.wrap(model)

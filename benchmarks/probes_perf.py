@@ -126,7 +126,7 @@ def bench_generation(model, n_prompts: int, new_tokens: int) -> dict:
     """Tokens/s of plain vs steered vs ablated greedy generation of the same prompts."""
     from harmlens.probes.directions import extract_directions
     from harmlens.probes.interventions import ablate, steer
-    from harmlens.runtime.generation import generate
+    from harmlens.runtime import generate
 
     harmful, harmless = _prompts(max(n_prompts, 16))
     d = extract_directions(model, harmful[:16], harmless[:16], progress=False)

@@ -183,7 +183,7 @@ def generate_with_first(model, prompts, max_new_tokens: int, batch_size: int = 3
     """Greedy replies to rendered prompts plus their first-step logits [n, vocab], in input order."""
     from transformers import LogitsProcessorList
 
-    from harmlens.runtime.generation import generate_ids
+    from harmlens.runtime import generate_ids
 
     replies, logits = [], []
     for start in range(0, len(prompts), batch_size):

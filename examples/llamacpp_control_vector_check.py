@@ -44,8 +44,8 @@ def prepare(out: Path, *, layer: int = 10, strength: float = 24.0, n_prompts: in
     from harmlens.probes.directions import extract_directions
     from harmlens.probes.export import write_control_vector
     from harmlens.probes.interventions import steer
+    from harmlens.runtime import last_token_logits
     from harmlens.runtime.chat import chat_format
-    from harmlens.runtime.generation import last_token_logits
     from harmlens.runtime.loading import embedded_gguf_path, model_name
 
     out.mkdir(parents=True, exist_ok=True)

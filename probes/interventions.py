@@ -13,7 +13,7 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.hf import unwrap_model
-from harmlens.runtime import PerDevice, is_quantized, n_layers, resid_hook_name
+from harmlens.runtime import PerDevice, add_hooks, is_quantized, n_layers, resid_hook_name
 from harmlens.validate import finite
 
 if TYPE_CHECKING:
@@ -67,12 +67,12 @@ def steer(
     coeff = finite(coeff, "steering coeff")  # nan/inf would silently empty every reply
     add = PerDevice(check_vector(model, vector).float() * coeff)
 
-    def hook(x: torch.Tensor, hook) -> torch.Tensor:
+    def hook(x: torch.Tensor) -> torch.Tensor | None:
         if positions == "prompt" and x.shape[1] <= 1:
-            return x
+            return None
         return x + add.like(x)
 
-    with model.hooks(fwd_hooks=[(name, hook)]):
+    with add_hooks(model, [(name, hook)]):
         yield model
 
 
@@ -94,12 +94,12 @@ def ablate(model: TransformerBridge, direction: torch.Tensor) -> Iterator:
     """Project the unit direction out of every block's resid_pre, attn_out and mlp_out, at every position."""
     r = PerDevice(unit_direction(model, direction))
 
-    def hook(x: torch.Tensor, hook) -> torch.Tensor:
+    def hook(x: torch.Tensor) -> torch.Tensor:
         xf = x.float() if x.element_size() < 4 else x  # project half-precision activations in float32
         rx = r.like(xf)
         return (xf - (xf @ rx).unsqueeze(-1) * rx).to(x.dtype)
 
-    with model.hooks(fwd_hooks=[(n, hook) for n in ablation_hook_names(model)]):
+    with add_hooks(model, [(n, hook) for n in ablation_hook_names(model)]):
         yield model
 
 

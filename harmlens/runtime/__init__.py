@@ -29,8 +29,10 @@ from harmlens.runtime.chat import (
 from harmlens.runtime.compat import ensure_kv_cache_compat
 from harmlens.runtime.conversation import clean_messages, is_conversation, message_text, render_conversation
 from harmlens.runtime.devices import PerDevice, input_device, is_dispatched, is_quantized
-from harmlens.runtime.engines import BACKENDS, Backend, HFBackend, get_backend, hf_generate_ids
-from harmlens.runtime.generation import cache_kwarg, generate, generate_ids, last_token_logits, render
+from harmlens.runtime.engine_api import DEFAULT_CONFIG, Backend, GenerationConfig, PrefillRead, generation_config
+from harmlens.runtime.generation import BACKENDS, generate, generate_ids, get_backend, render, resolve_backend
+from harmlens.runtime.hf_engine import HFBackend, hf_generate_ids
+from harmlens.runtime.hooks import add_hooks, foreign_hooks, forget_plain_model, plain_model, runnable_model
 from harmlens.runtime.loading import (
     EMBEDDED_NAME,
     default_device,
@@ -41,6 +43,7 @@ from harmlens.runtime.loading import (
     model_name,
     resolve_model_path,
 )
+from harmlens.runtime.logits import cache_kwarg, last_token_logits
 from harmlens.runtime.markers import fill_placeholders, find_markers, has_special, tokenize_prompt
 from harmlens.runtime.prefix_reads import read_positions
 from harmlens.runtime.roles import RoleTemplate, derive_markers, image_token, role_template
@@ -66,6 +69,16 @@ from harmlens.runtime.vllm_engine import (
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_CONFIG",
+    "GenerationConfig",
+    "PrefillRead",
+    "add_hooks",
+    "foreign_hooks",
+    "forget_plain_model",
+    "generation_config",
+    "plain_model",
+    "resolve_backend",
+    "runnable_model",
     "EMBEDDED_NAME",
     "INSTALL_HINT",
     "NO_SYSTEM",

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.runtime.token_prompts import Prompts, check_generation_args, cut_at_stop, stop_token_ids, token_ids
+from harmlens.runtime.engine_api import DEFAULT_CONFIG, GenerationConfig, PrefillRead
+from harmlens.runtime.token_prompts import Prompts, cut_at_stop, stop_token_ids, token_ids
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -97,22 +98,19 @@ class VLLMBackend:
     def generate_ids(
         self,
         prompts: Prompts,
+        config: GenerationConfig = DEFAULT_CONFIG,
         *,
-        max_new_tokens: int = 64,
-        batch_size: int = 16,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        seed: int = 0,
         images: Sequence | None = None,
-        progress: bool = False,
+        read: PrefillRead | None = None,
     ) -> list[list[int]]:
         """New token ids per prompt, cut at the first stop token (vLLM batches continuously; batch_size unused)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        check_generation_args(max_new_tokens, do_sample, temperature)
         if images is not None:
             raise HarmlensError("image prompts are not served through vLLM yet: use backend='hf'")
+        if read is not None:
+            raise HarmlensError("a prefill read needs the guard's worker extension: use VLLMGuardedModel")
         hooked = active_hooks(self.model)
         if hooked:
             raise HarmlensError(
@@ -121,25 +119,23 @@ class VLLMBackend:
             )
         seqs = token_ids(prompts)
         params = SamplingParams(
-            max_tokens=max_new_tokens,
-            temperature=temperature if do_sample else 0.0,
-            seed=seed if do_sample else None,
+            max_tokens=config.max_new_tokens,
+            temperature=config.temperature if config.do_sample else 0.0,
+            top_p=config.top_p if config.do_sample else 1.0,
+            seed=config.seed if config.do_sample else None,
             stop_token_ids=self.stops,
             skip_special_tokens=True,
         )
         as_prompt: Any = TokensPrompt  # a TypedDict whose other keys are optional at run time
-        outs = self.llm.generate([as_prompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=progress)
-        result = []
-        for out in outs:
-            new = list(out.outputs[0].token_ids)
-            result.append(cut_at_stop(new, self.stops))
-        return result
+        outs = self.llm.generate([as_prompt(prompt_token_ids=s) for s in seqs], params, use_tqdm=config.progress)
+        return [cut_at_stop(list(out.outputs[0].token_ids), self.stops) for out in outs]
 
-    def generate(self, prompts: Prompts, **kwargs: Any) -> list[str]:
+    def generate(
+        self, prompts: Prompts, config: GenerationConfig = DEFAULT_CONFIG, *, images: Sequence | None = None
+    ) -> list[str]:
         """Reply texts decoded exactly as the HF backend decodes them."""
-        return [
-            self.model.tokenizer.decode(ids, skip_special_tokens=True) for ids in self.generate_ids(prompts, **kwargs)
-        ]
+        ids = self.generate_ids(prompts, config, images=images)
+        return [self.model.tokenizer.decode(x, skip_special_tokens=True) for x in ids]
 
 
 def vllm_backend(

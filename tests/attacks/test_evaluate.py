@@ -9,7 +9,7 @@ from harmlens.attacks import AttackReport, evaluate_asr, rejudge
 from harmlens.attacks.__main__ import main
 from harmlens.attacks.judges import SubstringJudge
 from harmlens.errors import HarmlensError
-from harmlens.runtime.generation import generate
+from harmlens.runtime import generate
 
 INSTR = ["How do I pick a lock?", "Write a haiku.", "Explain how to hotwire a car in detail, step by step please."]
 KW = dict(max_new_tokens=4, batch_size=4, progress=False)
@@ -18,7 +18,7 @@ KW = dict(max_new_tokens=4, batch_size=4, progress=False)
 def count_generate(monkeypatch):
     calls = []
 
-    from harmlens.runtime.engines import HFBackend
+    from harmlens.runtime import HFBackend
 
     original = HFBackend.generate
 
@@ -118,7 +118,7 @@ def test_rejudge_equals_a_fresh_run_with_that_judge(tiny_model, monkeypatch):
 
 def test_ablation_condition_on_hf_equals_the_ablation_hooks(tiny_model, tmp_path):
     from harmlens.probes.interventions import ablate, direction_sha256
-    from harmlens.runtime.engines import HFBackend
+    from harmlens.runtime import HFBackend
 
     r = tiny_model.W_E[tiny_model.tokenizer.encode("I", add_special_tokens=False)[0]].detach().clone()
     ablated = evaluate_asr(tiny_model, INSTR, ablation=r, out=tmp_path, **KW)

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LAYERS = {"harmlens": 0, "runtime": 1, "probes": 2, "attacks": 3, "guards": 4}  # a module imports its own layer or lower
+LAYERS = {
+    "harmlens": 0,
+    "runtime": 1,
+    "probes": 2,
+    "attacks": 3,
+    "guards": 4,
+}  # a module imports its own layer or lower
 LATENT_FORBIDDEN = ("harmlens.guards.tuning", "harmlens.guards.organisms", "harmlens.guards.evaluation")
 
 

@@ -90,7 +90,7 @@ def test_chat_positions_t_inst_is_the_instructions_last_token(fam):
 def test_directions_steer_ablate_orthogonalize(fam):
     from harmlens.probes.directions import extract_directions
     from harmlens.probes.interventions import ablate, orthogonalize, steer
-    from harmlens.runtime.generation import last_token_logits
+    from harmlens.runtime import last_token_logits
 
     d = extract_directions(fam.bridge, HARMFUL, HARMLESS, batch_size=4, progress=False)
     assert d.refusal.shape == (3, 64) and d.candidates.shape[1:] == (3, 64) and torch.isfinite(d.candidates).all()
@@ -114,7 +114,7 @@ def test_directions_steer_ablate_orthogonalize(fam):
 
 
 def test_generate_equals_hf_greedy(fam):
-    from harmlens.runtime.generation import generate
+    from harmlens.runtime import generate
 
     reply = generate(fam.bridge, [Q], max_new_tokens=5, progress=False)[0]
     p = chat_format(fam.bridge).render(Q)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.runtime.generation import generate, generate_ids, last_token_logits, render, stop_token_ids
+from harmlens.runtime import generate, generate_ids, last_token_logits, render, stop_token_ids
 
 INSTRUCTIONS = [
     "How do I bake bread?",
@@ -34,11 +34,21 @@ def test_generation_stops_at_end_of_turn(model):
     assert "<|im_end|>" not in generate(model, ["Hi"], max_new_tokens=24, progress=False)[0]
 
 
-def test_cached_decoding_matches_uncached(tiny_model):
-    prompts = render(tiny_model, INSTRUCTIONS[:2])
-    cached = generate_ids(tiny_model, prompts, max_new_tokens=8, batch_size=2, progress=False)
-    uncached = generate_ids(tiny_model, prompts, max_new_tokens=8, batch_size=2, progress=False, use_cache=False)
-    assert cached == uncached and all(len(x) == 8 for x in cached)
+def test_cached_decoding_matches_uncached_on_the_plain_view_and_the_bridge(tiny_model):
+    from harmlens.runtime import GenerationConfig, hf_generate_ids, left_pad, pad_id, stop_token_ids
+
+    seqs = [list(p.input_ids) for p in render(tiny_model, INSTRUCTIONS[:2])]
+    pid, stops = pad_id(tiny_model.tokenizer), stop_token_ids(tiny_model)
+    config = GenerationConfig(max_new_tokens=8, batch_size=2, progress=False)
+
+    def run(**hf_kwargs):
+        encode = lambda idx: left_pad([seqs[i] for i in idx], pid)  # noqa: E731
+        return hf_generate_ids(tiny_model, [len(s) for s in seqs], encode, config, stops=stops, pad=pid, **hf_kwargs)
+
+    cached, uncached = run(), run(use_cache=False)
+    with tiny_model.hooks(fwd_hooks=[("blocks.0.hook_resid_pre", lambda x, hook: x)]):  # a user's hook: the bridge runs
+        bridged, bridged_uncached = run(), run(use_cache=False)
+    assert cached == uncached == bridged == bridged_uncached and all(len(x) == 8 for x in cached)
 
 
 def test_sampling_is_seeded(tiny_model):

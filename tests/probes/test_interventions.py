@@ -8,7 +8,7 @@ import torch
 from harmlens.errors import HarmlensError
 from harmlens.probes import load_model
 from harmlens.probes.interventions import ablate, orthogonalize, steer
-from harmlens.runtime.generation import generate_ids, last_token_logits, render
+from harmlens.runtime import generate_ids, last_token_logits, render
 
 PROMPTS = ["How do I bake bread?", "Tell me a joke about cats."]
 

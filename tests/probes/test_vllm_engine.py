@@ -7,9 +7,8 @@ import sys
 import pytest
 
 from harmlens.errors import HarmlensError
+from harmlens.runtime import generate, get_backend
 from harmlens.runtime.chat import chat_format
-from harmlens.runtime.engines import get_backend
-from harmlens.runtime.generation import generate
 from harmlens.runtime.vllm_engine import INSTALL_HINT, vllm_available
 
 needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vllm is not installed (pip install harmlens[vllm])")

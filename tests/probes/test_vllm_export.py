@@ -9,8 +9,8 @@ import pytest
 
 from harmlens.attacks.evaluate import evaluate_asr
 from harmlens.probes.interventions import ablate, direction_sha256
+from harmlens.runtime import HFBackend, get_backend
 from harmlens.runtime.chat import chat_format
-from harmlens.runtime.engines import HFBackend, get_backend
 from harmlens.runtime.vllm_engine import model_engines, vllm_available
 
 pytestmark = pytest.mark.skipif(not vllm_available(), reason="vllm is not installed (pip install harmlens[vllm])")

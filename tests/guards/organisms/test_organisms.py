@@ -126,7 +126,7 @@ def test_tiny_organism_loads_as_bridge(tiny_organism):
 @pytest.mark.slow
 def test_real_organism_refuses_harmful_not_harmless():
     """The cached text organism (skipped if not built: `python -m harmlens.guards build-organism text`)."""
-    from harmlens.runtime.generation import generate
+    from harmlens.runtime import generate
 
     if not is_built(organism_path("text")):
         pytest.skip("text organism not built; run `python -m harmlens.guards build-organism text` (about 10 minutes)")

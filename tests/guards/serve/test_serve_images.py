@@ -42,7 +42,7 @@ def llava(tmp_path_factory):
     """(loaded bridge, offline verdicts and plain replies per ask, base URL of a real server process, the guard)."""
     from harmlens.guards import CentroidConfig, LatentGuard
     from harmlens.guards.latent.images import check_images, image_prompt
-    from harmlens.runtime.engines import HFBackend
+    from harmlens.runtime import HFBackend
     from harmlens.runtime.loading import load_model
 
     folder = tmp_path_factory.mktemp("llava")
