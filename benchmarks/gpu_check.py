@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    import gpu_check_devices as devices
     import gpu_check_text as text
     import gpu_check_vlm as vlm
     import transformers
@@ -184,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             return info
 
         check.run("extraction", extraction, ("load",))
+        check.run(
+            "extraction_matches_plain", lambda: text.means_agree(check.summary["steps"]["extraction"]), ("extraction",)
+        )
 
         def generation() -> dict:
             model = state["model"]
@@ -209,14 +213,16 @@ def main(argv: list[str] | None = None) -> int:
         check.run("guarded_generation", guarded, ("load",))
 
         def split() -> dict:
-            return text.device_map_split(state["model"], state["folder"], harmful[: args.split_prompts], device, dtype)
+            return devices.device_map_split(
+                state["model"], state["folder"], harmful[: args.split_prompts], device, dtype
+            )
 
         check.run("device_map_split", split, ("load",))
 
         def gpu_cpu() -> dict:
             if not cuda:
                 return {"skipped": f"needs a CUDA device (running on {device})"}
-            return text.device_map_gpu_cpu(state["model"], state["folder"])
+            return devices.device_map_gpu_cpu(state["model"], state["folder"])
 
         check.run("device_map_gpu_cpu", gpu_cpu, ("load",))
 
@@ -225,9 +231,11 @@ def main(argv: list[str] | None = None) -> int:
                 return {"skipped": "--no-vllm"}
             if importlib.util.find_spec("vllm") is None:
                 return {"skipped": "vllm is not installed"}
+            if not cuda and (reason := devices.vllm_cpu_unsupported(state["model"])):
+                return {"skipped": reason}
             if cuda:
                 torch.cuda.empty_cache()
-            return text.vllm_generation(
+            return devices.vllm_generation(
                 state["model"], state["plain"], harmful[: args.gen_prompts], new_tokens=args.new_tokens,
                 batch_size=args.batch_size,
             )  # fmt: skip

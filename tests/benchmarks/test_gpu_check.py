@@ -18,7 +18,7 @@ SMALL = (
 ).split()
 CUDA_ONLY = {"device_map_gpu_cpu"}
 STEPS = {
-    "replica", "load", "extraction", "generation", "guarded_generation", "device_map_split", "device_map_gpu_cpu",
+    "replica", "load", "extraction", "extraction_matches_plain", "generation", "guarded_generation", "device_map_split", "device_map_gpu_cpu",
     "vllm", "llava_load", "llava_image_read", "llava_guarded_image_generation", "llava_rma_settings",
 }  # fmt: skip
 
