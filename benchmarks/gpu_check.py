@@ -129,9 +129,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    import gpu_check_devices as devices
-    import gpu_check_text as text
-    import gpu_check_vlm as vlm
     import transformers
 
     from harmlens.probes import builtin_prompts
@@ -165,16 +162,21 @@ def main(argv: list[str] | None = None) -> int:
             check.run("replica", build)
 
         def load() -> dict:
+            import gpu_check_devices  # imported here: a library change that breaks them fails this step, in the JSON
+            import gpu_check_text
+
+            state["text"], state["devices"] = gpu_check_text, gpu_check_devices
             if not state["folder"]:
                 raise RuntimeError("no model folder")
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
-            state["model"], state["plain"], info = text.load_both(state["folder"], device, dtype)
+            state["model"], state["plain"], info = gpu_check_text.load_both(state["folder"], device, dtype)
             if cuda:
                 info["gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 1)
             return info
 
-        check.run("load", load)
+        check.run("load", load, ("replica",) if replica else ())
+        text, devices = state.get("text"), state.get("devices")
 
         def extraction() -> dict:
             n = args.n_extract
@@ -246,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         if cuda:
             torch.cuda.empty_cache()
         if not args.no_vlm:
-            run_vlm(check, vlm, args, work, device, dtype, harmful)
+            run_vlm(check, args, work, device, dtype, harmful)
     finally:
         if not args.replica_dir:
             shutil.rmtree(work, ignore_errors=True)
@@ -256,11 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if check.summary["failed"] else 0
 
 
-def run_vlm(check: Check, vlm, args, work: Path, device: torch.device, dtype: torch.dtype, harmful: list) -> None:
+def run_vlm(check: Check, args, work: Path, device: torch.device, dtype: torch.dtype, harmful: list) -> None:
     """The LLaVA-1.5 replica's steps: load, image read, guarded image generation, the 8 RMA settings."""
     state: dict[str, Any] = {}
+    vlm: Any = None
 
     def load() -> dict:
+        nonlocal vlm
+        import gpu_check_vlm as vlm
+
         folder = replicas.llava_replica(work / "llava15-tiny", tokenizers=args.tokenizers)
         state["model"], info = vlm.load(str(folder), device, dtype)
         state["guard"] = vlm.fit_guard(state["model"])

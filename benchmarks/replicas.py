@@ -2,19 +2,31 @@
 folders: Meta-Llama-3-8B-Instruct (and Llama-3.2-1B / a tiny one) and LLaVA-1.5, for checks where real weights cannot
 travel. The Llama-3 recipe is ../shared/gpu-evidence/make_replica.py's (seed 0, initializer_range 0.02, bf16).
 
-Tokenizer files come from a tokenizers folder (default ../shared/tokenizers next to the repository): llama3/ and
-templates/llama_3_instruct.jinja for Llama-3, llava15/ for LLaVA-1.5.
+Tokenizer files come from a tokenizers folder (default_tokenizers(): ../shared/tokenizers next to the repository):
+llama3/ and templates/llama_3_instruct.jinja for Llama-3, llava15/ for LLaVA-1.5.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_TOKENIZERS = REPO.parent / "shared" / "tokenizers"
+
+
+def default_tokenizers() -> Path:
+    """$HARMLENS_TEST_TOKENIZERS, else ../shared/tokenizers next to the repository, else shared/tokenizers inside it
+    (where a copy of the working tree carries it, e.g. to a device machine)."""
+    if os.environ.get("HARMLENS_TEST_TOKENIZERS"):
+        return Path(os.environ["HARMLENS_TEST_TOKENIZERS"])
+    beside, inside = REPO.parent / "shared" / "tokenizers", REPO / "shared" / "tokenizers"
+    return inside if inside.is_dir() and not beside.is_dir() else beside
+
+
+DEFAULT_TOKENIZERS = default_tokenizers()
 # Meta-Llama-3-8B-Instruct / Llama-3.2-1B-Instruct configs (hidden, mlp, layers, heads, kv heads).
 LLAMA3_SIZES: dict[str, dict] = {
     "8b": dict(
