@@ -23,7 +23,7 @@ def split_map(model, device: torch.device) -> dict:
     tops = [f"{inner}.{c}" for c, _ in getattr(model.original_model, inner).named_children() if c != "layers"]
     if device.type == "cuda":
         gpus = max(1, torch.cuda.device_count())
-        dm: dict[str, Any] = {t: 0 for t in tops} | {"lm_head": gpus - 1, f"{inner}.norm": gpus - 1}
+        dm: dict[str, Any] = {t: 0 for t in tops} | {"lm_head": 0, f"{inner}.norm": gpus - 1}  # lm_head may be tied
         dm.update({f"{inner}.layers.{i}": i * gpus // n for i in range(n)})
     else:
         dm = {t: "cpu" for t in tops} | {"lm_head": "cpu"}
