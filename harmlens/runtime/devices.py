@@ -12,6 +12,13 @@ from harmlens.errors import HarmlensError
 
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 _OFFLOAD_TARGETS = ("disk",)
+# TransformerLens 4.3 refuses a realized device_map that puts some modules on a GPU and others on cpu/disk (its
+# multi_gpu.MIXED_OFFLOAD_GPU_ERROR: "likely fine" but unverified, and no switch turns the check off), after the
+# weights have loaded; harmlens refuses such an explicit map before loading anything.
+MIXED_MAP_HINT = (
+    "TransformerLens 4.3 cannot run a model split between a GPU and cpu/disk offload: map every module to GPUs "
+    "(device_map='auto' with enough GPU memory, or max_memory without a 'cpu' entry) or load it on the CPU"
+)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -47,7 +54,36 @@ def check_device_map(device_map: Any) -> Any:
             check_device(target)
         except HarmlensError as exc:
             raise HarmlensError(f"device_map[{module!r}]: {exc}") from None
+    mixed = gpu_offload_mix(device_map)
+    if mixed is not None:
+        (gpu_module, gpu), (offload_module, offload) = mixed
+        raise HarmlensError(
+            f"device_map puts {gpu_module!r} on {gpu!r} and {offload_module!r} on {offload!r}: {MIXED_MAP_HINT}"
+        )
     return device_map
+
+
+def _target_kind(target: Any) -> str:
+    """'gpu', 'offload' (cpu or disk) or 'other' for one device_map value, as TransformerLens 4.3 tells them apart."""
+    if isinstance(target, bool):
+        return "other"
+    if isinstance(target, int):
+        return "gpu"  # accelerate reads an int as that CUDA index
+    kind = target.type if isinstance(target, torch.device) else str(target).split(":")[0].strip().lower()
+    return "gpu" if kind == "cuda" else "offload" if kind in ("cpu", "disk") else "other"
+
+
+def gpu_offload_mix(device_map: Any) -> tuple[tuple[str, Any], tuple[str, Any]] | None:
+    """The first ((module, gpu target), (module, cpu/disk target)) pair of a {module: device} map that mixes the two
+    (the split TransformerLens 4.3 refuses), else None."""
+    if not isinstance(device_map, dict):
+        return None
+    first: dict[str, tuple[str, Any]] = {}
+    for module, target in device_map.items():
+        first.setdefault(_target_kind(target), (str(module), target))
+    if "gpu" in first and "offload" in first:
+        return first["gpu"], first["offload"]
+    return None
 
 
 def check_quantization_config(config: Any) -> Any:

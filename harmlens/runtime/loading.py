@@ -21,9 +21,11 @@ from harmlens.io import model_name as model_name  # re-exported: loading is wher
 from harmlens.runtime.attention import enable_fast_attention
 from harmlens.runtime.compat import no_torchvision_install
 from harmlens.runtime.devices import (
+    MIXED_MAP_HINT,
     check_device,
     check_device_map,
     check_quantization_config,
+    gpu_offload_mix,
     input_device,
     is_dispatched,
     is_quantized,
@@ -195,6 +197,8 @@ def bridge_from_hf(hf, tok, canonical: str) -> TransformerBridge:
             )
     except ValueError as exc:  # e.g. TransformerLens rejecting a mixed CPU/GPU device_map
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if gpu_offload_mix(getattr(hf, "hf_device_map", None)) is not None:  # a strategy ('auto') placed it so
+            first_line = f"accelerate's device_map split it between a GPU and cpu/disk; {MIXED_MAP_HINT}"
         raise HarmlensError(f"cannot wrap model '{canonical}': {first_line}") from None
     model.eval()
     model.harmlens_name = canonical

@@ -9,7 +9,7 @@ from harmlens.errors import HarmlensError
 from harmlens.probes import from_hf, load_model, orthogonalize
 from harmlens.runtime.activations import cache_resid, t_inst_positions
 from harmlens.runtime.chat import chat_format
-from harmlens.runtime.devices import PerDevice, check_device, check_device_map, is_dispatched
+from harmlens.runtime.devices import PerDevice, check_device, check_device_map, gpu_offload_mix, is_dispatched
 from harmlens.runtime.loading import embedded_model_dir
 
 NO_CUDA = not torch.cuda.is_available()
@@ -38,6 +38,41 @@ def test_device_map_naming_missing_device_rejected():
     with pytest.raises(HarmlensError, match="not both"):
         load_model(device="cpu", device_map="auto")
     assert check_device_map({"model.layers.0": "disk", "lm_head": "cpu"})
+    with pytest.raises(HarmlensError, match=r"device_map\['lm_head'\]: device 'cuda:3' does not exist") as info:
+        check_device_map({"model.embed_tokens": "cpu", "lm_head": 3})  # an int is a CUDA index, as in accelerate
+    assert "\n" not in str(info.value)
+
+
+def test_gpu_and_offload_mix_is_found_in_any_spelling():
+    assert gpu_offload_mix({"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "cpu"}) == (
+        ("model.embed_tokens", 0),
+        ("model.layers.1", "cpu"),
+    )
+    assert gpu_offload_mix({"a": torch.device("cuda", 1), "b": "disk"}) == (
+        ("a", torch.device("cuda", 1)),
+        ("b", "disk"),
+    )
+    assert gpu_offload_mix({"a": "CUDA:0", "b": torch.device("cpu")}) is not None
+    for fine in ({"a": "cpu", "b": "disk"}, {"a": 0, "b": "cuda:1"}, "auto", None, {"a": "mps", "b": "cpu"}):
+        assert gpu_offload_mix(fine) is None, fine
+
+
+def test_gpu_cpu_device_map_fails_in_one_line_before_any_weight_loads(monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loads: list[str] = []
+    for cls in (AutoModelForCausalLM, AutoTokenizer):
+        monkeypatch.setattr(cls, "from_pretrained", lambda *a, **k: loads.append(str(a[0])))  # a spy: never loads
+    mixed = {"model.embed_tokens": 0, "model.layers.0": 0, "model.layers.1": "cpu", "lm_head": "cpu"}
+    with pytest.raises(HarmlensError) as info:
+        load_model(device_map=mixed)
+    message = str(info.value)
+    assert "\n" not in message and loads == []
+    if NO_CUDA:  # the GPU is missing: said first
+        assert "device 'cuda:0' does not exist" in message
+    else:
+        assert "'model.embed_tokens' on 0 and 'model.layers.1' on 'cpu'" in message
+        assert "TransformerLens 4.3 cannot run a model split between a GPU and cpu/disk" in message
 
 
 @pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is not None, reason="bitsandbytes is installed")
