@@ -21,7 +21,7 @@ from harmlens.guards.organisms import datasets
 from harmlens.guards.pipeline.subjects import load_subject
 from harmlens.guards.tuning.adversarial import Stage, default_config, render_examples
 from harmlens.guards.tuning.training import Example, train
-from harmlens.runtime.roles import role_template
+from harmlens.runtime.chat import role_template
 
 JAILBREAKS = ("aim", "prefix_injection", "refusal_suppression", "evil_confidant")
 

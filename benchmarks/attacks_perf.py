@@ -37,9 +37,8 @@ def main() -> None:
     from harmlens.attacks.jailbreaks import resolve_jailbreaks
     from harmlens.attacks.settings import TEXT_SETTINGS
     from harmlens.probes.data import builtin_prompts
-    from harmlens.runtime import generate
+    from harmlens.runtime import generate, role_template
     from harmlens.runtime.loading import load_model
-    from harmlens.runtime.roles import role_template
 
     model = load_model(args.model, device="cpu" if not torch.cuda.is_available() else None)
     tok = model.tokenizer

@@ -40,8 +40,8 @@ from harmlens.guards.tuning.adapter import unwrap_model  # noqa: E402
 from harmlens.probes.directions import extract_directions  # noqa: E402
 from harmlens.probes.interventions import ablate  # noqa: E402
 from harmlens.probes.plots import _save, subplots  # noqa: E402
+from harmlens.runtime.chat import role_template  # noqa: E402
 from harmlens.runtime.loading import load_model  # noqa: E402
-from harmlens.runtime.roles import role_template  # noqa: E402
 
 TRAIN_JAILBREAKS = ("prefix_injection", "refusal_suppression", "evil_confidant", "payload_splitting")  # rest held out
 ABLATION_LAYERS = (8, 12, 16, 20)  # candidates for the worst case, chosen on training prompts

@@ -42,7 +42,7 @@ def image_replies(
     from harmlens.attacks.vlm import generate_with_images
     from harmlens.runtime import RoleTemplate
 
-    template = RoleTemplate.from_tokenizer(processor.tokenizer, image_text=processor.image_token)
+    template = RoleTemplate.from_tokenizer(processor.tokenizer, image_text=processor.image_token, roles=True)
     prompts = [perturb(template, x, "img_in") for x in instructions]
     pics = [images[i % len(images)] for i in range(len(prompts))]
     out: list[str] = []

@@ -227,7 +227,7 @@ def _template(model, tokenizer) -> RoleTemplate:
         return role_template(model)
     if tokenizer is None:
         raise HarmlensError("adversarial_train() needs the tokenizer: pass a TransformerBridge or tokenizer=...")
-    return RoleTemplate.from_tokenizer(tokenizer, config=getattr(model, "config", None))
+    return RoleTemplate.from_tokenizer(tokenizer, config=getattr(model, "config", None), roles=True)
 
 
 def adversarial_train(

@@ -20,9 +20,12 @@ from harmlens.runtime.chat import (
     ChatFormat,
     ChatPrompt,
     NoSystem,
+    Roles,
+    RoleTemplate,
     chat_format,
     clean_instruction,
     format_instruction,
+    role_template,
     system_from_metadata,
     system_metadata,
 )
@@ -46,7 +49,7 @@ from harmlens.runtime.loading import (
 from harmlens.runtime.logits import cache_kwarg, last_token_logits
 from harmlens.runtime.markers import fill_placeholders, find_markers, has_special, tokenize_prompt
 from harmlens.runtime.prefix_reads import read_positions
-from harmlens.runtime.roles import RoleTemplate, derive_markers, image_token, role_template
+from harmlens.runtime.roles import derive_markers, image_token
 from harmlens.runtime.token_prompts import (
     Prompts,
     check_generation_args,
@@ -92,6 +95,7 @@ __all__ = [
     "PositionSelector",
     "Prompts",
     "RoleTemplate",
+    "Roles",
     "VLLMBackend",
     "active_hooks",
     "cache_kwarg",

@@ -2,28 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from harmlens.errors import HarmlensError
-from harmlens.runtime.markers import has_special, tokenize_prompt
+from harmlens.runtime.markers import has_special, special_strings, tokenize_prompt
+from harmlens.runtime.roles import (
+    NO_SYSTEM,
+    NoSystem,
+    Roles,
+    TemplateSource,
+    derive_roles,
+    derive_split,
+    image_token,
+    strip_system_turn,
+    system_span,
+)
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
-
-_PLACEHOLDER = "\ue000HARMLENS_INSTRUCTION\ue001"
-_SYS_PLACEHOLDER = "\ue000HARMLENS_SYSTEM\ue001"
-
-
-class NoSystem:
-    """Type of NO_SYSTEM: render no system turn at all, not even the template's default one."""
-
-    def __repr__(self) -> str:
-        return "NO_SYSTEM"
-
-
-NO_SYSTEM = NoSystem()
 
 
 @dataclass(frozen=True)
@@ -53,15 +51,20 @@ class ChatPrompt:
         return len(self.input_ids)
 
 
+_SPECIAL_SYSTEM = "system prompt contains the tokenizer's special-token strings; remove them"
+
+
 @dataclass(frozen=True)
 class ChatFormat:
-    """A chat template split around the user instruction: prompt = prefix + instruction + suffix."""
+    """A chat template split around the user instruction (prompt = prefix + instruction + suffix), with the
+    user/assistant role markers a swap exchanges and the image text derived from the same template on demand."""
 
     prefix: str
     suffix: str
     tokenizer: object
     max_length: int | None = None
     system_span: tuple[int, int] | None = None  # where a system prompt with special-token strings sits in prefix
+    source: TemplateSource | None = field(default=None, repr=False, hash=False)  # what the roles derive from
 
     @classmethod
     def from_tokenizer(
@@ -71,30 +74,85 @@ class ChatFormat:
         system: str | NoSystem | None = None,
         chat_template: str | None = None,
         max_length: int | None = None,
+        strip_system: bool = False,
+        image_text: str | None = None,
+        image_token: str | None = None,
+        config=None,
+        roles: bool = False,
     ) -> ChatFormat:
-        """Derive prefix/suffix from the tokenizer's (or the given Jinja) template; system=None keeps its default,
-        system=NO_SYSTEM renders no system turn at all."""
+        """Derive the format from the tokenizer's (or the given Jinja) template. system=None keeps its default system
+        turn, NO_SYSTEM renders none, strip_system cuts everything before the user turn; image text is image_text,
+        else what the template renders for an image holding image_token (a processor's) or the config's token.
+        roles=True derives markers and image text now (errors at construction, not at first swap)."""
         if isinstance(system, str) and "\0" in system:
             raise HarmlensError("system prompt contains a NUL character (\\0)")
         template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
         if not template:
             raise HarmlensError("the tokenizer has no chat template; pass chat_template=... (a Jinja string)")
-        if isinstance(system, NoSystem):
-            rendered = _render_without_system(tokenizer, template)
-        else:
-            rendered = _render_user_turn(tokenizer, template, system)
-        prefix, _, suffix = rendered.rpartition(_PLACEHOLDER)
-        if _PLACEHOLDER in prefix:  # template repeats the message; keep every copy identical
-            prefix = prefix.replace(_PLACEHOLDER, "\0")
-        if not suffix:
-            raise HarmlensError("chat template renders nothing after the user's message: no post-instruction tokens")
+        special = isinstance(system, str) and bool(system) and has_special(tokenizer, system)
+        if special and roles:
+            raise HarmlensError(_SPECIAL_SYSTEM)
+        prefix, suffix, source = derive_split(
+            tokenizer, template, system, image_text=image_text, image_token=image_token, config=config
+        )
+        span = system_span(tokenizer, source, prefix) if special else None
         if max_length is None:
             max_length = getattr(tokenizer, "model_max_length", None)
             if max_length is not None and max_length > 10**7:
                 max_length = None
-        special = isinstance(system, str) and bool(system) and has_special(tokenizer, system)
-        span = _system_span(tokenizer, template, prefix, system) if special and isinstance(system, str) else None
-        return cls(prefix=prefix, suffix=suffix, tokenizer=tokenizer, max_length=max_length, system_span=span)
+        fmt = cls(
+            prefix=prefix, suffix=suffix, tokenizer=tokenizer, max_length=max_length, system_span=span, source=source
+        )
+        if not (roles or strip_system):
+            return fmt
+        derived = fmt.roles
+        if strip_system:
+            bos = getattr(tokenizer, "bos_token", None)
+            fmt = replace(fmt, prefix=strip_system_turn(prefix, derived.user_marker, bos))
+            fmt.__dict__["roles"] = derived  # derived from the unstripped rendering, as before the cut
+        return fmt
+
+    @cached_property
+    def roles(self) -> Roles:
+        """The role markers and image text of this template (derived once, on first use)."""
+        if self.source is None:
+            raise HarmlensError("this ChatFormat has no template to derive roles from: build it with from_tokenizer")
+        if self.system_span is not None:
+            raise HarmlensError(_SPECIAL_SYSTEM)
+        if "\0" in self.prefix:
+            raise HarmlensError("chat template has no user role: the user's message does not appear once in its output")
+        return derive_roles(self.tokenizer, self.source, self.suffix)
+
+    @property
+    def user_marker(self) -> str:
+        """The user turn's header, which a swap gives to the assistant."""
+        return self.roles.user_marker
+
+    @property
+    def assistant_marker(self) -> str:
+        """The assistant turn's header, which a swap gives to the user."""
+        return self.roles.assistant_marker
+
+    @property
+    def image_text(self) -> str | None:
+        """What an image renders as in the prompt (None: the model names no image token)."""
+        return self.roles.image_text
+
+    @property
+    def supports_images(self) -> bool:
+        """Whether image settings can be rendered (the model or its processor names an image token)."""
+        return self.image_text is not None
+
+    @property
+    def special_tokens(self) -> tuple[str, ...]:
+        """The tokenizer's special-token strings, longest first."""
+        return special_strings(self.tokenizer)
+
+    def swapped(self) -> tuple[str, str]:
+        """(prefix, suffix) with the user and assistant markers exchanged; the instruction itself is never touched."""
+        head, _, rest = self.prefix.rpartition(self.user_marker)
+        tail = self.suffix.replace(self.assistant_marker, self.user_marker, 1)
+        return head + self.assistant_marker + rest, tail
 
     @cached_property
     def suffix_ids(self) -> tuple[int, ...]:
@@ -111,7 +169,7 @@ class ChatFormat:
         return head + self.suffix, len(head)
 
     def _user_spans(self, instruction: str, inst_end: int) -> list[tuple[int, int]]:
-        """Where user text (instruction and its copies, system prompt) sits in the prompt; see probes.markers."""
+        """Where user text (instruction and its copies, system prompt) sits in the prompt; see runtime.markers."""
         spans, grow, pos = [(inst_end - len(instruction), inst_end)], len(instruction) - 1, self.prefix.find("\0")
         while pos >= 0:  # copies of the instruction the template repeats in the prefix
             start = pos + grow * len(spans[1:])
@@ -145,50 +203,7 @@ class ChatFormat:
         return [self.render(x) for x in instructions]
 
 
-def _render_user_turn(tokenizer, template: str, system: str | None) -> str:
-    """The template's rendering of one user turn holding the placeholder (after a system turn when system is set);
-    string content first, then the list-of-parts content VLM templates (LLaVA-1.5) expect."""
-    for structured in (False, True):
-
-        def content(text: str, parts: bool = structured):
-            return [{"type": "text", "text": text}] if parts else text
-
-        messages = [{"role": "user", "content": content(_PLACEHOLDER)}]
-        if system is not None:
-            messages.insert(0, {"role": "system", "content": content(system)})
-        try:
-            rendered = tokenizer.apply_chat_template(
-                messages, chat_template=template, tokenize=False, add_generation_prompt=True
-            )
-        except Exception as exc:  # jinja raise_exception() and syntax errors
-            if not structured:
-                continue
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise HarmlensError(f"chat template cannot render a user turn: {msg}") from None
-        if _PLACEHOLDER in rendered:
-            return rendered
-    raise HarmlensError("chat template has no user role: the user's message does not appear in its output")
-
-
-def _render_without_system(tokenizer, template: str) -> str:
-    """A user turn with no system turn: the template's own rendering when it adds no default system turn, else that
-    rendering with its default system turn cut out (the user header has the system header's shape)."""
-    plain = _render_user_turn(tokenizer, template, None)
-    with_sys = _render_user_turn(tokenizer, template, _SYS_PLACEHOLDER)
-    if _SYS_PLACEHOLDER not in with_sys:
-        return plain  # the template ignores system messages
-    a, _, rest = with_sys.partition(_SYS_PLACEHOLDER)
-    b, _, tail = rest.partition(_PLACEHOLDER)
-    head = plain.rpartition(_PLACEHOLDER)[0]
-    if not (head.startswith(a) and head.endswith(b) and len(head) >= len(a) + len(b)):
-        return plain  # no default system turn: the system-less rendering has no system header
-    for i in range(len(a)):  # a = BOS + system header; the user header is the system header with the role renamed
-        user_header = a[i:].replace("system", "user")
-        if user_header != a[i:] and b.endswith(user_header):
-            return a[:i] + user_header + _PLACEHOLDER + tail
-    raise HarmlensError(
-        "cannot render this chat template without its default system turn: pass chat_template=... without one"
-    )
+RoleTemplate = ChatFormat  # the attacks' name for the same model (was a parallel class)
 
 
 def system_metadata(system: str | NoSystem | None) -> dict:
@@ -199,18 +214,6 @@ def system_metadata(system: str | NoSystem | None) -> dict:
 def system_from_metadata(meta: dict) -> str | NoSystem | None:
     """The system choice an artefact's metadata records (the inverse of system_metadata)."""
     return NO_SYSTEM if meta.get("no_system") else meta.get("system")
-
-
-def _system_span(tokenizer, template: str, prefix: str, system: str) -> tuple[int, int]:
-    """Where the system prompt lies in the prefix, found by rendering a placeholder in its place."""
-    messages = [{"role": "system", "content": _PLACEHOLDER}, {"role": "user", "content": "\ue002"}]
-    rendered = tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=False, add_generation_prompt=True
-    )
-    start = rendered.find(_PLACEHOLDER)
-    if start < 0 or prefix[start : start + len(system)] != system:
-        raise HarmlensError("system prompt contains special-token strings and the template transforms it; remove them")
-    return start, start + len(system)
 
 
 def clean_instruction(instruction: str) -> str:
@@ -224,11 +227,54 @@ def clean_instruction(instruction: str) -> str:
 
 
 def chat_format(
-    model: TransformerBridge, *, system: str | NoSystem | None = None, chat_template: str | None = None
+    model: TransformerBridge,
+    *,
+    system: str | NoSystem | None = None,
+    chat_template: str | None = None,
+    strip_system: bool = False,
+    image_text: str | None = None,
+    processor=None,
+    roles: bool = False,
 ) -> ChatFormat:
-    """ChatFormat of a loaded model, bounded by its context length (system=NO_SYSTEM: no system turn at all)."""
+    """ChatFormat of a loaded model, bounded by its context length (system=NO_SYSTEM: no system turn at all); its
+    image text is what the template renders for the processor's (or the model config's) image token."""
+    tok = getattr(model, "tokenizer", None) or getattr(processor, "tokenizer", None)
+    config = getattr(getattr(model, "original_model", None), "config", None) or getattr(model, "config", None)
+    token = image_token(config, tok, processor) if image_text is None and processor is not None else None
     n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
-    return ChatFormat.from_tokenizer(model.tokenizer, system=system, chat_template=chat_template, max_length=n_ctx)
+    return ChatFormat.from_tokenizer(
+        tok,
+        system=system,
+        chat_template=chat_template,
+        max_length=n_ctx,
+        strip_system=strip_system,
+        image_text=image_text,
+        image_token=token,
+        config=config,
+        roles=roles,
+    )
+
+
+def role_template(
+    model: TransformerBridge,
+    *,
+    chat_template: str | None = None,
+    system: str | None = None,
+    strip_system: bool = False,
+    image_text: str | None = None,
+    processor=None,
+) -> ChatFormat:
+    """chat_format with its role markers and image text derived now, so a template the attacks cannot swap fails
+    here (and a system prompt holding special tokens is refused: a swap would tokenize it as structure)."""
+    return chat_format(
+        model,
+        system=system,
+        chat_template=chat_template,
+        strip_system=strip_system,
+        image_text=image_text,
+        processor=processor,
+        roles=True,
+    )
 
 
 def format_instruction(

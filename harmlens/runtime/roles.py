@@ -1,100 +1,53 @@
-"""A chat template split around the instruction, with its user/assistant role markers and image text derived from it."""
+"""What a chat template implies, found by rendering it around placeholders: the split around the user instruction
+(under the template's default system turn, a given one, or none), the user/assistant role markers a swap exchanges and
+the text an image renders as. ChatFormat (harmlens.runtime.chat) is built from this one derivation."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from harmlens.errors import HarmlensError
-from harmlens.runtime.markers import has_special
 
-if TYPE_CHECKING:
-    from transformer_lens.model_bridge import TransformerBridge
-
-_PH = "\ue000HARMLENS_INSTRUCTION\ue001"
+_PLACEHOLDER = "\ue000HARMLENS_INSTRUCTION\ue001"
+_SYS_PLACEHOLDER = "\ue000HARMLENS_SYSTEM\ue001"
 # Templates whose roles the derivation cannot find (no shared header around the role name): (user, assistant).
 FALLBACK_MARKERS = (("USER:", "ASSISTANT:"), ("<|user|>", "<|assistant|>"))  # LLaVA-1.5, Phi-3/3.5
 _MAX_ROLE_NAME = 24
 
 
-@dataclass(frozen=True)
-class RoleTemplate:
-    """prompt = prefix + instruction + suffix, plus the role markers a swap exchanges and the image text (or None)."""
+class NoSystem:
+    """Type of NO_SYSTEM: render no system turn at all, not even the template's default one."""
 
-    prefix: str
-    suffix: str
+    def __repr__(self) -> str:
+        return "NO_SYSTEM"
+
+
+NO_SYSTEM = NoSystem()
+
+
+@dataclass(frozen=True)
+class TemplateSource:
+    """What a ChatFormat was split from, kept so its roles and image text derive from the same rendering on demand."""
+
+    template: str
+    system: str | None  # the system turn rendered (None: the template's default; also under NO_SYSTEM)
+    structured: bool  # the template takes list-of-parts content (VLM templates), not strings
+    prefix: str  # the prefix under that system turn, before NO_SYSTEM or strip_system cut it
+    image_text: str | None = None  # given by the caller
+    image_token: str | None = None  # a processor's image token, checked against the template
+    config: object = None  # the model config, which may name an image token
+
+
+@dataclass(frozen=True)
+class Roles:
+    """The user and assistant role markers a swap exchanges, and the text an image renders as (None: text-only)."""
+
     user_marker: str
     assistant_marker: str
     image_text: str | None
-    tokenizer: object
-    special_tokens: tuple[str, ...] = ()
-    max_length: int | None = None
-
-    @classmethod
-    def from_tokenizer(
-        cls,
-        tokenizer,
-        *,
-        chat_template: str | None = None,
-        system: str | None = None,
-        strip_system: bool = False,
-        image_text: str | None = None,
-        config=None,
-        max_length: int | None = None,
-        image_token: str | None = None,
-    ) -> RoleTemplate:
-        """Derive the pieces from the tokenizer's (or the given Jinja) template; image text from the args, else
-        what the template renders for an image holding `image_token` (a processor's) or the config's token."""
-        template = chat_template if chat_template is not None else getattr(tokenizer, "chat_template", None)
-        if not template:
-            raise HarmlensError("the tokenizer has no chat template; pass chat_template=... (a Jinja string)")
-        if system and has_special(tokenizer, system):
-            raise HarmlensError("system prompt contains the tokenizer's special-token strings; remove them")
-        prefix, suffix, structured = _split(tokenizer, template, system)
-        gen_prompt = _generation_prompt(tokenizer, template, system, structured)
-        markers = derive_markers(prefix, gen_prompt or suffix) or _fallback_markers(prefix, suffix)
-        if markers is None:
-            raise HarmlensError(
-                "cannot find the user and assistant role markers in the chat template: "
-                "its turns share no header around a role name and it matches no known family"
-            )
-        user, assistant = markers
-        if image_text is None:
-            token = image_token or _image_token(config, tokenizer)
-            if token is not None:
-                rendered = _template_image_text(tokenizer, template, system, prefix) if structured else None
-                if rendered is not None and image_token is not None and image_token.strip() not in rendered:
-                    raise HarmlensError(
-                        f"the processor's image token {image_token!r} is not in the chat template's image text "
-                        f"{rendered!r}: processor and template belong to different models"
-                    )
-                image_text = rendered or token
-        if strip_system:
-            prefix = _strip_system(prefix, user, getattr(tokenizer, "bos_token", None))
-        special = sorted(
-            {t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if t.special}
-            | set(getattr(tokenizer, "all_special_tokens", ())),
-            key=len,
-            reverse=True,
-        )
-        if max_length is None:
-            max_length = getattr(tokenizer, "model_max_length", None)
-            max_length = max_length if max_length is not None and max_length <= 10**7 else None
-        return cls(prefix, suffix, user, assistant, image_text or None, tokenizer, tuple(special), max_length)
-
-    @property
-    def supports_images(self) -> bool:
-        """Whether image settings can be rendered (the model or its processor names an image token)."""
-        return self.image_text is not None
-
-    def swapped(self) -> tuple[str, str]:
-        """(prefix, suffix) with the user and assistant markers exchanged; the instruction itself is never touched."""
-        head, cut, rest = self.prefix.rpartition(self.user_marker)
-        tail = self.suffix.replace(self.assistant_marker, self.user_marker, 1)
-        return head + self.assistant_marker + rest, tail
 
 
-def _render(tokenizer, template: str, messages: list, generation: bool) -> str:
+def _render(tokenizer, template: str, messages: list, generation: bool = True) -> str:
     try:
         return tokenizer.apply_chat_template(
             messages, chat_template=template, tokenize=False, add_generation_prompt=generation
@@ -112,29 +65,111 @@ def _messages(text: str, system: str | None, structured: bool, image: bool = Fal
     return ([{"role": "system", "content": content(system)}] if system is not None else []) + msgs
 
 
-def _split(tokenizer, template: str, system: str | None) -> tuple[str, str, bool]:
-    """(prefix, suffix, structured): string content first, then the list-of-parts content VLM templates expect."""
+def _render_user_turn(tokenizer, template: str, system: str | None) -> tuple[str, bool]:
+    """(rendering, structured): one user turn holding the placeholder (after a system turn when system is set);
+    string content first, then the list-of-parts content VLM templates (LLaVA-1.5) expect."""
     for structured in (False, True):
         try:
-            rendered = _render(tokenizer, template, _messages(_PH, system, structured), True)
+            rendered = _render(tokenizer, template, _messages(_PLACEHOLDER, system, structured))
         except HarmlensError:
             if structured:
                 raise
             continue
-        if rendered.count(_PH) == 1:
-            prefix, _, suffix = rendered.partition(_PH)
-            if not suffix:
+        if _PLACEHOLDER in rendered:
+            return rendered, structured
+    raise HarmlensError("chat template has no user role: the user's message does not appear in its output")
+
+
+def _render_without_system(tokenizer, template: str, plain: str) -> str:
+    """A user turn with no system turn: the template's own rendering (`plain`) when it adds no default system turn,
+    else that rendering with its default system turn cut out (the user header has the system header's shape)."""
+    with_sys = _render_user_turn(tokenizer, template, _SYS_PLACEHOLDER)[0]
+    if _SYS_PLACEHOLDER not in with_sys:
+        return plain  # the template ignores system messages
+    a, _, rest = with_sys.partition(_SYS_PLACEHOLDER)
+    b, _, tail = rest.partition(_PLACEHOLDER)
+    head = plain.rpartition(_PLACEHOLDER)[0]
+    if not (head.startswith(a) and head.endswith(b) and len(head) >= len(a) + len(b)):
+        return plain  # no default system turn: the system-less rendering has no system header
+    for i in range(len(a)):  # a = BOS + system header; the user header is the system header with the role renamed
+        user_header = a[i:].replace("system", "user")
+        if user_header != a[i:] and b.endswith(user_header):
+            return a[:i] + user_header + _PLACEHOLDER + tail
+    raise HarmlensError(
+        "cannot render this chat template without its default system turn: pass chat_template=... without one"
+    )
+
+
+def _cut(rendered: str) -> tuple[str, str]:
+    """(prefix, suffix) around the last placeholder; copies the template repeats before it become "\\0"."""
+    prefix, _, suffix = rendered.rpartition(_PLACEHOLDER)
+    return prefix.replace(_PLACEHOLDER, "\0"), suffix
+
+
+def derive_split(
+    tokenizer,
+    template: str,
+    system: str | NoSystem | None,
+    *,
+    image_text: str | None = None,
+    image_token: str | None = None,
+    config=None,
+) -> tuple[str, str, TemplateSource]:
+    """(prefix, suffix, source) of a template around the instruction; system=None keeps its default system turn,
+    NO_SYSTEM renders none; the image choices are kept in the source for the roles."""
+    base_system = None if isinstance(system, NoSystem) else system
+    rendered, structured = _render_user_turn(tokenizer, template, base_system)
+    base_prefix = _cut(rendered)[0]
+    if isinstance(system, NoSystem):
+        rendered = _render_without_system(tokenizer, template, rendered)
+    prefix, suffix = _cut(rendered)
+    if not suffix:
+        raise HarmlensError("chat template renders nothing after the user's message: no post-instruction tokens")
+    return (
+        prefix,
+        suffix,
+        TemplateSource(template, base_system, structured, base_prefix, image_text, image_token, config),
+    )
+
+
+def system_span(tokenizer, source: TemplateSource, prefix: str) -> tuple[int, int]:
+    """Where the system prompt lies in the prefix, found by rendering a placeholder in its place."""
+    system = source.system or ""
+    rendered = _render(tokenizer, source.template, _messages("\ue002", _PLACEHOLDER, source.structured))
+    start = rendered.find(_PLACEHOLDER)
+    if start < 0 or prefix[start : start + len(system)] != system:
+        raise HarmlensError("system prompt contains special-token strings and the template transforms it; remove them")
+    return start, start + len(system)
+
+
+def derive_roles(tokenizer, source: TemplateSource, suffix: str) -> Roles:
+    """The role markers (from the assistant header's shape, else a known family's) and the image text: the caller's,
+    else what the template renders for an image holding the processor's or the config's image token."""
+    gen_prompt = _generation_prompt(tokenizer, source)
+    markers = derive_markers(source.prefix, gen_prompt or suffix) or _fallback_markers(source.prefix, suffix)
+    if markers is None:
+        raise HarmlensError(
+            "cannot find the user and assistant role markers in the chat template: "
+            "its turns share no header around a role name and it matches no known family"
+        )
+    text = source.image_text
+    if text is None:
+        token = source.image_token or image_token(source.config, tokenizer)
+        if token is not None:
+            rendered = _template_image_text(tokenizer, source) if source.structured else None
+            if rendered is not None and source.image_token is not None and source.image_token.strip() not in rendered:
                 raise HarmlensError(
-                    "chat template renders nothing after the user's message: no post-instruction tokens"
+                    f"the processor's image token {source.image_token!r} is not in the chat template's image text "
+                    f"{rendered!r}: processor and template belong to different models"
                 )
-            return prefix, suffix, structured
-    raise HarmlensError("chat template has no user role: the user's message does not appear once in its output")
+            text = rendered or token
+    return Roles(*markers, text or None)
 
 
-def _generation_prompt(tokenizer, template: str, system: str | None, structured: bool) -> str:
+def _generation_prompt(tokenizer, source: TemplateSource) -> str:
     """The text add_generation_prompt appends ('' when the template has none, e.g. Llama-2)."""
-    msgs = _messages(_PH, system, structured)
-    with_gen, without = _render(tokenizer, template, msgs, True), _render(tokenizer, template, msgs, False)
+    msgs = _messages(_PLACEHOLDER, source.system, source.structured)
+    with_gen, without = _render(tokenizer, source.template, msgs), _render(tokenizer, source.template, msgs, False)
     return with_gen[len(without) :] if with_gen.startswith(without) else ""
 
 
@@ -161,7 +196,7 @@ def _fallback_markers(prefix: str, suffix: str) -> tuple[str, str] | None:
     return next(((u, a) for u, a in FALLBACK_MARKERS if u in prefix and a in suffix), None)
 
 
-def _strip_system(prefix: str, user_marker: str, bos: str | None) -> str:
+def strip_system_turn(prefix: str, user_marker: str, bos: str | None) -> str:
     """Drop everything before the user turn (the default system prompt), keeping a leading BOS that is not a header."""
     keep_bos = bos is not None and bos != "" and prefix.startswith(bos) and not user_marker.startswith(bos)
     return (bos if keep_bos and bos is not None else "") + prefix[prefix.rfind(user_marker) :]
@@ -185,41 +220,11 @@ def image_token(config=None, tokenizer=None, processor=None) -> str | None:
     return token
 
 
-_image_token = image_token  # from_tokenizer's image_token argument shadows the function
-
-
-def _template_image_text(tokenizer, template: str, system: str | None, prefix: str) -> str | None:
+def _template_image_text(tokenizer, source: TemplateSource) -> str | None:
     """What a structured template renders for an image part at the start of the user turn, if anything."""
     try:
-        rendered = _render(tokenizer, template, _messages(_PH, system, True, image=True), True)
+        rendered = _render(tokenizer, source.template, _messages(_PLACEHOLDER, source.system, True, image=True))
     except HarmlensError:
         return None
-    head = rendered.partition(_PH)[0]
+    head, prefix = rendered.partition(_PLACEHOLDER)[0], source.prefix
     return head[len(prefix) :] if head.startswith(prefix) and len(head) > len(prefix) else None
-
-
-def role_template(
-    model: TransformerBridge,
-    *,
-    chat_template: str | None = None,
-    system: str | None = None,
-    strip_system: bool = False,
-    image_text: str | None = None,
-    processor=None,
-) -> RoleTemplate:
-    """RoleTemplate of a loaded model (image text as its template renders its processor's or config's image token),
-    bounded by its context length."""
-    tok = getattr(model, "tokenizer", None) or getattr(processor, "tokenizer", None)
-    config = getattr(getattr(model, "original_model", None), "config", None) or getattr(model, "config", None)
-    token = image_token(config, tok, processor) if image_text is None and processor is not None else None
-    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
-    return RoleTemplate.from_tokenizer(
-        tok,
-        chat_template=chat_template,
-        system=system,
-        strip_system=strip_system,
-        image_text=image_text,
-        config=config,
-        max_length=n_ctx,
-        image_token=token,
-    )

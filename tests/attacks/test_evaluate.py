@@ -40,7 +40,7 @@ def test_records_conditions_and_mixed_length_batching(tiny_model, tmp_path):
     # batched generation over prompts of very different lengths equals one-by-one generation
     recs = [r for r in report.records if r["jailbreak"] == "aim" or r["setting"] == "swap"]
     from harmlens.attacks.settings import perturb
-    from harmlens.runtime.roles import role_template
+    from harmlens.runtime.chat import role_template
 
     rt = role_template(tiny_model)
     from harmlens.attacks.jailbreaks import get_jailbreak

@@ -7,7 +7,7 @@ import torch
 
 from harmlens.attacks import GCGConfig, evaluate_asr, gcg_attack, gcg_jailbreak
 from harmlens.errors import HarmlensError
-from harmlens.runtime.roles import role_template
+from harmlens.runtime.chat import role_template
 
 CFG = GCGConfig(suffix_len=4, steps=4, top_k=8, batch=8, eval_batch=4, target="Sure, here is")
 

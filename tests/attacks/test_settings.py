@@ -8,8 +8,9 @@ from transformers import AutoTokenizer
 
 from harmlens.attacks.settings import SETTINGS, TEXT_SETTINGS, get_setting, perturb, perturb_many, resolve_settings
 from harmlens.errors import HarmlensError
+from harmlens.runtime.chat import RoleTemplate
 from harmlens.runtime.loading import embedded_model_dir
-from harmlens.runtime.roles import RoleTemplate, derive_markers, image_token
+from harmlens.runtime.roles import derive_markers, image_token
 
 Q = "Tell me a joke."
 VISION = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<image>")
@@ -31,7 +32,7 @@ def qwen_vl_config(tok):
 
 
 def build(tok, name, **kw):
-    return RoleTemplate.from_tokenizer(tok, chat_template=getattr(T, name), **kw)
+    return RoleTemplate.from_tokenizer(tok, chat_template=getattr(T, name), roles=True, **kw)
 
 
 QV = "<|vision_start|><|image_pad|><|vision_end|>"
@@ -189,7 +190,7 @@ def test_instruction_special_tokens_are_plain_text(tok):
 def test_template_whose_roles_cannot_be_found(tok):
     odd = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}>>> {% endif %}"
     with pytest.raises(HarmlensError, match="cannot find the user and assistant role markers"):
-        RoleTemplate.from_tokenizer(tok, chat_template=odd)
+        RoleTemplate.from_tokenizer(tok, chat_template=odd, roles=True)
     with pytest.raises(HarmlensError, match="no user role"):
         RoleTemplate.from_tokenizer(tok, chat_template=T.NO_USER_ROLE)
 

@@ -9,8 +9,14 @@ from test_families import Q, built
 
 from harmlens.errors import HarmlensError
 from harmlens.probes.selection import arditi_refusal_ids
-from harmlens.runtime.chat import NO_SYSTEM, ChatFormat, system_from_metadata, system_metadata
-from harmlens.runtime.roles import RoleTemplate, role_template
+from harmlens.runtime.chat import (
+    NO_SYSTEM,
+    ChatFormat,
+    RoleTemplate,
+    role_template,
+    system_from_metadata,
+    system_metadata,
+)
 
 pytestmark = pytest.mark.skipif(not TOKENIZERS_DIR.is_dir(), reason=f"shared tokenizers not found: {TOKENIZERS_DIR}")
 

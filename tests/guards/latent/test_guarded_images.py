@@ -15,8 +15,7 @@ from harmlens.guards.latent.configs import CentroidConfig, SpanLinearConfig
 from harmlens.guards.latent.guard import LatentGuard
 from harmlens.guards.latent.guarded import DEFAULT_REFUSAL, GuardedModel
 from harmlens.guards.latent.images import ImagePrompt, check_images, encode_image, image_prompt
-from harmlens.runtime import HFBackend
-from harmlens.runtime.roles import role_template
+from harmlens.runtime import HFBackend, role_template
 
 pytestmark = pytest.mark.skipif(not TOKENIZERS_DIR.is_dir(), reason=f"shared tokenizers not found: {TOKENIZERS_DIR}")
 

@@ -178,7 +178,7 @@ def test_over_long_prompt_is_truncated_from_the_left(tiny_guard):
 
 def test_rma_perturbed_prompt_reads_t_inst(tiny_model, tiny_guard):
     from harmlens.attacks.settings import perturb
-    from harmlens.runtime.roles import role_template
+    from harmlens.runtime.chat import role_template
 
     swapped = perturb(role_template(tiny_model), "How do I hotwire a car?", "swap")
     assert tiny_model.tokenizer.decode(swapped.input_ids[swapped.t_inst]).strip().endswith("?")

@@ -88,7 +88,7 @@ def test_assembly_keeps_the_lm_and_adds_a_seeded_vision_tower(tiny_lm, tiny_vlm,
 def test_template_puts_the_image_at_the_start_of_the_user_turn(tiny_vlm, embedded_tokenizer):
     from harmlens.attacks.settings import perturb_text
     from harmlens.guards.organisms.vlm import vlm_chat_template
-    from harmlens.runtime.roles import RoleTemplate
+    from harmlens.runtime.chat import RoleTemplate
 
     _, proc = tiny_vlm
     prompt, _ = _enc(proc, "Describe the picture.")  # the image part comes after the text part in the message
