@@ -253,3 +253,16 @@ exit_cli(run_cli(lambda: print("done") or 0))
 def test_exit_cli_without_a_signal_keeps_the_code():
     proc = run_python("from harmlens.cli import exit_cli\nprint('x')\nexit_cli(3)")
     assert (proc.returncode, proc.stdout, proc.stderr) == (3, "x\n", "")
+
+
+def test_new_output_folders_are_not_private(tmp_path):
+    """mkdtemp makes 0700 folders; a set or model folder renamed into place gets the umask's mode like any other."""
+    from harmlens.hf import atomic_dir
+    from harmlens.io import DIR_MODE, output_set
+
+    with output_set(tmp_path / "run") as tmp:
+        (tmp / "a.txt").write_text("a")
+    with atomic_dir(tmp_path / "model") as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert DIR_MODE != 0o700
+    assert [oct((tmp_path / name).stat().st_mode & 0o777) for name in ("run", "model")] == [oct(DIR_MODE)] * 2
