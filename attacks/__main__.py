@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from harmlens import validate
-from harmlens.cli import Parser, nonneg_int, parse_layers, positive_float, positive_int, run_cli, user_text
+from harmlens.cli import (
+    Parser,
+    exit_cli,
+    nonneg_int,
+    parse_layers,
+    positive_float,
+    positive_int,
+    run_cli,
+    user_text,
+)
 from harmlens.errors import HarmlensError
 
 _MODEL_HELP = (
@@ -239,4 +247,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_cli(main())

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from harmlens.cli import Parser, device_arg, run_cli
+from harmlens.cli import Parser, device_arg, exit_cli, run_cli
 
 
 def _build_organism(args: argparse.Namespace) -> int:
@@ -77,4 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_cli(main())

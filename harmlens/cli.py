@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -117,12 +119,22 @@ def library_error(exc: BaseException) -> str | None:
         return f"unusable image: {' '.join(str(exc).split())[:200]}"
     if isinstance(exc, MemoryError):
         return "out of memory"
+    if isinstance(exc, UnicodeEncodeError):  # e.g. a lone surrogate (from a JSON escape) written as UTF-8
+        return f"cannot write text: it cannot be encoded as {exc.encoding} ({exc.reason})"
+    if name == "SafetensorError":  # not an OSError: a full disk under save_pretrained, or a damaged file read
+        from harmlens.io import write_failure
+
+        text = write_failure(exc)
+        if str(exc).startswith("Error while serializing"):
+            return f"cannot write safetensors: {text}"
+        return f"unreadable safetensors file: {text[:200]}"
     return None
 
 
 def run_cli(command: Callable[[], int], *, interrupted: str = "interrupted: nothing half-written") -> int:
-    """Run a CLI command: HarmlensError and library errors from bad input (OSError, RecursionError, pickles, images)
-    -> 'error: …' on stderr and exit 2; Ctrl-C or SIGTERM -> exit 130 with a hint."""
+    """Run a CLI command: HarmlensError and library errors from bad input or a full disk (OSError, SafetensorError,
+    RecursionError, pickles, images, unencodable text) -> 'error: …' on stderr and exit 2; Ctrl-C or SIGTERM -> exit
+    130 with a hint."""
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     except ValueError:  # not the main thread
@@ -150,3 +162,24 @@ def run_cli(command: Callable[[], int], *, interrupted: str = "interrupted: noth
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def exit_cli(code: int) -> NoReturn:
+    """sys.exit for `python -m harmlens...`: a Ctrl-C or SIGTERM that lands while the process shuts down (its work
+    done and written) exits 130 with one line, instead of an 'Exception ignored in atexit callback' traceback and 0.
+    The exit-time cleanup still to run then is skipped, as a second Ctrl-C would."""
+
+    def late(signum, frame) -> NoReturn:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        if code == 0:
+            os.write(2, b"interrupted while exiting (the outputs were already complete)\n")
+        os._exit(130)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, late)
+    sys.exit(code)

@@ -10,33 +10,48 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from harmlens.errors import HarmlensError
+from harmlens.io import DIR_MODE, WRITE_ERRORS, interrupts_deferred, write_failure
 
 
 @contextmanager
 def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False, what: str = "artefact"):
-    """Yield a temp dir beside `path`, renamed onto `path` on success; removed (nothing left) on any error."""
+    """Yield a temp dir beside `path`, renamed onto `path` on success (Ctrl-C held during the swap); removed
+    (nothing left) on any error; a full disk, from Python or safetensors (save_pretrained), is one HarmlensError."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     except OSError as exc:
-        raise HarmlensError(f"cannot save {what} to {path}: {exc.strerror or exc}") from None
+        raise HarmlensError(f"cannot save {what} to {path}: {write_failure(exc)}") from None
+    old = None
     try:
         yield tmp
+        os.chmod(tmp, DIR_MODE)  # mkdtemp's folder is private; a saved model should read like any other
         if path.exists():
             if not overwrite:
                 raise HarmlensError(f"cannot save {what}: {path} already exists")
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
+        with interrupts_deferred():  # the old folder out of the way and the new one in, or neither
+            _swap(tmp, path, old)
+    except WRITE_ERRORS as exc:
+        raise HarmlensError(f"cannot save {what} to {path}: {write_failure(exc)}") from None
+    except HarmlensError as exc:  # e.g. atomic_write's full disk: name the file in place, not in the temp folder
+        exc.args = (str(exc).replace(str(tmp), str(path)),)  # same type: callers may catch a subclass
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise HarmlensError(f"cannot save {what} to {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap(tmp: Path, path: Path, old: Path | None) -> None:
+    if old is not None:
+        os.replace(path, old / "x")
+    try:
+        os.replace(tmp, path)
+    except OSError:
+        if old is not None:
+            os.replace(old / "x", path)  # the old folder goes back
         raise
 
 

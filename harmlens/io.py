@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,15 +36,33 @@ def _umask() -> int:
 
 
 _FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()  # what a folder made here gets (mkdtemp's are 0o700)
+
+
+def write_failure(exc: BaseException) -> str:
+    """The one-line reason of a failed write: an OSError's strerror, or a SafetensorError's I/O cause."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    if isinstance(exc, UnicodeEncodeError):
+        return f"the text cannot be encoded as {exc.encoding} ({exc.reason})"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return re.sub(r"^(Error while serializing: )?(I/O error: )?", "", text)
+
+
+WRITE_ERRORS = (OSError, SafetensorError, UnicodeEncodeError)  # what a write can raise on a full disk or bad text
 
 
 def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], object]) -> Path:
-    """Call write_fn(tmp_path) on a temp file beside `path`, then os.replace it over `path`; nothing left on error."""
+    """Call write_fn(tmp_path) on a temp file beside `path`, then os.replace it over `path`; nothing left on error
+    (a full disk or unencodable text is one HarmlensError line; safetensors' SafetensorError is no OSError)."""
     path = Path(path)
     if path.is_dir():
         raise HarmlensError(f"cannot write {path}: it is a directory")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise HarmlensError(f"cannot write {path}: {write_failure(exc)}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -51,6 +71,9 @@ def atomic_write(path: str | os.PathLike, write_fn: Callable[[Path], object]) ->
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except WRITE_ERRORS as exc:
+        tmp.unlink(missing_ok=True)
+        raise HarmlensError(f"cannot write {path}: {write_failure(exc)}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -152,23 +175,50 @@ def remove_stale_temps(directory: str | os.PathLike, name: str) -> None:
 
 
 @contextmanager
-def _signals_deferred():
-    """Hold SIGINT/SIGTERM while a few renames run, so Ctrl-C cannot split an output set (delivered right after)."""
-    mask = {signal.SIGINT, signal.SIGTERM}
-    can = hasattr(signal, "pthread_sigmask")
-    old: set = signal.pthread_sigmask(signal.SIG_BLOCK, mask) if can else set()
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while a few renames run, so they cannot split an output set; one that comes is
+    re-raised right after. Done with Python handlers that only record: a signal mask (pthread_sigmask) does not
+    hold anything in a process with other threads (torch starts one at import), whichever thread takes the
+    signal, Python raises KeyboardInterrupt in the main thread at once. Off the main thread it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    previous: dict[signal.Signals, Any] = {}
     try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not None:  # None: a handler not set from Python, which cannot be restored
+                previous[sig] = signal.signal(sig, lambda signum, frame: got.append(signum))
         yield
     finally:
-        if can:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for signum in dict.fromkeys(got):
+            signal.raise_signal(signum)  # the restored handler runs now: run_cli's turns it into exit 130
+
+
+def _move_into(tmp: Path, out: Path, files: list[str]) -> None:
+    """Move the finished set `tmp` to `out`: rename the folder, or into an existing one file by file, with the
+    completion marker removed first and written last (a reader sees the old set, the new one, or no marker)."""
+    if not out.exists():
+        os.chmod(tmp, DIR_MODE)  # mkdtemp's folder is private; the set should read like any folder made here
+        os.replace(tmp, out)
+        return
+    for name in files:
+        if (out / name).is_dir() and not (tmp / name).is_dir():
+            raise HarmlensError(f"cannot write {out / name}: it is a folder")
+    (out / COMPLETE_MARKER).unlink(missing_ok=True)
+    for name in files:
+        os.replace(tmp / name, out / name)
+    os.replace(tmp / COMPLETE_MARKER, out / COMPLETE_MARKER)
 
 
 @contextmanager
 def output_set(directory: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp folder for a set of output files; on success they replace those in `directory` together
-    (a new folder is renamed into place; in an existing one the files are moved with signals held) and
-    `directory/.harmlens-complete` lists them; on any error or Ctrl-C nothing changes in `directory`."""
+    (a new folder is renamed into place; in an existing one the files are moved with Ctrl-C held) and
+    `directory/.harmlens-complete` lists them; on any error nothing changes in `directory`. A Ctrl-C during
+    the move is honoured right after it (the new set is complete); a full disk is one HarmlensError line."""
     out = Path(directory)
     if out.exists() and not out.is_dir():
         raise HarmlensError(f"output folder {out} exists and is not a folder")
@@ -177,23 +227,17 @@ def output_set(directory: str | os.PathLike) -> Iterator[Path]:
         remove_stale_temps(out.parent, out.name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     except OSError as exc:
-        raise HarmlensError(f"cannot write to {out}: {exc.strerror or exc}") from None
+        raise HarmlensError(f"cannot write to {out}: {write_failure(exc)}") from None
     try:
         yield tmp
         files = sorted(p.name for p in tmp.iterdir())
         (tmp / COMPLETE_MARKER).write_text(json.dumps({"files": files}) + "\n", encoding="utf-8")
-        with _signals_deferred():
-            if not out.exists():
-                os.replace(tmp, out)
-                return
-            (out / COMPLETE_MARKER).unlink(missing_ok=True)
-            for name in files:
-                target = out / name
-                if target.is_dir() and not (tmp / name).is_dir():
-                    raise HarmlensError(f"cannot write {target}: it is a folder")
-                os.replace(tmp / name, target)
-            os.replace(tmp / COMPLETE_MARKER, out / COMPLETE_MARKER)
-    except OSError as exc:
-        raise HarmlensError(f"cannot write to {out}: {exc.strerror or exc}") from None
+        with interrupts_deferred():
+            _move_into(tmp, out, files)
+    except WRITE_ERRORS as exc:
+        raise HarmlensError(f"cannot write to {out}: {write_failure(exc)}") from None
+    except HarmlensError as exc:  # e.g. a full disk under atomic_write: name the file in place, not in the temp folder
+        exc.args = (str(exc).replace(str(tmp), str(out)),)  # same type: callers may catch a subclass
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from harmlens import validate
-from harmlens.cli import Parser, parse_layers, parse_offsets, positive_int, run_cli, user_text
+from harmlens.cli import Parser, exit_cli, parse_layers, parse_offsets, positive_int, run_cli, user_text
 from harmlens.errors import HarmlensError
 
 
@@ -157,4 +156,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_cli(main())

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from harmlens import validate
-from harmlens.cli import Parser, fraction, nonneg_int, parse_layers, positive_int, user_text
+from harmlens.cli import Parser, exit_cli, fraction, nonneg_int, parse_layers, positive_int, run_cli, user_text
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.input_policy import DEFAULT_MAX_TOKENS
 
@@ -271,12 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = Parser(prog="python -m harmlens.guards.cli.guard")
     add_guard_commands(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except HarmlensError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: args.func(args))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_cli(main())
