@@ -1,14 +1,17 @@
-"""Issue-19: the Latent Guard inside vLLM vs the same vLLM engine serving the same prompts unguarded (target <= 10%).
+"""Issue-19/27: the Latent Guard inside vLLM vs the same vLLM engine serving the same prompts unguarded (target <= 10%),
+and harmlens's one vLLM call site (VLLMBackend.generate_ids, which steps the engine itself) vs plain `LLM.generate`.
 
-One engine, float32; the unguarded side runs with the guard's hooks removed (plain vLLM), the guarded side reads the
-guard's positions from vLLM's own prefill and decides after it. The prefix cache is emptied before every timed run so
-both sides compute every prefill. Rounds alternate unguarded / guarded; medians are reported.
-The unguarded side is plain `LLM.generate` with the same sampling settings (greedy, same stop ids, no detokenizing).
-1. throughput: 32 harmless prompts the guard allows (both sides make the same tokens) x 32 new tokens, one batch
-2. latency: 8 of them one at a time, 32 new tokens each (per-request overhead of the guard)
+One engine, float32, three sides on the same prompts and sampling settings (greedy, same stop ids, no detokenizing):
+- llm_generate: plain vLLM `LLM.generate`, the guard's hooks removed;
+- engine: `VLLMBackend.generate_ids` without a read (harmlens's step loop), the hooks removed;
+- guarded: `VLLMGuardedModel.generate` (the engine's step loop with the guard's prefill read).
+The prefix cache is emptied before every timed run so every side computes every prefill. Rounds alternate the sides;
+medians (and minima, the runs least disturbed on a shared CPU) are reported.
+1. throughput: 32 harmless prompts the guard allows (all sides make the same tokens) x 32 new tokens, one batch
+2. latency: 8 of them one at a time, 32 new tokens each (per-request overhead)
 3. mixed: 16 harmful + 16 harmless (blocked prompts stop after their prefill), for the record
 
-Run: /work/venv-vllm/bin/python benchmarks/vllm_guard_perf.py [--rounds 3] [--new-tokens 32]
+Run: python3 benchmarks/vllm_guard_perf.py [--rounds 3] [--new-tokens 32]
 """
 
 from __future__ import annotations
@@ -40,57 +43,68 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     args = ap.parse_args()
 
-    from harmlens.guards import CentroidConfig, LatentGuard
-    from harmlens.guards.vllm_guard import VLLMGuardedModel
-    from harmlens.probes import load_model
-    from harmlens.runtime.chat import chat_format
-
-    model = load_model(device="cpu")
-    config = CentroidConfig(layers=(8, 16, 24), target_fpr=0.1)
-    guard = LatentGuard.fit(model, instructions("harmful", 24, 0), instructions("harmless", 24, 0), config)
-    guarded = VLLMGuardedModel(model, guard, max_model_len=512)
-    llm, fmt, n = guarded.backend.llm, chat_format(model), args.new_tokens
-    pool, harmful = instructions("harmless", 48, 200), instructions("harmful", 16, 200)
-    allowed = [r.instruction for r in guarded.generate(pool, max_new_tokens=1) if not r.blocked]
-    benign = allowed[:32]  # none blocked: both sides decode the same tokens
-    mixed = harmful + benign[:16]
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    plain = SamplingParams(max_tokens=n, temperature=0.0, stop_token_ids=guarded.backend.stops, detokenize=False)
+    from harmlens.guards import CentroidConfig, LatentGuard
+    from harmlens.guards.vllm_guard import VLLMGuardedModel
+    from harmlens.probes import load_model
+    from harmlens.runtime import GenerationConfig, cut_at_stop
+    from harmlens.runtime.chat import chat_format
 
-    def unguarded(prompts: list[str]) -> list[list[int]]:
+    model = load_model(device="cpu")
+    guard_config = CentroidConfig(layers=(8, 16, 24), target_fpr=0.1)
+    guard = LatentGuard.fit(model, instructions("harmful", 24, 0), instructions("harmless", 24, 0), guard_config)
+    guarded = VLLMGuardedModel(model, guard, max_model_len=512)
+    engine, fmt, n = guarded.backend, chat_format(model), args.new_tokens
+    config = GenerationConfig(max_new_tokens=n, progress=False)
+    pool, harmful = instructions("harmless", 48, 200), instructions("harmful", 16, 200)
+    allowed = [r.instruction for r in guarded.generate(pool, max_new_tokens=1) if not r.blocked]
+    benign = allowed[:32]  # none blocked: every side decodes the same tokens
+    mixed = harmful + benign[:16]
+    plain = SamplingParams(max_tokens=n, temperature=0.0, stop_token_ids=engine.stops, detokenize=False)
+
+    def llm_generate(prompts: list[str]) -> list[list[int]]:
         token_prompts = [TokensPrompt(prompt_token_ids=list(p.input_ids)) for p in fmt.render_many(prompts)]
-        return [list(o.outputs[0].token_ids) for o in llm.generate(token_prompts, plain, use_tqdm=False)]
+        outs = engine.llm.generate(token_prompts, plain, use_tqdm=False)
+        return [cut_at_stop(o.outputs[0].token_ids, engine.stops) for o in outs]
+
+    def engine_run(prompts: list[str]) -> list[list[int]]:
+        return engine.generate_ids(fmt.render_many(prompts), config)
 
     def guarded_run(prompts: list[str]) -> None:
-        guarded.generate(prompts, max_new_tokens=n)
+        guarded.generate(prompts, config)
+
+    sides = {"llm_generate": llm_generate, "engine": engine_run, "guarded": guarded_run}
 
     def measure(kind: str, prompts: list[str], one_at_a_time: bool = False) -> float:
-        if kind == "unguarded":
-            llm.collective_rpc("hl_uninstall")
+        if kind == "guarded":
+            engine.install_reads(guard.layers)
         else:
-            llm.collective_rpc("hl_install", args=(guard.layers,))
+            engine.remove_reads()
         guarded.reset_prefix_cache()
-        run = unguarded if kind == "unguarded" else guarded_run
+        run = sides[kind]
         if one_at_a_time:
             return statistics.median(timed(lambda p=p: run([p])) for p in prompts)
         return timed(lambda: run(prompts))
 
-    for kind in ("unguarded", "guarded"):  # warm-up
+    for kind in sides:  # warm-up
         measure(kind, benign[:4])
-    check = guarded.generate(benign, max_new_tokens=n)
-    texts = [guarded._decode(ids) for ids in unguarded(benign)]
-    same = sum(r.text == t for r, t in zip(check, texts))
+    engine.install_reads(guard.layers)
+    check = guarded.generate(benign, config)
+    engine.remove_reads()
+    plain_ids, engine_ids = llm_generate(benign), engine_run(benign)
+    texts = [model.tokenizer.decode(ids, skip_special_tokens=True) for ids in plain_ids]
     rows: dict[str, dict[str, list[float]]] = {}
     for _ in range(args.rounds):
-        for kind in ("unguarded", "guarded"):
+        for kind in sides:
             for name, prompts, single in (
                 ("batch32", benign, False),
                 ("single", benign[:8], True),
                 ("mixed", mixed, False),
             ):
                 rows.setdefault(name, {}).setdefault(kind, []).append(measure(kind, prompts, single))
+    engine.install_reads(guard.layers)
     report: dict = {
         "prompts": {"batch32": len(benign), "single": 8, "mixed": len(mixed)},
         "new_tokens": n,
@@ -98,14 +112,20 @@ def main() -> None:
         "blocked_in_mixed": sum(r.blocked for r in guarded.generate(mixed, max_new_tokens=1)),
         "blocked_in_benign": sum(r.blocked for r in check),
         "harmless_pool_blocked": len(pool) - len(allowed),
-        "guarded_replies_equal_unguarded": f"{same}/{len(benign)}",
+        "guarded_replies_equal_llm_generate": f"{sum(r.text == t for r, t in zip(check, texts))}/{len(benign)}",
+        "engine_ids_equal_llm_generate": f"{sum(a == b for a, b in zip(engine_ids, plain_ids))}/{len(benign)}",
     }
-    for name, sides in rows.items():
-        u, g = statistics.median(sides["unguarded"]), statistics.median(sides["guarded"])
-        entry = {"unguarded_s": round(u, 3), "guarded_s": round(g, 3), "overhead": f"{100 * (g / u - 1):+.1f}%"}
+    for name, times in rows.items():
+        med = {kind: statistics.median(t) for kind, t in times.items()}
+        base = med["llm_generate"]
+        entry: dict = {f"{kind}_s": round(t, 3) for kind, t in med.items()}
+        entry |= {f"{kind}_min_s": round(min(t), 3) for kind, t in times.items()}  # least disturbed by a shared CPU
+        entry["engine_vs_llm_generate"] = f"{100 * (med['engine'] / base - 1):+.1f}%"
+        entry["guarded_vs_engine"] = f"{100 * (med['guarded'] / med['engine'] - 1):+.1f}%"
+        entry["guarded_vs_llm_generate"] = f"{100 * (med['guarded'] / base - 1):+.1f}%"
         if name == "batch32":
-            tokens = len(benign) * n  # upper bound: the same greedy tokens on both sides (stop tokens end some early)
-            entry |= {"unguarded_tok_s": round(tokens / u, 1), "guarded_tok_s": round(tokens / g, 1)}
+            tokens = len(benign) * n  # upper bound: the same greedy tokens on every side (stop tokens end some early)
+            entry |= {f"{kind}_tok_s": round(tokens / t, 1) for kind, t in med.items()}
         report[name] = entry
     print(json.dumps(report, indent=2))
 

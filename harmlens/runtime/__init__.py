@@ -69,12 +69,16 @@ from harmlens.runtime.vllm_engine import (
     vllm_available,
     vllm_backend,
 )
+from harmlens.runtime.vllm_reads import ReadCache
+from harmlens.runtime.vllm_worker import ReadWorkerExtension
 
 __all__ = [
     "BACKENDS",
     "DEFAULT_CONFIG",
     "GenerationConfig",
     "PrefillRead",
+    "ReadCache",
+    "ReadWorkerExtension",
     "add_hooks",
     "foreign_hooks",
     "forget_plain_model",

