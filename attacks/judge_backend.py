@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.runtime import ChatPrompt
+from harmlens.runtime import ChatPrompt, GenerationConfig
 
 
 @dataclass
@@ -51,13 +51,12 @@ def as_judge_model(model) -> JudgeModel:
 def judge_generate(
     model: JudgeModel,
     texts: Sequence[str | ChatPrompt],
+    config: GenerationConfig,
     *,
-    max_new_tokens: int,
-    batch_size: int = 8,
     bos: bool = False,
 ) -> list[str]:
-    """Greedy continuations of fully rendered judge inputs: strings (bos: prepend the tokenizer's special tokens)
-    or already tokenized ChatPrompts."""
+    """Continuations (as `config` says; judges pass greedy, progress=False) of fully rendered judge inputs: strings
+    (bos: prepend the tokenizer's special tokens) or already tokenized ChatPrompts."""
     from harmlens.runtime import generate_ids
 
     tok = model.tokenizer
@@ -69,5 +68,5 @@ def judge_generate(
         ids = tuple(tok(text, add_special_tokens=bos)["input_ids"])
         prompts.append(ChatPrompt(text, text, ids, max(len(ids) - 2, 0), (len(ids) - 1,)))
     bridge_like: Any = model  # a JudgeModel has what generation reads: tokenizer and original_model
-    out = generate_ids(bridge_like, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    out = generate_ids(bridge_like, prompts, config)
     return [tok.decode(ids, skip_special_tokens=True) for ids in out]

@@ -92,7 +92,9 @@ def main() -> int:
 
         model = state["model"]
         guard = LatentGuard.fit(model, harmful[:48], harmless[:48], progress=False)
-        replies = GuardedModel(model, guard).generate(harmful[48:56] + harmless[48:56], max_new_tokens=16)
+        replies = GuardedModel(model, guard).generate(
+            harmful[48:56] + harmless[48:56], max_new_tokens=16, progress=False
+        )
         return {
             "blocked_harmful": sum(r.blocked for r in replies[:8]),
             "blocked_harmless": sum(r.blocked for r in replies[8:]),
