@@ -239,6 +239,7 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
         after, use_after = measure(load_subject(str(path), device=run.device), "after")
         use = {"before": use_before, "after": use_after}
         summary["asr"], summary["utility"] = compare(before, after), use
+        summary["generation"] = run.generation.to_dict()
         summary["answer_ce_rise"] = round(use["after"]["answer_ce"] / use["before"]["answer_ce"] - 1, 4)
         print(markdown(summary["asr"]), utility_markdown(use), sep="\n")
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=1))
