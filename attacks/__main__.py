@@ -12,7 +12,7 @@ from harmlens import validate
 from harmlens.cli import (
     Parser,
     add_generation_args,
-    generation_from_args,
+    generation_fields,
     nonneg_int,
     parse_layers,
     positive_int,
@@ -113,6 +113,7 @@ def _setup(args):
 
 def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor=None, ablation=None):
     from harmlens.attacks.runs import attack_to_folder
+    from harmlens.runtime import GenerationConfig
 
     return attack_to_folder(
         model,
@@ -122,7 +123,7 @@ def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor
         jailbreaks=jailbreaks,
         judge=args.judge,
         images=images,
-        config=generation_from_args(args),
+        config=GenerationConfig(**generation_fields(args)),
         system=args.system,
         strip_system=args.strip_system,
         processor=processor,

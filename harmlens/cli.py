@@ -7,13 +7,10 @@ import pickle
 import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from harmlens import validate
 from harmlens.errors import HarmlensError
-
-if TYPE_CHECKING:
-    from harmlens.runtime import GenerationConfig
 
 
 class Parser(argparse.ArgumentParser):
@@ -87,7 +84,7 @@ def add_generation_args(
     what: str = "",
 ) -> None:
     """The generation flags every CLI shares (--max-new-tokens, a batch flag; with `sampling` --sample, --temperature,
-    --top-p and --seed; with `quiet` --quiet); generation_from_args turns them into one GenerationConfig."""
+    --top-p and --seed; with `quiet` --quiet); generation_fields reads them back for one GenerationConfig."""
     where = f" {what}" if what else ""
     p.add_argument(
         "--max-new-tokens",
@@ -109,10 +106,9 @@ def add_generation_args(
     p.set_defaults(generation_batch_dest=dest)
 
 
-def generation_from_args(args: argparse.Namespace, **fixed: object) -> GenerationConfig:
-    """One GenerationConfig from the flags add_generation_args added (`fixed` fields win, e.g. progress=False)."""
-    from harmlens.runtime import GenerationConfig
-
+def generation_fields(args: argparse.Namespace, **fixed: object) -> dict:
+    """The GenerationConfig fields the flags of add_generation_args set (`fixed` fields win, e.g. progress=False):
+    callers build GenerationConfig(**fields), which checks them (this layer does not import the runtime)."""
     fields: dict = {
         "max_new_tokens": args.max_new_tokens,
         "batch_size": getattr(args, getattr(args, "generation_batch_dest", "batch_size")),
@@ -120,7 +116,7 @@ def generation_from_args(args: argparse.Namespace, **fixed: object) -> Generatio
     }
     if hasattr(args, "sample"):
         fields.update(do_sample=args.sample, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
-    return GenerationConfig(**{**fields, **fixed})
+    return {**fields, **fixed}
 
 
 def parse_layers(text: str | None) -> list[int] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harmlens.cli import add_generation_args, device_arg, fraction, generation_from_args, nonneg_int, positive_int
+from harmlens.cli import add_generation_args, device_arg, fraction, generation_fields, nonneg_int, positive_int
 from harmlens.guards.pipeline.settings import EVAL_GENERATION
 from harmlens.runtime import BACKENDS
 
@@ -101,6 +101,7 @@ def _names(text: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     """The CLI command: train (resumable), then optionally evaluate before and after."""
     from harmlens.guards.pipeline.adversarial_run import AdversarialRun, run_adversarial
+    from harmlens.runtime import GenerationConfig
 
     settings = AdversarialRun(
         model=args.model,
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         eval_jailbreaks=None if args.eval_jailbreaks is None else _names(args.eval_jailbreaks),
         eval_benign=args.eval_benign,
         judge=args.judge,
-        generation=generation_from_args(args),
+        generation=GenerationConfig(**generation_fields(args)),
         progress=not args.quiet,
         backend=args.backend,
         bf16=args.bf16,

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from harmlens.cli import add_generation_args, device_arg, generation_from_args, positive_int
+from harmlens.cli import add_generation_args, device_arg, generation_fields, positive_int
 from harmlens.guards.pipeline.settings import EVAL_JAILBREAKS, JOB_GENERATION, STEPS, MainJobSettings
-from harmlens.runtime import BACKENDS
+from harmlens.runtime import BACKENDS, GenerationConfig
 
 __all__ = ["STEPS", "add_command", "run"]
 
@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         n_directions=args.n_directions,
         backend=args.backend,
-        generation=generation_from_args(args, progress=False),
+        generation=GenerationConfig(**generation_fields(args, progress=False)),
     )
     run_main_job(args.out, settings)
     return 0

@@ -2,7 +2,7 @@
 
 import pytest
 
-from harmlens.cli import Parser, add_generation_args, generation_from_args
+from harmlens.cli import Parser, add_generation_args, generation_fields
 from harmlens.errors import HarmlensError
 from harmlens.runtime import GenerationConfig, generation_config, get_backend, resolve_backend
 from harmlens.runtime.vllm_engine import vllm_available
@@ -81,9 +81,9 @@ def test_cli_flags_become_one_config(capsys):
     parser = Parser(prog="test")
     add_generation_args(parser, max_new_tokens=32, batch_size=8, batch_flag="--eval-batch-size")
     args = parser.parse_args(["--max-new-tokens", "5", "--eval-batch-size", "3", "--sample", "--temperature", "0.7"])
-    config = generation_from_args(args)
+    config = GenerationConfig(**generation_fields(args))
     assert config == GenerationConfig(max_new_tokens=5, batch_size=3, do_sample=True, temperature=0.7)
-    assert generation_from_args(parser.parse_args(["--quiet"]), seed=4) == GenerationConfig(
+    assert GenerationConfig(**generation_fields(parser.parse_args(["--quiet"]), seed=4)) == GenerationConfig(
         max_new_tokens=32, batch_size=8, progress=False, seed=4
     )
     with pytest.raises(SystemExit):
