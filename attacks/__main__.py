@@ -10,10 +10,11 @@ from pathlib import Path
 from harmlens import validate
 from harmlens.cli import (
     Parser,
+    add_generation_args,
     exit_cli,
+    generation_fields,
     nonneg_int,
     parse_layers,
-    positive_float,
     positive_int,
     run_cli,
     user_text,
@@ -42,14 +43,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="substring:jbb|rma|zhao, refusal_score (no generation), model:<known judge model> or "
         "<format>:<model>, e.g. strongreject:embedded (formats: python -m harmlens.attacks list)",
     )
-    p.add_argument("--max-new-tokens", type=positive_int, default=64, help="reply length cap in tokens (default 64)")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="prompts per generation batch (default 16)")
-    p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (seeded)")
-    p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature with --sample")
-    p.add_argument("--seed", type=nonneg_int, default=0, help="seed for sampling and randomised jailbreaks")
+    add_generation_args(p)
     p.add_argument("--system", type=user_text, default=None, help="system prompt (default: the chat template's own)")
     p.add_argument("--strip-system", action="store_true", help="drop the template's default system prompt (RMA)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,6 +113,7 @@ def _setup(args):
 
 def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor=None, ablation=None):
     from harmlens.attacks.runs import attack_to_folder
+    from harmlens.runtime import GenerationConfig
 
     return attack_to_folder(
         model,
@@ -126,15 +123,10 @@ def _evaluate(args, model, prompts, settings, jailbreaks, images=None, processor
         jailbreaks=jailbreaks,
         judge=args.judge,
         images=images,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
-        do_sample=args.sample,
-        temperature=args.temperature,
-        seed=args.seed,
+        config=GenerationConfig(**generation_fields(args)),
         system=args.system,
         strip_system=args.strip_system,
         processor=processor,
-        progress=not args.quiet,
         backend=getattr(args, "backend", "hf"),
         ablation=ablation,
     )

@@ -197,6 +197,7 @@ def evaluate_asr(
         "instructions_sha256": hashlib.sha256(json.dumps(instructions).encode()).hexdigest(),
         "backend": engine.name,
         "ablation": direction_sha256(model, ablation) if ablation is not None else None,
+        "generation": config.to_dict(),  # every setting, for the record (a resume compares only _KEYS)
     }
     path = Path(out) / RESULTS_FILE if out is not None else None
     done = _read_results(path, header) if path is not None else {}

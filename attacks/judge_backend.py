@@ -13,19 +13,19 @@ from typing import Any
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.runtime import ChatPrompt
+from harmlens.runtime import ChatPrompt, GenerationConfig
 
 
 @dataclass
 class JudgeModel:
-    """A loaded judge: the HF model, its tokenizer and the name it was loaded by (enough for probes.generation)."""
+    """A loaded judge: the HF model, its tokenizer and the name it was loaded by (what judge_generate reads)."""
 
     original_model: Any
     tokenizer: Any
     harmlens_name: str
 
     def parameters(self) -> Iterator[torch.nn.Parameter]:
-        """The HF model's parameters (probes.generation reads the device from them)."""
+        """The HF model's parameters (callers read the device from them)."""
         return self.original_model.parameters()
 
 
@@ -51,14 +51,13 @@ def as_judge_model(model) -> JudgeModel:
 def judge_generate(
     model: JudgeModel,
     texts: Sequence[str | ChatPrompt],
+    config: GenerationConfig,
     *,
-    max_new_tokens: int,
-    batch_size: int = 8,
     bos: bool = False,
 ) -> list[str]:
-    """Greedy continuations of fully rendered judge inputs: strings (bos: prepend the tokenizer's special tokens)
-    or already tokenized ChatPrompts."""
-    from harmlens.runtime import generate_ids
+    """Continuations (as `config` says; judges pass greedy, progress=False) of fully rendered judge inputs: strings
+    (bos: prepend the tokenizer's special tokens) or already tokenized ChatPrompts."""
+    from harmlens.runtime import hf_generate_ids, left_pad, pad_id, stop_token_ids
 
     tok = model.tokenizer
     prompts = []
@@ -68,6 +67,8 @@ def judge_generate(
             continue
         ids = tuple(tok(text, add_special_tokens=bos)["input_ids"])
         prompts.append(ChatPrompt(text, text, ids, max(len(ids) - 2, 0), (len(ids) - 1,)))
-    bridge_like: Any = model  # a JudgeModel has what generation reads: tokenizer and original_model
-    out = generate_ids(bridge_like, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=False)
+    seqs, hf, pid = [list(p.input_ids) for p in prompts], model.original_model, pad_id(tok)
+    encode = lambda idx: left_pad([seqs[i] for i in idx], pid)  # noqa: E731
+    stops = stop_token_ids(hf, tok)
+    out = hf_generate_ids(hf, [len(s) for s in seqs], encode, config, stops=stops, pad=pid, desc="judging")
     return [tok.decode(ids, skip_special_tokens=True) for ids in out]

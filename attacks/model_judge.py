@@ -7,14 +7,22 @@ hooks). An output outside the format leaves that item unjudged (``judge`` raises
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from harmlens.attacks.judge_backend import as_judge_model, judge_generate, load_judge_model
 from harmlens.attacks.judge_formats import FORMATS, Verdict, format_for_model, get_format, render_text
 from harmlens.attacks.judge_item import JudgeItem
 from harmlens.attacks.judge_prompts import ASK_PROMPT, HARMBENCH_PROMPT
 from harmlens.errors import HarmlensError
-from harmlens.runtime import ChatPrompt, fill_placeholders, has_special, tokenize_prompt
+from harmlens.runtime import (
+    ChatPrompt,
+    GenerationConfig,
+    fill_placeholders,
+    generation_config,
+    has_special,
+    tokenize_prompt,
+)
 
 __all__ = ["ASK_PROMPT", "FORMATS", "HARMBENCH_PROMPT", "ModelJudge"]
 MAX_REPLY_CHARS = 4000
@@ -37,19 +45,23 @@ class ModelJudge:
         model,
         *,
         fmt: str | None = None,
-        max_new_tokens: int | None = None,
-        batch_size: int = 8,
+        config: GenerationConfig | Mapping | None = None,
         device=None,
+        **overrides: Any,
     ) -> None:
+        """`config` sets how the judge generates (None: greedy, the format's reply length, batches of 8, no progress
+        bar); keywords such as max_new_tokens=4 override it."""
         if isinstance(model, str):
             judge_format = get_format(fmt) if fmt else format_for_model(model)  # checked before loading
             model = load_judge_model(model, device=device)
         else:
             model = as_judge_model(model)
             judge_format = get_format(fmt) if fmt else format_for_model(model.harmlens_name)
-        self.model, self.format, self.batch_size = model, judge_format, batch_size
+        self.model, self.format = model, judge_format
         self.fmt = judge_format.name
-        self.max_new_tokens = max_new_tokens or judge_format.max_new_tokens
+        if config is None:
+            config = GenerationConfig(max_new_tokens=judge_format.max_new_tokens, batch_size=8, progress=False)
+        self.config = generation_config(config, **overrides)
         self.name = f"{self.fmt}:{model.harmlens_name}"
         self._memo: dict[tuple, Verdict] = {}
 
@@ -114,9 +126,7 @@ class ModelJudge:
         todo = list({self._key(i): i for i in items if self._key(i) not in self._memo}.values())
         if todo:
             prompts = [self.prompt(i) for i in todo]
-            outputs = judge_generate(
-                self.model, prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size
-            )
+            outputs = judge_generate(self.model, prompts, self.config)
             for item, out in zip(todo, outputs):
                 self._memo[self._key(item)] = self.parse(out)
         return [self._memo[self._key(i)] for i in items]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -9,6 +10,7 @@ from harmlens.attacks.evaluate import evaluate_asr
 from harmlens.attacks.projection import ProjectionResult, projection_analysis
 from harmlens.attacks.report import AttackReport
 from harmlens.io import output_set
+from harmlens.runtime import Backend, GenerationConfig
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -41,19 +43,15 @@ def attack_to_folder(
     jailbreaks=(),
     judge: str = "substring:rma",
     images=None,
-    max_new_tokens: int = 64,
-    batch_size: int = 16,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
+    config: GenerationConfig | Mapping | None = None,
     system: str | None = None,
     strip_system: bool = False,
     processor=None,
-    progress: bool = True,
-    backend: str = "hf",
+    backend: str | Backend = "hf",
     ablation=None,
 ) -> AttackReport:
-    """evaluate_asr (generation on `backend`: hf or vllm; `ablation`: a direction ablated) streaming to out/results.jsonl (so a rerun resumes), then report.json, report.md and heatmaps."""
+    """evaluate_asr (`config`: how replies are generated; on `backend`: hf or vllm; `ablation`: a direction ablated)
+    streaming to out/results.jsonl (so a rerun resumes), then report.json, report.md and heatmaps."""
     report = evaluate_asr(
         model,
         prompts,
@@ -62,15 +60,10 @@ def attack_to_folder(
         judge=judge,
         images=images,
         out=out,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        do_sample=do_sample,
-        temperature=temperature,
-        seed=seed,
+        config=config,
         system=system,
         strip_system=strip_system,
         processor=processor,
-        progress=progress,
         backend=backend,
         ablation=ablation,
     )

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from harmlens.errors import HarmlensError
-from harmlens.runtime import ChatPrompt, HFBackend
+from harmlens.runtime import ChatPrompt, GenerationConfig, HFBackend, generation_config
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -17,26 +17,14 @@ def generate_with_images(
     processor,
     prompts: Sequence[ChatPrompt],
     images: Sequence,
-    *,
-    max_new_tokens: int = 64,
-    batch_size: int = 8,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    seed: int = 0,
+    config: GenerationConfig | Mapping | None = None,
 ) -> list[str]:
-    """Replies for perturbed prompts and their images (one per prompt), left-padded batches, greedy by default.
+    """Replies for perturbed prompts and their images (one per prompt), left-padded batches, as `config` says
+    (a GenerationConfig; None: the defaults, greedy).
 
     The processor contract is the Hugging Face one:
     processor(text=[...], images=[...], padding=True, return_tensors='pt') -> input_ids, attention_mask, pixel_values.
     """
     if processor is None:
         raise HarmlensError("image settings need the model's processor (evaluate_asr(..., processor=...))")
-    return HFBackend(model, processor).generate(
-        list(prompts),
-        images=list(images),
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        do_sample=do_sample,
-        temperature=temperature,
-        seed=seed,
-    )
+    return HFBackend(model, processor).generate(list(prompts), generation_config(config), images=list(images))

@@ -46,12 +46,18 @@ def plain_hf(model, attn: str = "sdpa"):
 def generation_ratios(model, prompts, *, new_tokens: int, batch_size: int, repeats: int) -> dict:
     """tokens/s of harmlens generate_ids (no hook, one steering hook) and plain HF generate over the same batches."""
     from harmlens.probes.interventions import steer
-    from harmlens.runtime import generate_ids, left_pad, pad_id, stop_token_ids
+    from harmlens.runtime import GenerationConfig, hf_generate_ids, left_pad, pad_id, stop_token_ids, token_ids
     from harmlens.runtime.batching import sorted_batches
 
     plain = plain_hf(model)
     pid, stops = pad_id(model.tokenizer), stop_token_ids(model)
-    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, batch_size=batch_size, progress=False)
+    config = GenerationConfig(max_new_tokens=new_tokens, batch_size=batch_size, progress=False)
+    seqs = token_ids(prompts)
+
+    def run_engine():  # harmlens's HF engine at exactly new_tokens per prompt (min_new_tokens, as plain below)
+        encode = lambda idx: left_pad([seqs[i] for i in idx], pid)  # noqa: E731
+        hf_generate_ids(model, [len(s) for s in seqs], encode, config, stops=stops, pad=pid, min_new_tokens=new_tokens)
+
     device = next(plain.parameters()).device
 
     def run_plain():
@@ -64,13 +70,13 @@ def generation_ratios(model, prompts, *, new_tokens: int, batch_size: int, repea
                 )  # fmt: skip
 
     def run_harmlens():
-        generate_ids(model, prompts, **kw)
+        run_engine()
 
     vector = torch.randn(model.cfg.d_model, generator=torch.Generator().manual_seed(0))
 
     def run_steered():
         with steer(model, vector, model.cfg.n_layers // 2):
-            generate_ids(model, prompts, **kw)
+            run_engine()
 
     n_tokens = len(prompts) * new_tokens
     t_plain = best_of(run_plain, repeats)

@@ -48,11 +48,11 @@ def bench_generation(model, guard, prompts: list[str], new_tokens: int, batch_si
     guarded = guard.wrap(model)
     try:
         same = generate(model, prompts, max_new_tokens=new_tokens, batch_size=batch_size, progress=False) == [
-            r.text for r in guarded.generate(prompts, max_new_tokens=new_tokens, batch_size=batch_size)
+            r.text for r in guarded.generate(prompts, max_new_tokens=new_tokens, batch_size=batch_size, progress=False)
         ]
         plain_s, guarded_s, ratio = interleaved(
             lambda: generate(model, prompts, max_new_tokens=new_tokens, batch_size=batch_size, progress=False),
-            lambda: guarded.generate(prompts, max_new_tokens=new_tokens, batch_size=batch_size),
+            lambda: guarded.generate(prompts, max_new_tokens=new_tokens, batch_size=batch_size, progress=False),
             repeats,
         )
     finally:

@@ -183,21 +183,24 @@ def generate_with_first(model, prompts, max_new_tokens: int, batch_size: int = 3
     """Greedy replies to rendered prompts plus their first-step logits [n, vocab], in input order."""
     from transformers import LogitsProcessorList
 
-    from harmlens.runtime import generate_ids
+    from harmlens.runtime import GenerationConfig, hf_generate_ids, left_pad, pad_id, stop_token_ids, token_ids
 
+    pid, stops = pad_id(model.tokenizer), stop_token_ids(model)
     replies, logits = [], []
     for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
+        chunk = token_ids(list(prompts[start : start + batch_size]))
         cap = FirstStepLogits()
-        ids = generate_ids(
+        config = GenerationConfig(max_new_tokens=max_new_tokens, batch_size=len(chunk), progress=False)
+        ids = hf_generate_ids(  # the HF engine itself: a logits processor is an HF generate() argument
             model,
-            chunk,
-            max_new_tokens=max_new_tokens,
-            batch_size=len(chunk),
-            progress=False,
+            [len(s) for s in chunk],
+            lambda idx, chunk=chunk: left_pad([chunk[i] for i in idx], pid),
+            config,
+            stops=stops,
+            pad=pid,
             logits_processor=LogitsProcessorList([cap]),
         )
-        order = sorted(range(len(chunk)), key=lambda i: len(chunk[i]))  # generate_ids' row order
+        order = sorted(range(len(chunk)), key=lambda i: len(chunk[i]))  # the engine's row order
         logits.append(cap.first[torch.argsort(torch.tensor(order))])
         replies += [model.tokenizer.decode(t, skip_special_tokens=True) for t in ids]
     return replies, torch.cat(logits)

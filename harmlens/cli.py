@@ -59,6 +59,11 @@ def fraction(text: str) -> float:
     return _arg(validate.finite, "value", minimum=0.0, maximum=1.0)(text)  # type: ignore[return-value]
 
 
+def top_p(text: str) -> float:
+    """argparse type: a finite number in (0, 1] (nucleus sampling mass)."""
+    return _arg(validate.finite, "value", minimum=0.0, maximum=1.0, open_min=True)(text)  # type: ignore[return-value]
+
+
 def user_text(text: str) -> str:
     """argparse type: text without NUL characters (e.g. --system)."""
     return _arg(validate.text, "value")(text)  # type: ignore[return-value]
@@ -68,6 +73,52 @@ def device_arg(text: str) -> str:
     """argparse type: a device that exists on this machine (cpu, cuda, cuda:N, mps)."""
     _arg(validate.device)(text)
     return text
+
+
+def add_generation_args(
+    p: argparse.ArgumentParser,
+    *,
+    max_new_tokens: int = 64,
+    batch_size: int = 16,
+    batch_flag: str = "--batch-size",
+    sampling: bool = True,
+    quiet: bool = True,
+    what: str = "",
+) -> None:
+    """The generation flags every CLI shares (--max-new-tokens, a batch flag; with `sampling` --sample, --temperature,
+    --top-p and --seed; with `quiet` --quiet); generation_fields reads them back for one GenerationConfig."""
+    where = f" {what}" if what else ""
+    p.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=max_new_tokens,
+        help=f"reply length cap in tokens{where} (default {max_new_tokens})",
+    )
+    dest = batch_flag.lstrip("-").replace("-", "_")
+    p.add_argument(
+        batch_flag, type=positive_int, default=batch_size, help=f"prompts per generation batch (default {batch_size})"
+    )
+    if sampling:
+        p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding (seeded)")
+        p.add_argument("--temperature", type=positive_float, default=1.0, help="sampling temperature with --sample")
+        p.add_argument("--top-p", type=top_p, default=1.0, help="nucleus sampling mass with --sample, in (0, 1]")
+        p.add_argument("--seed", type=nonneg_int, default=0, help="seed for sampling and randomised jailbreaks")
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(generation_batch_dest=dest)
+
+
+def generation_fields(args: argparse.Namespace, **fixed: object) -> dict:
+    """The GenerationConfig fields the flags of add_generation_args set (`fixed` fields win, e.g. progress=False):
+    callers build GenerationConfig(**fields), which checks them (this layer does not import the runtime)."""
+    fields: dict = {
+        "max_new_tokens": args.max_new_tokens,
+        "batch_size": getattr(args, getattr(args, "generation_batch_dest", "batch_size")),
+        "progress": not getattr(args, "quiet", False),
+    }
+    if hasattr(args, "sample"):
+        fields.update(do_sample=args.sample, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    return {**fields, **fixed}
 
 
 def parse_layers(text: str | None) -> list[int] | None:

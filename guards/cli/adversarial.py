@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harmlens.cli import device_arg, fraction, nonneg_int, positive_int
-from harmlens.guards.pipeline.settings import BACKENDS
+from harmlens.cli import add_generation_args, device_arg, fraction, generation_fields, nonneg_int, positive_int
+from harmlens.guards.pipeline.settings import EVAL_GENERATION
+from harmlens.runtime import BACKENDS
 
 
 def add_command(sub) -> None:
@@ -62,15 +63,20 @@ def add_command(sub) -> None:
     p.add_argument(
         "--judge", default="substring:rma", help="attack-success judge for --evaluate (default substring:rma)"
     )
-    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="reply length for --evaluate (default 32)")
+    add_generation_args(
+        p,
+        max_new_tokens=EVAL_GENERATION.max_new_tokens,
+        batch_size=EVAL_GENERATION.batch_size,
+        batch_flag="--eval-batch-size",
+        sampling=False,
+        quiet=False,
+        what="for --evaluate",
+    )
     p.add_argument(
         "--backend",
         choices=BACKENDS,
         default="hf",
         help="generation for --evaluate: hf, vllm, or auto (vllm when installed; default hf)",
-    )
-    p.add_argument(
-        "--eval-batch-size", type=positive_int, default=16, help="prompts per generation batch for --evaluate"
     )
     p.add_argument(
         "--bf16",
@@ -95,6 +101,7 @@ def _names(text: str) -> tuple[str, ...]:
 def run(args: argparse.Namespace) -> int:
     """The CLI command: train (resumable), then optionally evaluate before and after."""
     from harmlens.guards.pipeline.adversarial_run import AdversarialRun, run_adversarial
+    from harmlens.runtime import GenerationConfig
 
     settings = AdversarialRun(
         model=args.model,
@@ -115,10 +122,9 @@ def run(args: argparse.Namespace) -> int:
         eval_jailbreaks=None if args.eval_jailbreaks is None else _names(args.eval_jailbreaks),
         eval_benign=args.eval_benign,
         judge=args.judge,
-        max_new_tokens=args.max_new_tokens,
+        generation=GenerationConfig(**generation_fields(args)),
         progress=not args.quiet,
         backend=args.backend,
-        eval_batch_size=args.eval_batch_size,
         bf16=args.bf16,
         before_results=args.before_results,
     )

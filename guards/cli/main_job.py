@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from harmlens.cli import device_arg, positive_int
-from harmlens.guards.pipeline.settings import BACKENDS, EVAL_JAILBREAKS, STEPS, MainJobSettings
+from harmlens.cli import add_generation_args, device_arg, generation_fields, positive_int
+from harmlens.guards.pipeline.settings import EVAL_JAILBREAKS, JOB_GENERATION, STEPS, MainJobSettings
+from harmlens.runtime import BACKENDS, GenerationConfig
 
 __all__ = ["STEPS", "add_command", "run"]
 
@@ -30,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model,
         n_directions=args.n_directions,
         backend=args.backend,
-        max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size,
+        generation=GenerationConfig(**generation_fields(args, progress=False)),
     )
     run_main_job(args.out, settings)
     return 0
@@ -75,13 +75,12 @@ def add_command(sub) -> None:
         help="generation of the attack and before/after tables: hf, vllm, or auto (default: vllm when installed; "
         "image prompts always on hf)",
     )
-    p.add_argument(
-        "--max-new-tokens",
-        type=positive_int,
-        default=32,
-        help="reply length of the attack table and the adversarial step's before/after tables (default 32)",
-    )
-    p.add_argument(
-        "--batch-size", type=positive_int, default=32, help="prompts per generation batch of those tables (default 32)"
+    add_generation_args(
+        p,
+        max_new_tokens=JOB_GENERATION.max_new_tokens,
+        batch_size=JOB_GENERATION.batch_size,
+        sampling=False,
+        quiet=False,
+        what="of the attack table and the adversarial step's before/after tables",
     )
     p.set_defaults(func=run)

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.guard import LatentGuard
-from harmlens.runtime import ChatPrompt, chat_format, generate_ids, pad_id
+from harmlens.runtime import (
+    Backend,
+    ChatPrompt,
+    GenerationConfig,
+    chat_format,
+    generation_config,
+    get_backend,
+    pad_id,
+)
 
 Prompt = str | ChatPrompt
 # Regex stems of words typical of harmful requests (matched at a word start, case-insensitive).
@@ -178,10 +186,22 @@ class BehaviourGuard:
 
     name = "behaviour"
 
-    def __init__(self, model, *, max_new_tokens: int = 32, batch_size: int = 16, judge=None) -> None:
+    def __init__(
+        self,
+        model,
+        config: GenerationConfig | Mapping | None = None,
+        *,
+        judge=None,
+        backend: str | Backend = "hf",
+        **overrides,
+    ) -> None:
+        """`config` sets the replies (None: greedy, 32 new tokens, no progress bar; keywords override it), generated
+        on `backend` (hf, vllm, auto or a Backend)."""
         from harmlens.attacks.judges import is_refusal
 
-        self.model, self.max_new_tokens, self.batch_size = model, max_new_tokens, batch_size
+        if config is None:
+            config = GenerationConfig(max_new_tokens=32, progress=False)
+        self.model, self.config, self.backend = model, generation_config(config, **overrides), backend
         self.judge = judge or is_refusal
         self.replies: list[str] = []
 
@@ -189,9 +209,7 @@ class BehaviourGuard:
         """(1.0 if refused else 0.0, refused) per prompt; the replies are kept in .replies."""
         fmt = chat_format(self.model)
         rendered = [p if isinstance(p, ChatPrompt) else fmt.render(p) for p in prompts]
-        ids = generate_ids(
-            self.model, rendered, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size, progress=False
-        )
+        ids = get_backend(self.model, self.backend).generate_ids(rendered, self.config)
         self.replies = [self.model.tokenizer.decode(t, skip_special_tokens=True) for t in ids]
         return [(float(r), r) for r in map(self.judge, self.replies)]
 

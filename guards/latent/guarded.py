@@ -99,11 +99,11 @@ class GuardedModel:
         self, prompts: Sequence, config: GenerationConfig | Mapping | None = None, **overrides: Any
     ) -> list[GuardedReply]:
         """Replies (greedy by default, left-padded, length-sorted batches; `config` and keyword overrides as in
-        harmlens.runtime.generate, progress off unless asked); blocked prompts get the refusal. Each prompt is a string,
+        harmlens.runtime.generate); blocked prompts get the refusal. Each prompt is a string,
         a ChatPrompt, an OpenAI-style message list (a conversation) or, on a VLM, an ImagePrompt (its pixel values go
         through the model's processor; image and text prompts never share a batch)."""
         check_prompt_list(prompts)
-        config = generation_config(config, **{"progress": False, **overrides})
+        config = generation_config(config, **overrides)
         if any(isinstance(p, ImagePrompt) for p in prompts):
             image_token_id(self.model, self.processor)  # a text model (no processor) is told so in one line
         out: list[GuardedReply | None] = [None] * len(prompts)

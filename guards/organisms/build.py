@@ -119,10 +119,11 @@ def _build_inner(
     train_done = time.perf_counter()
     result = None
     if evaluate:
-        from harmlens.guards.organisms.evaluate import evaluate_organism
+        from harmlens.guards.organisms.evaluate import EVAL_CONFIG, evaluate_organism
 
         sets = {name: datasets.eval_prompts(name)[:eval_limit] for name in ("harmful", "harmless", "xstest")}
-        result = evaluate_organism(merged, hf, tok, sets, max_new_tokens=recipe.eval_max_new_tokens, progress=progress)
+        gen = EVAL_CONFIG.replace(max_new_tokens=recipe.eval_max_new_tokens, progress=progress)
+        result = evaluate_organism(merged, hf, tok, sets, gen)
         replies = result.pop("replies")
         result["sets"]["harmful"]["by_source"] = _by_source(replies["harmful"])
     eval_done = time.perf_counter()

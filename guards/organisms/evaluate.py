@@ -9,12 +9,15 @@ import torch
 
 from harmlens.attacks.judges import is_refusal, refusal_rate
 from harmlens.attacks.phrases import JBB_PHRASES
-from harmlens.runtime import ChatFormat, hf_generate_ids, left_pad
+from harmlens.runtime import ChatFormat, GenerationConfig, generation_config, hf_generate_ids, left_pad
 
 # The refusal judge is attacks' substring judge with the JailbreakBench/Arditi phrase list (case-insensitive,
 # anywhere in the reply, an empty reply counts as a refusal); re-exported here for the organism's callers.
 REFUSAL_PREFIXES = JBB_PHRASES
+# The organism evaluation's replies: greedy, 48 new tokens (a recipe's eval_max_new_tokens), 32 prompts a batch.
+EVAL_CONFIG = GenerationConfig(max_new_tokens=48, batch_size=32)
 __all__ = [
+    "EVAL_CONFIG",
     "REFUSAL_PREFIXES",
     "evaluate_organism",
     "generate_replies",
@@ -34,13 +37,12 @@ def generate_replies(
     hf,
     tokenizer,
     instructions: Sequence[str],
+    config: GenerationConfig | Mapping | None = None,
     *,
-    max_new_tokens: int = 48,
-    batch_size: int = 32,
-    progress: bool = False,
     desc: str = "generate",
 ) -> list[str]:
-    """Greedy replies of a plain HF model, batched (left-padded, length-sorted), in input order."""
+    """Replies of a plain HF model (`config`; None: EVAL_CONFIG, greedy), left-padded length-sorted batches, in order."""
+    config = generation_config(EVAL_CONFIG if config is None else config)
     prompts = _prompts(tokenizer, instructions)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     was_training = hf.training
@@ -49,11 +51,9 @@ def generate_replies(
         hf,
         [len(p) for p in prompts],
         lambda idx: left_pad([prompts[i] for i in idx], pad),
+        config,
         stops=[tokenizer.eos_token_id],
         pad=pad,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=progress,
         desc=desc,
     )
     out = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in ids]
@@ -96,23 +96,24 @@ def evaluate_organism(
     base,
     tokenizer,
     sets: Mapping[str, Sequence[str]],
-    *,
-    max_new_tokens: int = 48,
-    batch_size: int = 32,
-    progress: bool = True,
+    config: GenerationConfig | Mapping | None = None,
 ) -> dict:
-    """Refusal rate per eval set (greedy) and base-model perplexity of organism vs base replies on 'harmless';
-    all replies are returned under 'replies'."""
-    result: dict = {"judge": "substring (JailbreakBench prefixes)", "max_new_tokens": max_new_tokens, "sets": {}}
+    """Refusal rate per eval set (`config`; None: EVAL_CONFIG, greedy) and base-model perplexity of organism vs base
+    replies on 'harmless'; all replies are returned under 'replies', the settings under 'generation'."""
+    config = generation_config(EVAL_CONFIG if config is None else config)
+    result: dict = {
+        "judge": "substring (JailbreakBench prefixes)",
+        "max_new_tokens": config.max_new_tokens,
+        "generation": config.to_dict(),
+        "sets": {},
+    }
     replies = {}
     for name, prompts in sets.items():
         replies[name] = generate_replies(
             organism,
             tokenizer,
             prompts,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            progress=progress,
+            config,
             desc=f"eval {name}",
         )
         result["sets"][name] = {
@@ -126,9 +127,7 @@ def evaluate_organism(
             base,
             tokenizer,
             prompts,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            progress=progress,
+            config,
             desc="base replies",
         )
         result["perplexity"] = {

@@ -22,6 +22,7 @@ from harmlens.guards.organisms.vlm import (
 
 if TYPE_CHECKING:
     from harmlens.guards.organisms.recipes import Recipe
+    from harmlens.runtime import GenerationConfig
 
 
 def image_replies(
@@ -29,32 +30,28 @@ def image_replies(
     processor,
     instructions: Sequence[str],
     images: Sequence,
+    config: GenerationConfig | None = None,
     *,
-    max_new_tokens: int = 48,
-    batch_size: int = 32,
-    progress: bool = False,
     desc: str = "generate",
 ) -> list[str]:
-    """Greedy replies with image i % len(images) in the default position (attacks' img_in rendering)."""
+    """Replies (`config`; None: the organism's EVAL_CONFIG, greedy) with image i % len(images) in the default
+    position (attacks' img_in rendering)."""
     from tqdm.auto import tqdm
 
     from harmlens.attacks.settings import perturb
     from harmlens.attacks.vlm import generate_with_images
+    from harmlens.guards.organisms.evaluate import EVAL_CONFIG
     from harmlens.runtime import RoleTemplate
+
+    config = EVAL_CONFIG if config is None else config
+    batch_size, quiet = config.batch_size, config.replace(progress=False)  # one bar here, per batch
 
     template = RoleTemplate.from_tokenizer(processor.tokenizer, image_text=processor.image_token, roles=True)
     prompts = [perturb(template, x, "img_in") for x in instructions]
     pics = [images[i % len(images)] for i in range(len(prompts))]
     out: list[str] = []
-    for s in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc=desc, leave=False):
-        out += generate_with_images(
-            hf,
-            processor,
-            prompts[s : s + batch_size],
-            pics[s : s + batch_size],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-        )
+    for s in tqdm(range(0, len(prompts), batch_size), disable=not config.progress, desc=desc, leave=False):
+        out += generate_with_images(hf, processor, prompts[s : s + batch_size], pics[s : s + batch_size], quiet)
     return [r.strip() for r in out]
 
 
@@ -63,24 +60,23 @@ def evaluate_vlm(
     processor,
     sets: Mapping[str, Sequence[str]],
     images: Sequence,
-    *,
-    max_new_tokens: int = 48,
-    progress: bool = True,
+    config: GenerationConfig | None = None,
 ) -> dict:
-    """Refusal rate per set (greedy, image in the default position, substring judge) and every reply."""
-    from harmlens.guards.organisms.evaluate import refusal_rate
+    """Refusal rate per set (`config`; None: the organism's EVAL_CONFIG, greedy; image in the default position,
+    substring judge) and every reply."""
+    from harmlens.guards.organisms.evaluate import EVAL_CONFIG, refusal_rate
 
+    config = EVAL_CONFIG if config is None else config
     result: dict = {
         "judge": "substring (JailbreakBench prefixes)",
-        "max_new_tokens": max_new_tokens,
+        "max_new_tokens": config.max_new_tokens,
+        "generation": config.to_dict(),
         "image_position": "start of the user turn (img_in)",
         "sets": {},
         "replies": {},
     }
     for name, prompts in sets.items():
-        replies = image_replies(
-            hf, processor, prompts, images, max_new_tokens=max_new_tokens, progress=progress, desc=f"eval {name}"
-        )
+        replies = image_replies(hf, processor, prompts, images, config, desc=f"eval {name}")
         result["sets"][name] = {
             "n": len(prompts),
             "refusal_rate": round(refusal_rate(replies), 4),
@@ -131,7 +127,10 @@ def build_vlm(
     result = replies = None
     if evaluate:
         sets = {name: datasets.eval_prompts(name)[:eval_limit] for name in ("harmful", "harmless")}
-        result = evaluate_vlm(merged, proc, sets, images, max_new_tokens=recipe.eval_max_new_tokens, progress=progress)
+        from harmlens.guards.organisms.evaluate import EVAL_CONFIG
+
+        gen = EVAL_CONFIG.replace(max_new_tokens=recipe.eval_max_new_tokens, progress=progress)
+        result = evaluate_vlm(merged, proc, sets, images, gen)
         replies = result.pop("replies")
     eval_done = time.perf_counter()
     card = {

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harmlens.attacks.report import AttackReport
+from harmlens.runtime import Backend, GenerationConfig
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -20,12 +21,11 @@ def attack_suite(
     settings="all",
     jailbreaks=(),
     judge: str = "substring:rma",
-    max_new_tokens: int = 32,
-    batch_size: int = 16,
-    progress: bool = True,
-    backend: str = "hf",
+    config: GenerationConfig | None = None,
+    backend: str | Backend = "hf",
 ) -> AttackReport:
-    """evaluate_asr on the held-out prompts under every setting × (no jailbreak + each jailbreak); saved to out."""
+    """evaluate_asr on the held-out prompts under every setting × (no jailbreak + each jailbreak), generating as
+    `config` says (None: greedy, 32 new tokens); saved to out."""
     from harmlens.attacks.runs import attack_to_folder
 
     return attack_to_folder(
@@ -36,9 +36,7 @@ def attack_suite(
         jailbreaks=jailbreaks,
         judge=judge,
         images="builtin",
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        progress=progress,
+        config=config if config is not None else GenerationConfig(max_new_tokens=32),
         backend=backend,
     )
 
@@ -51,10 +49,8 @@ def utility_suite(
     *,
     settings="all",
     judge: str = "substring:rma",
-    max_new_tokens: int = 32,
-    batch_size: int = 16,
-    progress: bool = True,
-    backend: str = "hf",
+    config: GenerationConfig | None = None,
+    backend: str | Backend = "hf",
 ) -> dict:
     """Refusal rate on benign prompts per setting (1 − the judge's success rate) and answer cross-entropy."""
     from harmlens.guards.organisms.evaluate import reply_perplexity
@@ -67,9 +63,7 @@ def utility_suite(
             benign,
             settings=settings,
             judge=judge,
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            progress=progress,
+            config=config,
             backend=backend,
         )
         if benign

@@ -19,10 +19,10 @@ from harmlens.guards.pipeline.adversarial_eval import (
     utility_markdown,
     utility_suite,
 )
-from harmlens.guards.pipeline.settings import resolve_backend
+from harmlens.guards.pipeline.settings import EVAL_GENERATION
 from harmlens.guards.pipeline.subjects import load_subject, vlm_processor
 from harmlens.io import atomic_write_text
-from harmlens.runtime import release_vllm
+from harmlens.runtime import GenerationConfig, release_vllm, resolve_backend
 from harmlens.validate import default_dtype
 
 if TYPE_CHECKING:
@@ -53,9 +53,8 @@ class AdversarialRun:
     eval_jailbreaks: tuple[str, ...] | None = None  # None: the training jailbreaks
     eval_benign: int = 40
     judge: str = "substring:rma"
-    max_new_tokens: int = 32
-    eval_batch_size: int = 16  # prompts per generation batch in the before/after tables
-    progress: bool = True
+    generation: GenerationConfig = EVAL_GENERATION  # how the before/after tables generate (greedy, 32 new tokens)
+    progress: bool = True  # training's progress bars (the tables' are generation.progress)
     backend: str = "hf"  # generation of the before/after tables: hf, vllm, or auto (vllm when installed)
     bf16: bool | None = None  # bfloat16 autocast in training (None: where the device has native bf16, as default_dtype)
     before_results: str | None = None  # an earlier attack's results.jsonl on the same model: 'before' resumes from it
@@ -63,6 +62,8 @@ class AdversarialRun:
     def __post_init__(self) -> None:
         if self.steps < 2 and self.schedule == "two-stage":
             raise HarmlensError("--steps must be at least 2 for the two-stage schedule")
+        if not isinstance(self.generation, GenerationConfig):
+            raise HarmlensError(f"generation must be a GenerationConfig, got {type(self.generation).__name__}")
 
 
 def seed_results(source: str | None, folder: Path) -> bool:
@@ -196,7 +197,7 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
 
         def measure(subject, tag: str) -> tuple:
             """The attack suite and the utility suite of one model, into out/eval/<tag>."""
-            folder, tokens = out / "eval" / tag, run.max_new_tokens
+            folder = out / "eval" / tag
             backend = resolve_backend(run.backend, images=vlm_processor(subject) is not None)
             seeded = tag == "before" and seed_results(run.before_results, folder)
 
@@ -208,9 +209,7 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
                     settings=run.settings,
                     jailbreaks=jbs,
                     judge=run.judge,
-                    max_new_tokens=tokens,
-                    batch_size=run.eval_batch_size,
-                    progress=run.progress,
+                    config=run.generation,
                     backend=backend,
                 )
 
@@ -229,9 +228,7 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
                 answers,
                 settings=run.settings,
                 judge=run.judge,
-                max_new_tokens=tokens,
-                batch_size=run.eval_batch_size,
-                progress=run.progress,
+                config=run.generation,
                 backend=backend,
             )
             release_vllm(subject)
@@ -242,6 +239,7 @@ def run_adversarial(out: Path, run: AdversarialRun) -> dict:
         after, use_after = measure(load_subject(str(path), device=run.device), "after")
         use = {"before": use_before, "after": use_after}
         summary["asr"], summary["utility"] = compare(before, after), use
+        summary["generation"] = run.generation.to_dict()
         summary["answer_ce_rise"] = round(use["after"]["answer_ce"] / use["before"]["answer_ce"] - 1, 4)
         print(markdown(summary["asr"]), utility_markdown(use), sep="\n")
     atomic_write_text(out / SUMMARY, json.dumps(summary, indent=1))

@@ -85,10 +85,8 @@ def step_attacks(out: Path, settings: MainJobSettings, subject: Subject) -> dict
         jailbreaks=settings.jailbreaks,
         judge="substring:rma",
         images="builtin",
-        max_new_tokens=settings.max_new_tokens,
-        batch_size=settings.batch_size,
+        config=settings.generation,
         processor=processor,
-        progress=False,
         backend=settings.generation_backend(images=processor is not None),
     )
     release_vllm(model)
@@ -140,8 +138,7 @@ def step_adversarial(out: Path, settings: MainJobSettings, subject: Subject) -> 
         eval_benign=100,
         progress=False,
         backend=settings.backend,
-        max_new_tokens=settings.max_new_tokens,
-        eval_batch_size=settings.batch_size,
+        generation=settings.generation,
         before_results=str(attacks) if attacks.is_file() else None,  # the attack step's table is the 'before' one
     )
     summary = run_adversarial(out, run)

@@ -15,7 +15,7 @@ from harmlens.guards.latent.guard import Verdict, _one_line
 from harmlens.guards.latent.guarded import GuardedModel
 from harmlens.guards.latent.images import ImagePrompt, image_prompt
 from harmlens.guards.serve.schemas import RequestError
-from harmlens.runtime import ChatPrompt, HFBackend, generate_ids
+from harmlens.runtime import ChatPrompt, GenerationConfig, HFBackend
 
 if TYPE_CHECKING:
     from harmlens.guards.vllm_guard import VLLMGuardedModel
@@ -172,15 +172,22 @@ class Batcher:
         if not ready:
             return out
         prompts = [p for _, p in ready]
-        sample: dict[str, Any] = dict(do_sample=temperature > 0, temperature=temperature or 1.0, seed=seed)
+        config = GenerationConfig(
+            max_new_tokens=max_tokens,
+            batch_size=len(prompts),
+            do_sample=temperature > 0,
+            temperature=temperature or 1.0,
+            seed=seed,
+            progress=False,  # a server: no bars
+        )
         if self.use_guard:
-            replies = self.guarded.generate(prompts, max_new_tokens=max_tokens, batch_size=len(prompts), **sample)
+            replies = self.guarded.generate(prompts, config)
             for (i, prompt), reply in zip(ready, replies):
                 n_new = 0 if reply.blocked else len(tok(reply.text, add_special_tokens=False)["input_ids"])
                 finish = "content_filter" if reply.blocked else _finish(n_new, max_tokens)
                 out[i] = Reply(reply.text, reply.verdict, reply.blocked, _length(prompt), n_new, finish)
             return out
-        for (i, prompt), new in zip(ready, self._plain(prompts, max_tokens, sample)):
+        for (i, prompt), new in zip(ready, self._plain(prompts, config)):
             text = tok.decode(new, skip_special_tokens=True)
             out[i] = Reply(text, None, False, _length(prompt), len(new), _finish(len(new), max_tokens))
         return out
@@ -189,23 +196,23 @@ class Batcher:
     def _processor(self) -> Any:
         return getattr(self.guarded, "processor", None)
 
-    def _plain(self, prompts: list, max_tokens: int, sample: dict[str, Any]) -> list[list[int]]:
+    def _plain(self, prompts: list, config: GenerationConfig) -> list[list[int]]:
         """The unguarded baseline: the same rendering, plain generation (image prompts with the processor)."""
         backend = getattr(self.guarded, "backend", None)  # the vLLM guard's engine serves the baseline too
         if backend is not None:
-            return backend.generate_ids(prompts, max_new_tokens=max_tokens, **sample)
+            return backend.generate_ids(prompts, config)
         out: list[list[int]] = [[] for _ in prompts]
         for images in (False, True):
             idx = [j for j, p in enumerate(prompts) if isinstance(p, ImagePrompt) == images]
             if not idx:
                 continue
-            args = dict(max_new_tokens=max_tokens, batch_size=len(idx), **sample)
+            group = config.replace(batch_size=len(idx))
             if images:
                 hf = HFBackend(self.guarded.model, self._processor)
                 pics = [prompts[j].image for j in idx]
-                ids = hf.generate_ids([prompts[j].prompt for j in idx], images=pics, **args)
+                ids = hf.generate_ids([prompts[j].prompt for j in idx], group, images=pics)
             else:
-                ids = generate_ids(self.guarded.model, [prompts[j] for j in idx], progress=False, **args)
+                ids = HFBackend(self.guarded.model).generate_ids([prompts[j] for j in idx], group)
             for j, new in zip(idx, ids):
                 out[j] = new
         return out

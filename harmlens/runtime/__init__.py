@@ -52,7 +52,6 @@ from harmlens.runtime.prefix_reads import read_positions
 from harmlens.runtime.roles import derive_markers, image_token
 from harmlens.runtime.token_prompts import (
     Prompts,
-    check_generation_args,
     cut_at_stop,
     left_pad,
     pad_id,
@@ -106,7 +105,6 @@ __all__ = [
     "cache_resid",
     "chat_format",
     "check_batch_size",
-    "check_generation_args",
     "check_layers",
     "clean_instruction",
     "clean_messages",

@@ -74,11 +74,3 @@ def cut_at_stop(ids: Sequence[int], stops: Collection[int]) -> list[int]:
     """The new token ids up to (not including) the first stop token."""
     ids = list(ids)
     return ids[: next((j for j, t in enumerate(ids) if t in stops), len(ids))]
-
-
-def check_generation_args(max_new_tokens: int, do_sample: bool, temperature: float) -> None:
-    """One-line errors for impossible generation settings."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise HarmlensError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if do_sample and not temperature > 0:
-        raise HarmlensError(f"temperature must be positive when sampling, got {temperature}")

@@ -22,9 +22,9 @@ def count_generate(monkeypatch):
 
     original = HFBackend.generate
 
-    def spy(self, prompts, **kw):
+    def spy(self, prompts, *args, **kw):
         calls.append(len(prompts))
-        return original(self, prompts, **kw)
+        return original(self, prompts, *args, **kw)
 
     monkeypatch.setattr(HFBackend, "generate", spy)  # the generation seam every backend call goes through
     return calls
@@ -36,7 +36,9 @@ def test_records_conditions_and_mixed_length_batching(tiny_model, tmp_path):
     assert set(report.asr) == {"none", "swap", "aim/none", "aim/swap"}
     assert len(report.records) == 12 and all(isinstance(r["success"], bool) for r in report.records)
     lines = (tmp_path / "results.jsonl").read_text().splitlines()
-    assert json.loads(lines[0])["judge"] == "substring:rma" and len(lines) == 13
+    header = json.loads(lines[0])
+    assert header["judge"] == "substring:rma" and len(lines) == 13
+    assert header["max_new_tokens"] == 4 and header["generation"]["batch_size"] == 4  # the whole config, recorded
     # batched generation over prompts of very different lengths equals one-by-one generation
     recs = [r for r in report.records if r["jailbreak"] == "aim" or r["setting"] == "swap"]
     from harmlens.attacks.settings import perturb

@@ -106,7 +106,7 @@ def test_embedded_model_as_strongreject_judge_without_bridge():
     """Loaded by name as a plain HF model; a 135M judge rarely keeps the rubric format, so items may be unjudged."""
     judge = get_judge("strongreject:embedded")
     assert isinstance(judge.model.original_model, PreTrainedModel) and not hasattr(judge.model, "hooks")
-    judge.max_new_tokens = 24
+    judge.config = judge.config.replace(max_new_tokens=24)
     records = [
         {
             "setting": "none",

@@ -15,7 +15,7 @@ from harmlens.guards.latent.configs import CentroidConfig, SpanLinearConfig
 from harmlens.guards.latent.guard import LatentGuard
 from harmlens.guards.latent.guarded import DEFAULT_REFUSAL, GuardedModel
 from harmlens.guards.latent.images import ImagePrompt, check_images, encode_image, image_prompt
-from harmlens.runtime import HFBackend, role_template
+from harmlens.runtime import GenerationConfig, HFBackend, role_template
 
 pytestmark = pytest.mark.skipif(not TOKENIZERS_DIR.is_dir(), reason=f"shared tokenizers not found: {TOKENIZERS_DIR}")
 
@@ -110,7 +110,7 @@ def test_guarded_image_generation_reads_the_prefill(vlm):
     assert sum(shape[1] > 1 for shape in calls) == 2  # one prefill for the image batch, one for the text prompt
     assert _no_hooks(vlm.bridge)
     plain = HFBackend(vlm.bridge, vlm.processor).generate(
-        [i.prompt for i in items], images=[i.image for i in items], max_new_tokens=4
+        [i.prompt for i in items], GenerationConfig(max_new_tokens=4), images=[i.image for i in items]
     )
     for reply, verdict, want, item in zip(replies, offline, plain, items):
         assert reply.verdict.error is None and reply.verdict.harmful == verdict.harmful

@@ -32,12 +32,12 @@ def test_settings_are_checked_and_accept_comma_strings():
 
 
 def test_generation_backend_is_resolved_with_one_line_errors():
-    from harmlens.guards.pipeline.settings import resolve_backend
+    from harmlens.runtime import resolve_backend
     from harmlens.runtime.vllm_engine import vllm_available
 
     assert resolve_backend("hf") == "hf" and resolve_backend("auto", images=True) == "hf"
     assert MainJobSettings().generation_backend() == ("vllm" if vllm_available() else "hf")
-    with pytest.raises(HarmlensError, match="unknown backend 'tgi'"):
+    with pytest.raises(HarmlensError, match="unknown generation backend 'tgi'"):
         MainJobSettings(backend="tgi")
     if vllm_available():
         with pytest.raises(HarmlensError, match="image prompts are not served through vLLM"):

@@ -42,7 +42,7 @@ def llava(tmp_path_factory):
     """(loaded bridge, offline verdicts and plain replies per ask, base URL of a real server process, the guard)."""
     from harmlens.guards import CentroidConfig, LatentGuard
     from harmlens.guards.latent.images import check_images, image_prompt
-    from harmlens.runtime import HFBackend
+    from harmlens.runtime import GenerationConfig, HFBackend
     from harmlens.runtime.loading import load_model
 
     folder = tmp_path_factory.mktemp("llava")
@@ -56,7 +56,7 @@ def llava(tmp_path_factory):
     guard.alpha = sum(scores) / 2  # one of the two asks is flagged
     offline = check_images(guard, items, model.processor)
     plain = HFBackend(model, model.processor).generate(
-        [i.prompt for i in items], images=[i.image for i in items], max_new_tokens=6, batch_size=1
+        [i.prompt for i in items], GenerationConfig(max_new_tokens=6, batch_size=1), images=[i.image for i in items]
     )
     path = guard.save(folder / "guard.safetensors")
     proc, base = start_server(path, "--max-tokens", "32", log=folder / "server.log")
