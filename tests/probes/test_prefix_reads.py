@@ -7,7 +7,7 @@ import torch
 from prefix_read_checks import check_equal_to_whole_reads
 
 from harmlens.errors import HarmlensError
-from harmlens.probes import prefix_reads
+from harmlens.runtime import prefix_reads
 from harmlens.runtime.chat import chat_format
 from harmlens.runtime.prefix_reads import prefix_groups, read_positions
 
