@@ -135,7 +135,7 @@ class _Reader:
         start: int = 0,
         keep_cache: bool = False,
     ) -> tuple[list[torch.Tensor], KV | None]:
-        """Per row [n_layers, len(wanted[row]), d] on the CPU; with keep_cache (one row, no prefix) also the row's KV cache."""
+        """Per row [n_layers, len(wanted[row]), d] on the CPU; with keep_cache (one row, no prefix) its KV cache too."""
         from transformers import DynamicCache
 
         n, width = len(rows), max(len(r) for r in rows)
