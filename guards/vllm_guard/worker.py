@@ -102,11 +102,13 @@ class GuardWorkerExtension:
 
     def hl_take(self, req_ids: list[str]) -> dict[str, dict]:
         """Captured rows of these requests ({req_id: {"layer:pos": float32 bytes}}), forgotten once taken."""
-        out = {}
+        out: dict[str, dict] = {}
         for rid in req_ids:
             self._hl_wants.pop(rid, None)
             self._hl_seen.discard(rid)
             rows = self._hl_rows.pop(rid, {})
-            host = torch.stack(list(rows.values())).cpu() if rows else []  # one copy off the device per request
-            out[rid] = {f"{layer}:{p}": t.numpy().tobytes() for (layer, p), t in zip(rows, host)}
+            out[rid] = {}
+            if rows:  # one copy off the device per request
+                host = torch.stack(list(rows.values())).cpu()
+                out[rid] = {f"{layer}:{p}": t.numpy().tobytes() for (layer, p), t in zip(rows, host)}
         return out
