@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,12 +12,14 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.io import check_compatible, load_tensors, model_signature, save_tensors
-from harmlens.probes.directions import Directions, layer_span, mean_activations, render_prompts
+from harmlens.probes.directions import Directions, layer_span, render_prompts
+from harmlens.probes.means import has_float64, mean_activations
 from harmlens.runtime import (
     ChatPrompt,
     NoSystem,
     chat_format,
     iter_resid_batches,
+    model_device,
     system_from_metadata,
     system_metadata,
 )
@@ -153,13 +155,14 @@ class BeliefScores:
 def delta_scores(
     acts: torch.Tensor, pos_centroid: torch.Tensor, neg_centroid: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos(h_l, pos_l) - cos(h_l, neg_l) for acts [n, layers, d]: (mean over layers [n], per layer [n, layers])."""
+    """cos(h_l, pos_l) - cos(h_l, neg_l) for acts [n, layers, d]: (mean over layers [n], per layer [n, layers]), on
+    the activations' device, in float64 where it has it."""
     if acts.ndim != 3:
         raise HarmlensError(f"acts must be [n, layers, d_model], got shape {tuple(acts.shape)}")
     for name, c in (("pos_centroid", pos_centroid), ("neg_centroid", neg_centroid)):
         if tuple(c.shape) != tuple(acts.shape[1:]):
             raise HarmlensError(f"{name} has shape {tuple(c.shape)}, expected {tuple(acts.shape[1:])}")
-    h = acts.detach().double()
+    h = acts.detach().to(torch.float64 if has_float64(acts.device) else torch.float32)
     cos = torch.nn.functional.cosine_similarity
     per_layer = cos(h, pos_centroid.to(h)[None], dim=-1) - cos(h, neg_centroid.to(h)[None], dim=-1)
     return per_layer.mean(dim=-1).float(), per_layer.float()
@@ -187,25 +190,20 @@ def belief_scores(
     def select(p: ChatPrompt) -> tuple[int, int]:
         return (p.t_inst, p.t_post_inst)
 
-    inst, post = _split_positions(
-        iter_resid_batches(
-            model,
-            rendered,
-            select,
-            layers=layers,
-            batch_size=batch_size,
-            padding_side=padding_side,
-            progress="belief scores" if progress else False,
-        )
-    )
-    dh, ph = delta_scores(inst, centroids.harmful[rows], centroids.harmless[rows])
-    dr, pr = delta_scores(post, centroids.refuse[rows], centroids.accept[rows])
+    device = model_device(model)  # where iter_resid_batches leaves the activations: the centroids go there once
+    c = {k: getattr(centroids, k)[rows].to(device) for k in _NAMES}
+    per_batch = []
+    for _, acts in iter_resid_batches(
+        model,
+        rendered,
+        select,
+        layers=layers,
+        batch_size=batch_size,
+        padding_side=padding_side,
+        progress="belief scores" if progress else False,
+    ):  # acts [b, n_sel, 2, d] on the model's device: score there, copy only the scores
+        dh, ph = delta_scores(acts[:, :, 0], c["harmful"], c["harmless"])
+        dr, pr = delta_scores(acts[:, :, 1], c["refuse"], c["accept"])
+        per_batch.append([t.cpu() for t in (dh, dr, ph, pr)])
+    dh, dr, ph, pr = (torch.cat(parts) for parts in zip(*per_batch))
     return BeliefScores(dh, dr, ph, pr, layers, [p.instruction for p in rendered])
-
-
-def _split_positions(batches: Iterable) -> tuple[torch.Tensor, torch.Tensor]:
-    inst, post = [], []
-    for _, acts in batches:  # [b, n_sel, 2, d]
-        inst.append(acts[:, :, 0].cpu())
-        post.append(acts[:, :, 1].cpu())
-    return torch.cat(inst), torch.cat(post)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +14,7 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.io import check_compatible, load_tensors, model_signature, save_tensors
+from harmlens.probes.means import mean_activations
 from harmlens.runtime import ChatPrompt, NoSystem, chat_format, check_layers, iter_resid_batches, system_metadata
 
 if TYPE_CHECKING:
@@ -167,7 +168,8 @@ def extract_directions(
             padding_side=padding_side,
             progress=f"{name} prompts" if progress else False,
         )
-        means[name] = mean_activations(acts for _, acts in batches)  # [n_sel, 1 + n_post, d] float64
+        # Summed on the model's device; only the mean [n_sel, 1 + n_post, d] (float64) comes to the CPU.
+        means[name] = mean_activations(acts for _, acts in batches)
     diff = means["harmful"] - means["harmless"]
     meta = {
         "format": FORMAT,
@@ -191,20 +193,6 @@ def extract_directions(
         harmless_post=means["harmless"][:, -1].float(),
         metadata=meta,
     )
-
-
-def mean_activations(batches: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Mean over the batch dimension of a stream of batches, summed in float64 one batch at a time."""
-    total, count = None, 0
-    for acts in batches:
-        part = acts.detach().to(device="cpu", dtype=torch.float64).sum(dim=0)
-        total = part if total is None else total + part
-        count += acts.shape[0]
-    if total is None or count == 0:
-        raise HarmlensError("no activations to average")
-    if not torch.isfinite(total).all():
-        raise HarmlensError("non-finite activations (inf/nan): check the model's dtype and weights")
-    return total / count
 
 
 def data_hash(harmful: Sequence[str], harmless: Sequence[str]) -> str:

@@ -24,7 +24,7 @@ from harmlens.guards.latent.splits import MIN_VAL, calibration_split, check_set,
 from harmlens.io import model_signature
 from harmlens.probes.beliefs import delta_scores
 from harmlens.probes.directions import data_hash
-from harmlens.runtime import ChatPrompt, chat_format, check_layers, clean_instruction, iter_resid_batches
+from harmlens.runtime import ChatPrompt, cache_resid, chat_format, check_layers, clean_instruction
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -50,19 +50,15 @@ def _acts(model, fmt, prompts, layers, batch_size, progress, what) -> torch.Tens
         except HarmlensError as exc:
             raise HarmlensError(f"{what} prompt {i}: {exc}") from None
     order = sorted(range(len(rendered)), key=lambda i: len(rendered[i]))
-    parts = [
-        a.cpu()
-        for _, a in iter_resid_batches(
-            model,
-            [rendered[i] for i in order],
-            lambda p: (p.t_inst, p.t_post_inst),
-            layers=layers,
-            batch_size=batch_size,
-            progress=what if progress else False,
-        )
-    ]
-    acts = torch.empty_like(torch.cat(parts))
-    acts[torch.tensor(order)] = torch.cat(parts)
+    ordered = cache_resid(  # each batch leaves the model's device once, straight into its rows
+        model,
+        [rendered[i] for i in order],
+        lambda p: (p.t_inst, p.t_post_inst),
+        layers=layers,
+        batch_size=batch_size,
+        progress=what if progress else False,
+    )
+    acts = ordered[torch.tensor(order).argsort()]  # back to the caller's order
     if not torch.isfinite(acts).all():
         raise HarmlensError(f"non-finite activations (nan/inf) for {what} prompts: check the model's weights/dtype")
     return acts

@@ -115,7 +115,8 @@ def iter_resid_batches(
     padding_side: str = "right",
     progress: bool | str = True,
 ) -> Iterator[tuple[Sequence[ChatPrompt], torch.Tensor]]:
-    """Yield (prompts, acts[batch, n_layers_sel, n_pos, d_model]) for the selected positions, in float32."""
+    """Yield (prompts, acts[batch, n_layers_sel, n_pos, d_model]) for the selected positions, float32 on the model's
+    device (callers that need them on the CPU move them, once)."""
     layers = check_layers(model, layers)
     if not prompts:
         raise HarmlensError("empty prompt list")
@@ -146,24 +147,32 @@ def read_at(
     out_device: torch.device | str | None = None,
     **forward_kwargs,
 ) -> torch.Tensor:
-    """Activations [batch, len(names), n_pos, d_model] (float32, on out_device; default the model's) at the hooks
-    `names` and padded-row `positions` [batch, n_pos] of one forward pass, stopped after the last hook read."""
+    """Activations [batch, len(names), n_pos, d_model] (float32) at the hooks `names` and padded-row `positions`
+    [batch, n_pos] of one forward pass, stopped after the last hook read. Each hook copies only its rows, once, into
+    one buffer on the model's device; with `out_device` the whole result moves there once, after the forward."""
     device = model_device(model)
-    out_device = device if out_device is None else out_device
     # Index tensors follow each activation's device (a device_map split puts layers on different devices).
     pos, rows = PerDevice(positions), PerDevice(torch.arange(len(positions))[:, None])
-    last, store = last_hook(names), {}
+    unique = list(dict.fromkeys(names))
+    last = last_hook(unique)
+    buffer: list[torch.Tensor] = []  # [batch, len(unique), n_pos, d_model], made by the first hook that runs
+    filled: set[int] = set()
 
-    def make_hook(name: str):
+    def make_hook(slot: int, name: str):
         def hook(x: torch.Tensor, hook) -> torch.Tensor:
-            store[name] = x[rows.on(x.device), pos.on(x.device)].detach().float().to(out_device)
+            if not buffer:
+                shape = (len(positions), len(unique), positions.shape[1], x.shape[-1])
+                buffer.append(torch.empty(shape, dtype=torch.float32, device=device))
+            buffer[0][:, slot] = x[rows.on(x.device), pos.on(x.device)].detach()  # one gather, one write (cast/move)
+            filled.add(slot)
             if name == last:
                 raise _StopForward
             return x
 
         return hook
 
-    with torch.no_grad(), model.hooks(fwd_hooks=[(n, make_hook(n)) for n in set(names)]):
+    hooks = [(n, make_hook(i, n)) for i, n in enumerate(unique)]
+    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
         try:
             model(
                 input_ids.to(device),
@@ -173,11 +182,26 @@ def read_at(
             )
         except _StopForward:
             pass
-    return torch.stack([store[n] for n in names], dim=1)
+    missing = [n for i, n in enumerate(unique) if i not in filled]
+    if missing:
+        raise HarmlensError(f"the forward pass never reached hook(s) {', '.join(missing)}")
+    out = buffer[0]
+    if len(unique) != len(names):
+        out = out[:, [unique.index(n) for n in names]]
+    return out if out_device is None else out.to(out_device)
 
 
 def cache_resid(
     model: TransformerBridge, prompts: Sequence[ChatPrompt], select: PositionSelector, **kwargs
 ) -> torch.Tensor:
-    """All selected activations at once: [n_prompts, n_layers_sel, n_pos, d_model] (small: positions only)."""
-    return torch.cat([acts.cpu() for _, acts in iter_resid_batches(model, prompts, select, **kwargs)])
+    """All selected activations at once: [n_prompts, n_layers_sel, n_pos, d_model], float32 on the CPU (small:
+    positions only); each batch is copied once, straight into the result."""
+    out, start = torch.empty(0), 0
+    for chunk, acts in iter_resid_batches(model, prompts, select, **kwargs):
+        if not start:
+            out = torch.empty((len(prompts), *acts.shape[1:]), dtype=acts.dtype)
+        elif acts.shape[1:] != out.shape[1:]:
+            raise HarmlensError("position selector returned different numbers of positions in different batches")
+        out[start : start + len(chunk)] = acts
+        start += len(chunk)
+    return out

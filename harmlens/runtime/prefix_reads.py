@@ -135,7 +135,7 @@ class _Reader:
         start: int = 0,
         keep_cache: bool = False,
     ) -> tuple[list[torch.Tensor], KV | None]:
-        """Per row [n_layers, len(wanted[row]), d]; with keep_cache (one row, no prefix) also the row's KV cache."""
+        """Per row [n_layers, len(wanted[row]), d] on the CPU; with keep_cache (one row, no prefix) its KV cache too."""
         from transformers import DynamicCache
 
         n, width = len(rows), max(len(r) for r in rows)
@@ -156,6 +156,7 @@ class _Reader:
             cache = DynamicCache()
         extra = {"past_key_values": cache, "use_cache": True} if cache is not None else {}
         position_ids = (start + torch.arange(width))[None].expand(n, -1)
+        # Callers fit on the CPU: each batch's rows move there once, after the forward.
         acts = read_at(self.model, self.names, positions, ids, mask, position_ids, out_device="cpu", **extra)
         kv = _plain_kv(cache) if keep_cache else None
         return [acts[b, :, : len(w)] for b, w in enumerate(wanted)], kv

@@ -72,7 +72,8 @@ class ReadWorkerExtension:
             pos = positions[offsets[i] : offsets[i + 1]].tolist()
             rows = [offsets[i] + j for j, p in enumerate(pos) if p in want]
             if rows:
-                self._hl_plan.append((rid, torch.tensor(rows), [pos[r - offsets[i]] for r in rows]))
+                index = torch.tensor(rows, device=positions.device)  # moved once, not once per layer
+                self._hl_plan.append((rid, index, [pos[r - offsets[i]] for r in rows]))
                 want.difference_update(pos)
         return None
 
@@ -86,7 +87,7 @@ class ReadWorkerExtension:
             else:
                 x = output[0] if isinstance(output, tuple) else output
             for rid, rows, pos in self._hl_plan:
-                got = x.index_select(0, rows.to(x.device)).detach().float().cpu()
+                got = x.index_select(0, rows.to(x.device)).detach().float()  # stays on the device until taken
                 store = self._hl_rows[rid]
                 for k, p in enumerate(pos):
                     store[(layer, p)] = got[k]
@@ -108,5 +109,8 @@ class ReadWorkerExtension:
             self._hl_wants.pop(rid, None)
             self._hl_seen.discard(rid)
             rows = self._hl_rows.pop(rid, {})
-            out[rid] = {f"{layer}:{p}": t.numpy().tobytes() for (layer, p), t in rows.items()}
+            out[rid] = {}
+            if rows:  # one copy off the device per request
+                host = torch.stack(list(rows.values())).cpu()
+                out[rid] = {f"{layer}:{p}": t.numpy().tobytes() for (layer, p), t in zip(rows, host)}
         return out
