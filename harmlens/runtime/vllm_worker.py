@@ -104,7 +104,7 @@ class ReadWorkerExtension:
 
     def hl_take(self, req_ids: list[str]) -> dict[str, dict]:
         """Captured rows of these requests ({req_id: {"layer:pos": float32 bytes}}), forgotten once taken."""
-        out = {}
+        out: dict[str, dict] = {}
         for rid in req_ids:
             self._hl_wants.pop(rid, None)
             self._hl_seen.discard(rid)
