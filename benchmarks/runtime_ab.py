@@ -4,6 +4,7 @@ so one script times any two checkouts (run it once per checkout, PYTHONPATH poin
 Rows (each a median over --repeats rounds that alternate which side runs first, after a warm-up each):
 - generation, no hooks: harmlens `generate` vs plain transformers `generate` (SDPA) on the same weights and batches
 - generation with one steering hook vs the same plain `generate`
+- the same on the static-cache path (GenerationConfig(cache="static"), 0.3 and later; skipped on older checkouts)
 - guarded generation (a centroid guard that allows every prompt) vs harmlens `generate`, equal new tokens
 - extract_directions vs one plain output_hidden_states forward over the same rendered prompts
 
@@ -14,6 +15,7 @@ Run: PYTHONPATH=CHECKOUT python benchmarks/runtime_ab.py [--threads 2] [--dtype 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import time
@@ -93,9 +95,16 @@ def main() -> None:
         with steer(model, vector, model.cfg.n_layers // 2):
             return generate(model, instructions, **kw)
 
+    def steered_static() -> list[str]:
+        with steer(model, vector, model.cfg.n_layers // 2):
+            return generate(model, instructions, cache="static", **kw)
+
     result: dict = {"harmlens": getattr(harmlens, "__file__", "?"), "dtype": args.dtype, "threads": args.threads}
     same = plain_generate() == generate(model, instructions, **kw)
-    for name, fn in (("no_hooks", lambda: generate(model, instructions, **kw)), ("one_steering_hook", steered)):
+    rows = [("no_hooks", lambda: generate(model, instructions, **kw)), ("one_steering_hook", steered)]
+    if importlib.util.find_spec("harmlens.runtime") is not None:  # GenerationConfig(cache=...) exists from 0.3
+        rows.append(("static_cache_steering_hook", steered_static))
+    for name, fn in rows:
         t_plain, t_hl, ratio = alternate(plain_generate, fn, args.repeats)
         result[name] = {"plain_s": round(t_plain, 2), "harmlens_s": round(t_hl, 2), "ratio": round(1 / ratio, 3)}
         print(name, result[name], flush=True)
