@@ -15,10 +15,10 @@ Run: PYTHONPATH=CHECKOUT python benchmarks/runtime_ab.py [--threads 2] [--dtype 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -102,7 +102,7 @@ def main() -> None:
     result: dict = {"harmlens": getattr(harmlens, "__file__", "?"), "dtype": args.dtype, "threads": args.threads}
     same = plain_generate() == generate(model, instructions, **kw)
     rows = [("no_hooks", lambda: generate(model, instructions, **kw)), ("one_steering_hook", steered)]
-    if importlib.util.find_spec("harmlens.runtime") is not None:  # GenerationConfig(cache=...) exists from 0.3
+    if (Path(harmlens.__file__).parent / "runtime").is_dir():  # GenerationConfig(cache=...) exists from 0.3
         rows.append(("static_cache_steering_hook", steered_static))
     for name, fn in rows:
         t_plain, t_hl, ratio = alternate(plain_generate, fn, args.repeats)
