@@ -7,7 +7,7 @@
    how often their judgments agree
 
 Run: python benchmarks/engines_perf.py [--threads 2] [--dtype float32] [--no-vllm] [--only extraction]
-(vLLM needs its own venv here: /work/venv-vllm/bin/python benchmarks/engines_perf.py)
+(the vLLM part needs the `vllm` extra: pip install -e ".[vllm]")
 """
 
 from __future__ import annotations

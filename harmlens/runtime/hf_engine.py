@@ -83,9 +83,12 @@ class _StopRows(StoppingCriteria):
 
     def __init__(self, batch_read: _BatchRead) -> None:
         self.batch_read = batch_read
+        self.mask: torch.Tensor | None = None  # built once: no host-to-device copy per decode step
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        return cast(torch.BoolTensor, torch.tensor(self.batch_read.finish(), device=input_ids.device))
+        if self.mask is None:
+            self.mask = torch.tensor(self.batch_read.finish(), device=input_ids.device)
+        return cast(torch.BoolTensor, self.mask)
 
 
 def generate_kwargs(config: GenerationConfig, stops: Sequence[int], pad: int) -> dict[str, Any]:
