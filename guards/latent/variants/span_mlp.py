@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 
@@ -28,7 +28,7 @@ class SpanMLPConfig(SpanConfig):
     @classmethod
     def from_legacy(cls, meta: dict) -> SpanMLPConfig:
         """A span-mlp config from older metadata, with the MLP settings it recorded."""
-        return dataclasses.replace(super().from_legacy(meta), mlp=meta.get("mlp"))  # type: ignore[return-value]
+        return dataclasses.replace(cast(SpanMLPConfig, super().from_legacy(meta)), mlp=meta.get("mlp"))
 
     def __post_init__(self) -> None:
         super().__post_init__()
