@@ -177,7 +177,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def fit_config(args: argparse.Namespace):
     """The guard config the `fit` flags describe: --variant, else the (--method, --read, --token-probe) triple."""
-    from harmlens.guards.latent.configs import config_class, variant_for
+    from harmlens.guards.latent.configs import SpanConfig, config_class, variant_for
 
     if args.variant is not None:
         cls = config_class(args.variant)
@@ -186,7 +186,7 @@ def fit_config(args: argparse.Namespace):
         cls = variant_for(method, args.read, args.token_probe)
     fields = {"layers": parse_layers(args.layers), "target_fpr": args.target_fpr, "balance": not args.no_balance}
     fields |= {"seed": args.seed, "val_fraction": args.val_fraction, "system": args.system}
-    if cls.position == "span":
+    if issubclass(cls, SpanConfig):
         groups = [[w.strip() for w in g.split(",") if w.strip()] for g in args.wrappers.split(";") if g.strip()]
         fields["wrappers"] = None if args.wrappers == "none" else "default" if args.wrappers == "default" else groups
     elif args.wrappers != "default":

@@ -25,7 +25,7 @@ LATENT_FORBIDDEN = (
     "harmlens.guards.evaluation",
 )
 # The deployable guard's import closure (harmlens modules, source lines) a little above what it was when it was
-# measured: 49 modules, 5,843 lines (2026-12-04; 70 / 9,833 before fitting left guards/latent).
+# measured: 49 modules, 5,856 lines (2026-12-04; 70 / 9,833 before fitting left guards/latent).
 CLOSURE_BUDGET = (52, 6300)
 CLOSURE = """
 import sys
