@@ -1,6 +1,7 @@
 """harmlens.guards: the deployable Latent Guard, its evaluation, the model organisms, and (adversarial) LoRA tuning.
 
-Subpackages: `latent` (the guard you deploy), `evaluation`, `organisms`, `tuning`, `pipeline` (the main job and the
+Subpackages: `latent` (the guard you deploy: inference only), `fitting` (fitting guards; `LatentGuard.fit` imports it
+when called), `evaluation`, `organisms`, `tuning`, `pipeline` (the main job and the
 runs the CLIs call: `harmlens.guards.pipeline.run_main_job`), `cli` (argument parsing only). The names below are
 imported on first use, so `from harmlens.guards import LatentGuard` loads the deployable guard and nothing else.
 """

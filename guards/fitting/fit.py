@@ -21,8 +21,8 @@ from harmlens.guards.latent.calibration import (
 )
 from harmlens.guards.latent.config_base import GuardConfig
 from harmlens.guards.latent.guard_file import FORMAT, VERSION
-from harmlens.guards.latent.span_scoring import probe_scores
-from harmlens.guards.latent.variants.centroid import centroid_margins
+from harmlens.guards.latent.registry import get_variant
+from harmlens.guards.latent.variants import DeltaRefuseConfig
 from harmlens.io import model_signature
 from harmlens.probes.directions import data_hash
 from harmlens.runtime import ChatPrompt, cache_resid, chat_format, check_layers, clean_instruction
@@ -73,10 +73,10 @@ def _params(method: str, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torc
     return params | (train_probes(pos, neg) if method == "probe" else {})
 
 
-def _per_layer(method: str, params: dict, acts: torch.Tensor) -> torch.Tensor:
-    if method == "centroid":
-        return centroid_margins(acts, params["harmful"], params["harmless"])[1]
-    return probe_scores(params, acts)[1]
+def _per_layer(variant: str, params: dict, acts: torch.Tensor) -> torch.Tensor:
+    """Per-layer scores [n, n_layers] of activations [n, n_layers, d], by the variant's registered scorer (the rule
+    the fitted guard will apply)."""
+    return get_variant(variant).scorer(params, {}).score_point(acts)[1]
 
 
 def candidate_windows(n_rows: int) -> list[tuple[int, int]]:
@@ -157,7 +157,7 @@ def fit_tinst_guard(
     if val_harmful and val_harmless:
         vp = _acts(model, fmt, val_harmful, what="validation harmful", **kw)
         vn = _acts(model, fmt, val_harmless, what="validation harmless", **kw)
-        sp, sn = _per_layer(method, params, vp[:, :, 0]), _per_layer(method, params, vn[:, :, 0])
+        sp, sn = _per_layer(config.variant, params, vp[:, :, 0]), _per_layer(config.variant, params, vn[:, :, 0])
         (s, e), table = select_window(sp, sn) if layers is None else ((0, len(rows) - 1), [])
         keep = slice(s, e + 1)
         fit_info.update(
@@ -170,8 +170,8 @@ def fit_tinst_guard(
         )
         if target_fpr is not None:
             cn = vn if cal_harmless is val_harmless else _acts(model, fmt, cal_harmless, what="calibration", **kw)
-            alpha = threshold_for_fpr(_per_layer(method, params, cn[:, :, 0])[:, keep].mean(1), target_fpr)
-            rn = _per_layer("centroid", refuse, cn[:, :, 1])[:, keep].mean(1)
+            alpha = threshold_for_fpr(_per_layer(config.variant, params, cn[:, :, 0])[:, keep].mean(1), target_fpr)
+            rn = _per_layer(DeltaRefuseConfig.variant, refuse, cn[:, :, 1])[:, keep].mean(1)
             alpha_refuse = threshold_for_fpr(rn, target_fpr)
             fit_info["calibration"] = calibration_record(len(cn), target_fpr)
         rows, params = rows[keep], {k: v[keep] for k, v in params.items()}
