@@ -2,6 +2,7 @@
 
 from harmlens.attacks.evaluate import evaluate_asr, rejudge
 from harmlens.attacks.gcg import GCGConfig, GCGResult, gcg_attack, gcg_jailbreak, gcg_many
+from harmlens.attacks.guard_attack import GuardAttackConfig, GuardAttackResult, guard_attack, guard_attack_many
 from harmlens.attacks.jailbreaks import NAMED as JAILBREAKS
 from harmlens.attacks.jailbreaks import Jailbreak, get_jailbreak, gptfuzzer, gptfuzzer_templates
 from harmlens.attacks.judges import Judge, JudgeItem, RefusalScoreJudge, SubstringJudge, coherent, get_judge
@@ -16,6 +17,8 @@ __all__ = [
     "AttackReport",
     "GCGConfig",
     "GCGResult",
+    "GuardAttackConfig",
+    "GuardAttackResult",
     "JAILBREAKS",
     "Jailbreak",
     "Judge",
@@ -37,6 +40,8 @@ __all__ = [
     "gcg_attack",
     "gcg_jailbreak",
     "gcg_many",
+    "guard_attack",
+    "guard_attack_many",
     "get_jailbreak",
     "get_judge",
     "get_setting",
