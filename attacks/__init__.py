@@ -3,6 +3,7 @@
 from harmlens.attacks.evaluate import evaluate_asr, rejudge
 from harmlens.attacks.gcg import GCGConfig, GCGResult, gcg_attack, gcg_jailbreak, gcg_many
 from harmlens.attacks.guard_attack import GuardAttackConfig, GuardAttackResult, guard_attack, guard_attack_many
+from harmlens.attacks.guard_search import SearchConfig, SearchResult, guard_search, unguarded_search
 from harmlens.attacks.jailbreaks import NAMED as JAILBREAKS
 from harmlens.attacks.jailbreaks import Jailbreak, get_jailbreak, gptfuzzer, gptfuzzer_templates
 from harmlens.attacks.judges import Judge, JudgeItem, RefusalScoreJudge, SubstringJudge, coherent, get_judge
@@ -29,6 +30,8 @@ __all__ = [
     "RefusalScoreJudge",
     "RoleTemplate",
     "SETTINGS",
+    "SearchConfig",
+    "SearchResult",
     "Setting",
     "SubstringJudge",
     "TEXT_SETTINGS",
@@ -42,6 +45,8 @@ __all__ = [
     "gcg_many",
     "guard_attack",
     "guard_attack_many",
+    "guard_search",
+    "unguarded_search",
     "get_jailbreak",
     "get_judge",
     "get_setting",

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from harmlens.attacks.judges import SubstringJudge, coherent
 from harmlens.errors import HarmlensError
 from harmlens.io import check_compatible
-from harmlens.runtime import generate
+from harmlens.runtime import ChatPrompt, chat_format, generate
 
 if TYPE_CHECKING:
     from transformer_lens.model_bridge import TransformerBridge
@@ -51,9 +51,14 @@ def check_instructions(instructions: Sequence[str]) -> list[str]:
 
 
 def answers(
-    model: TransformerBridge, prompts: Sequence[str], *, max_new_tokens: int = 48, phrases: str = "rma"
+    model: TransformerBridge, prompts: Sequence[str | ChatPrompt], *, max_new_tokens: int = 48, phrases: str = "rma"
 ) -> tuple[list[str], list[bool]]:
-    """(greedy replies, answered?) for prompts: answered = no refusal phrase (substring judge) and a coherent reply."""
+    """(greedy replies, answered?) for prompts (strings in the model's own template, or pre-rendered, e.g. RMA):
+    answered = no refusal phrase (substring judge) and a coherent reply."""
+    if not prompts:
+        return [], []
     judge = SubstringJudge(phrases)
-    replies = generate(model, list(prompts), max_new_tokens=max_new_tokens, progress=False)
+    fmt = chat_format(model)
+    rendered = [p if isinstance(p, ChatPrompt) else fmt.render(p) for p in prompts]
+    replies = generate(model, rendered, max_new_tokens=max_new_tokens, progress=False)
     return replies, [not judge.refused(r) and coherent(r) for r in replies]

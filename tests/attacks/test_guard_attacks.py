@@ -32,3 +32,50 @@ def test_white_box_lowers_the_guard_score(guard, white):
     # the score read from the attack's own forward is the deployed guard's score of the adversarial prompt
     assert white.final_score == pytest.approx(white.scores[-1], abs=1e-3)
     assert white.adversarial.startswith(HARMFUL[0]) and white.passed == (white.final_score < guard.alpha)
+
+
+def test_black_box_stops_at_the_first_passing_template(tiny_model, guard):
+    from harmlens.attacks import SearchConfig, guard_search
+    from harmlens.attacks.guard_search import shipped_templates
+
+    probe = LatentGuard(guard.tensors, guard.metadata, tiny_model)  # its own alpha: the fixture stays untouched
+    names = [jb.name for jb in shipped_templates()[:12]]
+    scores = [v.score for v in probe.check([jb(HARMFUL[1], 0) for jb in shipped_templates()[:12]])]
+    probe.alpha = sorted(scores)[6]  # about half the templates pass
+    first = next(i for i, s in enumerate(scores) if s < probe.alpha)
+    cfg = SearchConfig(queries=12, templates=tuple(names), batch=5, max_new_tokens=3)
+    (found,) = guard_search(tiny_model, probe, [HARMFUL[1]], cfg)
+    assert found.passed and found.queries == first + 1 and found.template == names[first]
+    assert found.tried == [f"{n}@none" for n in names[: first + 1]]
+    assert found.score == pytest.approx(scores[first], abs=1e-4)
+    probe.alpha = min(scores) - 1.0  # every template flagged: the whole budget is spent
+
+    (spent,) = guard_search(tiny_model, probe, [HARMFUL[1]], SearchConfig(queries=7, templates=tuple(names)))
+    assert not spent.passed and spent.queries == 7 and spent.template is None and not spent.success
+
+
+@pytest.mark.parametrize("steps,candidates", [(0, 8), (4, 0), (-1, 8)])
+def test_budget_zero_or_negative_is_refused(tiny_model, guard, steps, candidates):
+    cfg = GuardAttackConfig(GCGConfig(suffix_len=4, steps=steps, batch=candidates))
+    with pytest.raises(HarmlensError, match="budget") as err:
+        guard_attack(tiny_model, guard, HARMFUL[0], cfg)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("queries", [0, -3, True])
+def test_black_box_budget_refused(queries):
+    from harmlens.attacks import SearchConfig
+
+    with pytest.raises(HarmlensError, match="budget queries must be a positive integer"):
+        SearchConfig(queries=queries)
+
+
+def test_guard_of_another_model_is_refused(make_tiny_model, guard):
+    from harmlens.attacks import SearchConfig, guard_search
+
+    other = make_tiny_model(n_layers=3, seed=1)
+    with pytest.raises(HarmlensError, match="cannot attack this guard with this model") as err:
+        guard_attack(other, guard, HARMFUL[0], FAST)
+    assert "\n" not in str(err.value)
+    with pytest.raises(HarmlensError, match="cannot attack this guard"):
+        guard_search(other, guard, HARMFUL[:1], SearchConfig(queries=2))
