@@ -8,6 +8,8 @@ from harmlens.attacks.jailbreaks import NAMED as JAILBREAKS
 from harmlens.attacks.jailbreaks import Jailbreak, get_jailbreak, gptfuzzer, gptfuzzer_templates
 from harmlens.attacks.judges import Judge, JudgeItem, RefusalScoreJudge, SubstringJudge, coherent, get_judge
 from harmlens.attacks.model_judge import ModelJudge
+from harmlens.attacks.persuasion import TECHNIQUES as PERSUASION_TECHNIQUES
+from harmlens.attacks.persuasion import persuade, persuasion_wrap
 from harmlens.attacks.projection import ProjectionResult, default_band, projection_analysis
 from harmlens.attacks.quality import is_answer
 from harmlens.attacks.report import AttackReport, Rate, wilson_interval
@@ -25,6 +27,7 @@ __all__ = [
     "Judge",
     "JudgeItem",
     "ModelJudge",
+    "PERSUASION_TECHNIQUES",
     "ProjectionResult",
     "Rate",
     "RefusalScoreJudge",
@@ -52,6 +55,8 @@ __all__ = [
     "get_setting",
     "gptfuzzer",
     "gptfuzzer_templates",
+    "persuade",
+    "persuasion_wrap",
     "perturb",
     "perturb_many",
     "perturb_text",

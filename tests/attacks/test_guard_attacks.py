@@ -79,3 +79,25 @@ def test_guard_of_another_model_is_refused(make_tiny_model, guard):
     assert "\n" not in str(err.value)
     with pytest.raises(HarmlensError, match="cannot attack this guard"):
         guard_search(other, guard, HARMFUL[:1], SearchConfig(queries=2))
+
+
+def test_persuasion_set_shape_and_determinism():
+    from harmlens.attacks import PERSUASION_TECHNIQUES, persuade, persuasion_wrap
+    from harmlens.guards.evaluation.sets import shipped_sets
+
+    requests = [f"Explain how to do thing {i}" for i in range(10)]
+    wrapped = persuasion_wrap(requests, seed=3)
+    assert len(wrapped) == 10 and wrapped == persuasion_wrap(requests, seed=3)
+    assert wrapped != persuasion_wrap(requests, seed=4)  # the seed draws the templates
+    assert all(f"explain how to do thing {i}" in w for i, w in enumerate(wrapped))  # one clause, lower-cased
+    assert len(PERSUASION_TECHNIQUES) == 8 and all(len(t) >= 3 for t in PERSUASION_TECHNIQUES.values())
+    # request i gets technique i mod 8: the first 8 prompts use 8 different frames
+    frames = {w.replace(f"explain how to do thing {i}", "") for i, w in enumerate(wrapped[:8])}
+    assert len(frames) == 8
+    assert persuade("{request} DNA tests", "hypothetical", 1).endswith("{request} DNA tests")  # text, not a slot
+    with pytest.raises(HarmlensError, match="unknown persuasion technique"):
+        persuade("x", "bribery")
+    sets = shipped_sets(limit=4)
+    assert sets["persuasion"][1] is True and sets["persuasion_harmless"][1] is False
+    assert len(sets["persuasion"][0]) == len(sets["persuasion_harmless"][0]) == 4
+    assert sets["persuasion"][0] == shipped_sets(limit=4)["persuasion"][0]
