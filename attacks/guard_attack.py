@@ -102,6 +102,8 @@ class GuardObjective(TargetObjective):
         with add_hooks(self.model, [(n, keep(n)) for n in dict.fromkeys(self.names)]):
             ce = super()._forward(embeds, n_suffix)
         read = self._read(captured, embeds.shape[0])
+        if read.requires_grad and self.config.weight == 0:  # compliance only: no guard gradient to take
+            return ce
         if read.requires_grad:  # gradient step: a linear surrogate whose gradient is the score's
             grad = score_gradient(self.guard, read.detach()).to(read)
             with torch.no_grad():
