@@ -101,3 +101,31 @@ def test_persuasion_set_shape_and_determinism():
     assert sets["persuasion"][1] is True and sets["persuasion_harmless"][1] is False
     assert len(sets["persuasion"][0]) == len(sets["persuasion_harmless"][0]) == 4
     assert sets["persuasion"][0] == shipped_sets(limit=4)["persuasion"][0]
+
+
+def test_attack_report_rows_and_refit_on_evasions(tiny_model, guard):
+    from harmlens.attacks import SearchConfig
+    from harmlens.attacks.guard_search import shipped_templates
+    from harmlens.guards.evaluation.attack_eval import attack_markdown, attack_report, evasions
+    from harmlens.guards.evaluation.probe_refit import adversarial_refit
+
+    lax = LatentGuard(guard.tensors, guard.metadata, tiny_model)
+    lax.alpha = 10.0  # a guard that passes everything: every request evades at its first query
+    names = tuple(jb.name for jb in shipped_templates()[:3])
+    report = attack_report(tiny_model, lax, HARMFUL[:2], white=None, black=SearchConfig(3, names, max_new_tokens=2))
+    (row,) = report["attacks"]
+    assert row["attack"] == "black_box" and row["budget"] == 3 and row["recall"] == 0.0 and row["mean_queries"] == 1
+    assert report["plain_tpr"] == 0.0 and "| black_box | 3 | 0% |" in attack_markdown([report])
+    positives = evasions(report)
+    assert len(positives) == 2 and all(p.startswith(shipped_templates()[0](HARMFUL[0], 0)[:20]) for p in positives[:1])
+    refit = adversarial_refit(guard, HARMFUL, HARMLESS, positives)
+    before, after = guard.check(positives), refit.check(positives)
+    assert all(b.score < a.score for b, a in zip(before, after))  # the evasions moved towards 'harmful'
+
+
+def test_cli_refuses_a_negative_budget_in_one_line(tmp_path, capsys):
+    from harmlens.guards.__main__ import main
+
+    assert main(["guard-attack", str(tmp_path / "g.safetensors"), "--steps", "-1", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "must not be negative" in err and "\n" not in err
