@@ -47,6 +47,9 @@ class GuardAttackConfig:
         return {**asdict(self), "budget": self.budget}
 
 
+DEFAULT_GUARD_ATTACK = GuardAttackConfig()
+
+
 @dataclass
 class GuardAttackResult:
     """One attacked request: the suffix, the loss and guard-score traces, and the outcome."""
@@ -75,7 +78,12 @@ class GuardObjective(TargetObjective):
     def __init__(self, model, guard: Any, rendered, n_suffix: int, target: str, config: GuardAttackConfig) -> None:
         start = rendered.t_inst + 1 - n_suffix
         ids = list(rendered.input_ids)
-        super().__init__(model, ids[:start], ids[rendered.t_inst + 1 :], model.tokenizer(target, add_special_tokens=False)["input_ids"])
+        super().__init__(
+            model,
+            ids[:start],
+            ids[rendered.t_inst + 1 :],
+            model.tokenizer(target, add_special_tokens=False)["input_ids"],
+        )
         self.model, self.guard, self.config = model, guard, config
         positions = list(guard.select(rendered, guard.width([rendered])))
         full = guard.read([rendered]).float()  # [1, L, P, d]: the read before any change
@@ -107,7 +115,9 @@ class GuardObjective(TargetObjective):
         if read.requires_grad:  # gradient step: a linear surrogate whose gradient is the score's
             grad = score_gradient(self.guard, read.detach()).to(read)
             with torch.no_grad():
-                active = float(self.guard.score_acts(read.detach())[0][0]) > self.alpha - self.config.margin * self.scale
+                active = (
+                    float(self.guard.score_acts(read.detach())[0][0]) > self.alpha - self.config.margin * self.scale
+                )
             term = (read * grad).sum((1, 2, 3)) * float(active)
         else:
             score = self.guard.score_acts(read)[0].to(ce)
@@ -135,7 +145,7 @@ class GuardObjective(TargetObjective):
 
 
 def guard_attack(
-    model: TransformerBridge, guard: Any, instruction: str, config: GuardAttackConfig = GuardAttackConfig()
+    model: TransformerBridge, guard: Any, instruction: str, config: GuardAttackConfig = DEFAULT_GUARD_ATTACK
 ) -> GuardAttackResult:
     """Search a suffix the guard passes and the model complies with (see the module docstring); one request."""
     started, cfg, tok = time.perf_counter(), config.gcg, model.tokenizer
@@ -175,7 +185,7 @@ def guard_attack_many(
     model: TransformerBridge,
     guard: Any,
     instructions: Sequence[str],
-    config: GuardAttackConfig = GuardAttackConfig(),
+    config: GuardAttackConfig = DEFAULT_GUARD_ATTACK,
     *,
     progress: bool = False,
 ) -> list[GuardAttackResult]:

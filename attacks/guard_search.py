@@ -55,6 +55,9 @@ class SearchConfig:
         return pairs
 
 
+DEFAULT_SEARCH = SearchConfig()
+
+
 @dataclass
 class SearchResult:
     """One request: the first template that passed (None: none within the budget) and the queries spent."""
@@ -111,7 +114,7 @@ def guard_search(
     model: TransformerBridge,
     guard: Any,
     instructions: Sequence[str],
-    config: SearchConfig = SearchConfig(),
+    config: SearchConfig = DEFAULT_SEARCH,
     *,
     progress: bool = False,
 ) -> list[SearchResult]:
@@ -138,7 +141,7 @@ def guard_search(
 
 
 def unguarded_search(
-    model: TransformerBridge, instructions: Sequence[str], config: SearchConfig = SearchConfig()
+    model: TransformerBridge, instructions: Sequence[str], config: SearchConfig = DEFAULT_SEARCH
 ) -> list[SearchResult]:
     """The same search against the model alone: stop at the first template the model answers (its ASR at the budget)."""
 

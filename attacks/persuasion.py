@@ -79,9 +79,7 @@ def persuade(request: str, technique: str, variant: int = 0) -> str:
     return head + as_clause(request) + tail
 
 
-def persuasion_wrap(
-    requests: Sequence[str], *, techniques: Sequence[str] | None = None, seed: int = 0
-) -> list[str]:
+def persuasion_wrap(requests: Sequence[str], *, techniques: Sequence[str] | None = None, seed: int = 0) -> list[str]:
     """Each request wrapped in a persuasion template: techniques in turn (request i gets technique i mod k), the
     template drawn with a seeded RNG, so the same call gives the same prompts."""
     if isinstance(requests, str) or not requests:

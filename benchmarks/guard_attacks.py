@@ -50,7 +50,9 @@ def _markdown(res: dict) -> str:
 
     u = res.get("unguarded", {})
     lines = [f"# Guard-aware attacks on the text organism ({res['date']})\n", f"`{res['command']}`\n"]
-    lines.append(f"Held-out harmful prompts: n = {res['n']} (guards/data harmful_eval, never used to fit or calibrate).\n")
+    lines.append(
+        f"Held-out harmful prompts: n = {res['n']} (guards/data harmful_eval, never used to fit or calibrate).\n"
+    )
     if u:
         lines.append(
             f"Unguarded model: plain answer rate {u['plain_answer_rate']:.0%}; GCG on compliance alone at budget "
@@ -141,7 +143,11 @@ def main() -> None:
                                                before=before)  # fmt: skip
         res["guards"][name]["seconds"] = round(time.time() - t, 1)
         save()
-        print(name, json.dumps(json_safe([r["attacks"] for r in (before, res["guards"][name].get("after")) if r])), flush=True)
+        print(
+            name,
+            json.dumps(json_safe([r["attacks"] for r in (before, res["guards"][name].get("after")) if r])),
+            flush=True,
+        )
     print(_markdown(res))
 
 

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from harmlens.attacks.guard_attack import GuardAttackConfig, GuardAttackResult, guard_attack_many
+from harmlens.attacks.guard_attack import DEFAULT_GUARD_ATTACK, GuardAttackConfig, GuardAttackResult, guard_attack_many
 from harmlens.attacks.guard_common import check_guard, check_instructions
-from harmlens.attacks.guard_search import SearchConfig, SearchResult, guard_search
+from harmlens.attacks.guard_search import DEFAULT_SEARCH, SearchConfig, SearchResult, guard_search
 from harmlens.attacks.persuasion import persuasion_wrap
 from harmlens.guards.evaluation.sets import named_wrap
 
@@ -60,8 +60,8 @@ def attack_report(
     guard: Any,
     harmful: Sequence[str],
     *,
-    white: GuardAttackConfig | None = GuardAttackConfig(),
-    black: SearchConfig | None = SearchConfig(),
+    white: GuardAttackConfig | None = DEFAULT_GUARD_ATTACK,
+    black: SearchConfig | None = DEFAULT_SEARCH,
     name: str | None = None,
     progress: bool = False,
 ) -> dict:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from harmlens.attacks.guard_attack import GuardAttackConfig
-from harmlens.attacks.guard_search import SearchConfig
+from harmlens.attacks.guard_attack import DEFAULT_GUARD_ATTACK, GuardAttackConfig
+from harmlens.attacks.guard_search import DEFAULT_SEARCH, SearchConfig
 from harmlens.errors import HarmlensError
 from harmlens.guards.evaluation.attack_eval import attack_report, evasions, tpr
 from harmlens.guards.latent.guard import LatentGuard
@@ -49,8 +49,8 @@ def refit_effect(
     fit_harmless: Sequence[str],
     eval_harmless: Sequence[str],
     *,
-    white: GuardAttackConfig | None = GuardAttackConfig(),
-    black: SearchConfig | None = SearchConfig(),
+    white: GuardAttackConfig | None = DEFAULT_GUARD_ATTACK,
+    black: SearchConfig | None = DEFAULT_SEARCH,
     before: dict | None = None,
     repeat: int = 1,
     progress: bool = False,
