@@ -93,7 +93,8 @@ class GuardObjective(TargetObjective):
         self.alpha = float(guard.alpha)
         s0 = float(guard.score_acts(full)[0][0])
         self.scale = max(abs(s0 - self.alpha), 1e-3)
-        self.best_loss, self.best_score, self.score_trace = float("inf"), s0, []
+        self.best_loss, self.best_score = float("inf"), s0
+        self.score_trace: list[float] = []
 
     def _read(self, captured: dict[str, torch.Tensor], batch: int) -> torch.Tensor:
         """The guard's read [B, L, P, d] of this forward: fixed prefix positions plus the captured suffix ones."""

@@ -83,8 +83,11 @@ def cmd_guard_attack(args: argparse.Namespace) -> int:
         from harmlens.guards.organisms.datasets import eval_prompts
         from harmlens.probes.data import builtin_prompts
 
-        fit = [builtin_prompts(k, "train", limit=args.fit_limit) for k in ("harmful", "harmless")]
-        effect = refit_effect(model, guard, prompts, *fit, eval_prompts("harmless")[:32], white=white, black=black)
+        fit_harmful = builtin_prompts("harmful", "train", limit=args.fit_limit)
+        fit_harmless = builtin_prompts("harmless", "train", limit=args.fit_limit)
+        effect = refit_effect(
+            model, guard, prompts, fit_harmful, fit_harmless, eval_prompts("harmless")[:32], white=white, black=black
+        )
         result |= effect
         reports = [effect["before"]] + ([effect["after"]] if effect["after"] else [])
     else:

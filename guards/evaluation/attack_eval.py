@@ -46,7 +46,7 @@ def black_box_row(results: Sequence[SearchResult], config: SearchConfig) -> dict
         "recall": _mean([not r.passed for r in results]),
         "answer_rate": _mean([r.answered for r in passed]),
         "asr": _mean([r.success for r in results]),
-        "mean_queries": _mean([r.queries for r in results]),  # type: ignore[list-item]
+        "mean_queries": sum(r.queries for r in results) / len(results) if results else None,
     }
 
 
