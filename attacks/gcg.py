@@ -6,10 +6,10 @@ import copy
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -74,14 +74,15 @@ def _allowed(tokenizer) -> torch.Tensor:
     return ok
 
 
-class _Objective:
-    """Target cross-entropy for candidate suffixes, reusing the prompt prefix through the KV cache."""
+class TargetObjective:
+    """Target cross-entropy for candidate suffixes placed between `prefix` and `post` token ids, reusing the prefix
+    through the KV cache (gcg_attack's objective; the guard-aware attack extends it)."""
 
-    def __init__(self, model, template: RoleTemplate, instruction: str, target: str) -> None:
+    def __init__(self, model, prefix: Sequence[int], post: Sequence[int], target: Sequence[int]) -> None:
         ensure_kv_cache_compat()
-        tok, self.hf, self.device = model.tokenizer, model.original_model, model_device(model)
-        enc = lambda s: torch.tensor(tok(s, add_special_tokens=False)["input_ids"], device=self.device)  # noqa: E731
-        self.prefix, self.post, self.target = enc(template.prefix + instruction), enc(template.suffix), enc(target)
+        self.hf, self.device = model.original_model, model_device(model)
+        ids = lambda x: torch.tensor(list(x), dtype=torch.long, device=self.device)  # noqa: E731
+        self.prefix, self.post, self.target = ids(prefix), ids(post), ids(target)
         if not len(self.target):
             raise HarmlensError("GCG target string is empty")
         self.cache_kw = cache_kwarg(self.hf)
@@ -89,6 +90,12 @@ class _Objective:
             out = self.hf(input_ids=self.prefix[None], use_cache=True, logits_to_keep=1)
         self.cache = getattr(out, "cache", None) or out.past_key_values
         self.embed = self.hf.get_input_embeddings().weight
+
+    @classmethod
+    def from_template(cls, model, template: RoleTemplate, instruction: str, target: str) -> TargetObjective:
+        """The objective of gcg_attack: template prefix + instruction | suffix | template suffix, then the target."""
+        enc = lambda s: model.tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+        return cls(model, enc(template.prefix + instruction), enc(template.suffix), enc(target))
 
     def _forward(self, embeds: torch.Tensor, n_suffix: int) -> torch.Tensor:
         """Per-row loss for embeds [B, n_suffix + post + target, d] placed after the cached prefix."""
@@ -128,7 +135,7 @@ class _Objective:
         return torch.cat(out), torch.cat(hits)
 
 
-def _sample(
+def sample_candidates(
     suffix: torch.Tensor, grad: torch.Tensor, allowed: torch.Tensor, cfg: GCGConfig, gen: torch.Generator
 ) -> torch.Tensor:
     """cfg.batch candidates, each with one position swapped for one of its top-k (most negative gradient) tokens."""
@@ -142,6 +149,54 @@ def _sample(
     return cand.to(suffix.device)
 
 
+class Objective(Protocol):
+    """What search_suffix optimises: a gradient over one-hot suffix tokens and exact losses of candidates."""
+
+    def gradient(self, suffix: torch.Tensor) -> torch.Tensor: ...
+
+    def losses(self, candidates: torch.Tensor, eval_batch: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def search_suffix(
+    obj: Objective,
+    tokenizer,
+    suffix: torch.Tensor,
+    cfg: GCGConfig,
+    keep: Callable[[torch.Tensor], list[int]],
+    *,
+    progress: bool = False,
+) -> tuple[torch.Tensor, list[float], bool]:
+    """The GCG loop (gradient → candidates → exact losses → best), shared by gcg_attack and the guard-aware attack:
+    (best suffix, best loss so far per step, success flag of the best). `keep` filters candidates (re-tokenization)."""
+    allowed, gen = _allowed(tokenizer), torch.Generator().manual_seed(cfg.seed)
+    best_loss, hits = obj.losses(suffix[None], cfg.eval_batch)
+    best, trace, reached = suffix.clone(), [float(best_loss[0])], bool(hits[0])
+    for _ in tqdm(range(cfg.steps), desc="GCG", disable=not progress or reached):
+        if reached and cfg.early_stop:
+            break
+        cand = sample_candidates(suffix, obj.gradient(suffix), allowed, cfg, gen)
+        kept = keep(cand)
+        if not kept:
+            trace.append(trace[-1])
+            continue
+        loss, hit = obj.losses(cand[kept], cfg.eval_batch)
+        i = int(loss.argmin())
+        suffix = cand[kept[i]]
+        if float(loss[i]) < trace[-1]:
+            best, reached = suffix.clone(), bool(hit[i])
+        trace.append(min(trace[-1], float(loss[i])))
+    return best, trace, reached
+
+
+def check_budget(cfg: GCGConfig) -> None:
+    """Refuse a search with no budget (steps × candidates ≤ 0) in one line."""
+    if cfg.suffix_len < 1 or cfg.steps < 1 or cfg.top_k < 1 or cfg.batch < 1:
+        raise HarmlensError(
+            f"GCG budget (suffix_len, steps, top_k, candidates) must be positive, got {cfg.suffix_len}, "
+            f"{cfg.steps}, {cfg.top_k}, {cfg.batch}"
+        )
+
+
 def gcg_attack(
     model: TransformerBridge,
     instruction: str,
@@ -152,31 +207,17 @@ def gcg_attack(
 ) -> GCGResult:
     """Search a suffix that makes the model start its reply with config.target; returns the best one found."""
     start, cfg, tok = time.perf_counter(), config, model.tokenizer
-    if cfg.suffix_len < 1 or cfg.steps < 1 or cfg.top_k < 1 or cfg.batch < 1:
-        raise HarmlensError("GCG budget (suffix_len, steps, top_k, batch) must be positive")
+    check_budget(cfg)
     instruction = clean_instruction(instruction)
-    obj = _Objective(model, template or role_template(model), instruction, cfg.target)
-    allowed, gen = _allowed(tok), torch.Generator().manual_seed(cfg.seed)
+    obj = TargetObjective.from_template(model, template or role_template(model), instruction, cfg.target)
     suffix = torch.tensor(tok(" x" * cfg.suffix_len, add_special_tokens=False)["input_ids"], device=obj.device)
     inst_ids = tok(instruction, add_special_tokens=False)["input_ids"]
-    best_loss, hits = obj.losses(suffix[None], cfg.eval_batch)
-    best, trace, reached = suffix.clone(), [float(best_loss[0])], bool(hits[0])
-    for _ in tqdm(range(cfg.steps), desc="GCG", disable=not progress or reached):
-        if reached and cfg.early_stop:
-            break
-        cand = _sample(suffix, obj.gradient(suffix), allowed, cfg, gen)
-        texts = [instruction + tok.decode(c) for c in cand.tolist()]  # keep suffixes that survive re-tokenization
-        joint = tok(texts, add_special_tokens=False)["input_ids"]
-        keep = [i for i, c in enumerate(cand.tolist()) if joint[i] == inst_ids + c]
-        if not keep:
-            trace.append(trace[-1])
-            continue
-        loss, hit = obj.losses(cand[keep], cfg.eval_batch)
-        i = int(loss.argmin())
-        suffix = cand[keep[i]]
-        if float(loss[i]) < trace[-1]:
-            best, reached = suffix.clone(), bool(hit[i])
-        trace.append(min(trace[-1], float(loss[i])))
+
+    def keep(cand: torch.Tensor) -> list[int]:  # suffixes that survive re-tokenization of the instruction
+        joint = tok([instruction + tok.decode(c) for c in cand.tolist()], add_special_tokens=False)["input_ids"]
+        return [i for i, c in enumerate(cand.tolist()) if joint[i] == inst_ids + c]
+
+    best, trace, reached = search_suffix(obj, tok, suffix, cfg, keep, progress=progress)
     return GCGResult(instruction, tok.decode(best.tolist()), best.tolist(), trace, time.perf_counter() - start, reached)
 
 

@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     from harmlens.guards.cli.serve import add_command as add_serve  # serve: OpenAI-compatible guarded server
 
     add_serve(sub)
+    from harmlens.guards.cli.attack import add_command as add_guard_attack  # guard-attack: guard-aware attacks
+
+    add_guard_attack(sub)
     return parser
 
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from harmlens.attacks.jailbreaks import NAMED, gptfuzzer, gptfuzzer_templates
+from harmlens.attacks.persuasion import persuasion_wrap
 from harmlens.attacks.settings import perturb
 from harmlens.errors import HarmlensError
 from harmlens.runtime import ChatPrompt, role_template
@@ -96,6 +97,10 @@ def shipped_sets(
             "text_jailbreaks": (named_wrap(harmful, named), True),
             "text_jailbreaks_harmless": (named_wrap(harmless, named), False),
         }
+    sets |= {  # persuasion-style paraphrases (template-built); the harmless control catches a guard flagging the frame
+        "persuasion": (persuasion_wrap(harmful, seed=seed), True),
+        "persuasion_harmless": (persuasion_wrap(harmless, seed=seed), False),
+    }
     if model is not None:
         sets["rma_swap"] = (rma_perturb(model, harmful), True)
         sets["rma_swap_harmless"] = (rma_perturb(model, harmless), False)
