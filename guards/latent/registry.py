@@ -41,6 +41,8 @@ def register_variant(config_cls: type[GuardConfig], scorer_cls: type[Scorer]) ->
         raise HarmlensError(f"{config_cls.__name__} names no variant (set its `variant` class attribute)")
     if name in _REGISTRY:
         raise HarmlensError(f"guard variant {name!r} is already registered ({_REGISTRY[name].config.__name__})")
+    if vars(scorer_cls).get("variant"):
+        raise HarmlensError(f"{scorer_cls.__name__} already scores variant {scorer_cls.variant!r}; subclass it")
     scorer_cls.variant = name
     _REGISTRY[name] = Variant(name, config_cls, scorer_cls)
     if config_cls.fittable:

@@ -38,6 +38,9 @@ def test_registering_twice_or_a_non_class_is_one_line():
     with pytest.raises(HarmlensError) as err:
         register_variant(CentroidConfig, CentroidScorer)
     assert _one_line(err) == "guard variant 'centroid' is already registered (CentroidConfig)"
+    with pytest.raises(HarmlensError) as err:
+        register_variant(TopLayerConfig, CentroidScorer)  # one scorer class per variant name
+    assert _one_line(err) == "CentroidScorer already scores variant 'centroid'; subclass it"
     with pytest.raises(HarmlensError, match="takes a GuardConfig subclass"):
         register_variant("centroid", CentroidScorer)  # type: ignore[arg-type]
     with pytest.raises(HarmlensError, match="takes a Scorer subclass"):
