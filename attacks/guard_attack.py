@@ -106,6 +106,7 @@ class GuardObjective(TargetObjective):
         return torch.stack(acts, 2)
 
     def _forward(self, embeds: torch.Tensor, n_suffix: int) -> torch.Tensor:
+        """Per-row loss: target CE + the guard term (exact score without grad, a linear surrogate with grad)."""
         captured: dict[str, torch.Tensor] = {}
         keep = lambda name: lambda x: captured.__setitem__(name, x)  # noqa: E731
         with add_hooks(self.model, [(n, keep(n)) for n in dict.fromkeys(self.names)]):
@@ -129,6 +130,7 @@ class GuardObjective(TargetObjective):
 
     @torch.no_grad()
     def losses(self, candidates: torch.Tensor, eval_batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, target reached and guard passed) per candidate; records the guard score of the best so far."""
         loss, hits = [], []
         tail = torch.cat([self.post, self.target])
         scores = []
