@@ -49,6 +49,23 @@ class ChatRequest:
     temperature: float
     seed: int
     stream: bool
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with usage
+
+
+HONOURED = (
+    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stream",
+    "stream_options", "stop", "n", "user",
+)
+# fields the server cannot honour: accepted only at their no-op value (None always is), else a 400 naming them
+NO_OP: dict[str, tuple] = {
+    "tools": ([],), "functions": ([],), "tool_choice": ("none",), "function_call": ("none",),
+    "parallel_tool_calls": (), "logprobs": (False,), "top_logprobs": (0,), "logit_bias": ({},),
+    "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "response_format": ({"type": "text"},),
+    "modalities": (["text"],), "store": (False,), "metadata": (), "audio": (), "prediction": (),
+    "reasoning_effort": (), "service_tier": ("auto", "default"), "web_search_options": (), "verbosity": (),
+}
 
 
 def parse_body(body: bytes, limits: Limits) -> dict[str, Any]:
@@ -111,25 +128,57 @@ def _messages(raw: Any, limits: Limits) -> list[dict[str, str]]:
         raise RequestError(400, str(exc), param="messages") from None
 
 
+def _unsupported(obj: dict) -> None:
+    """400 naming the first field the server cannot honour (tools, logprobs, ...) or does not know."""
+    for key, value in obj.items():
+        if key in HONOURED or value is None or value in NO_OP.get(key, ()):
+            continue
+        why = "this server cannot honour it" if key in NO_OP else "unknown field"
+        raise RequestError(400, f"'{key}' is not supported: {why} (remove it or send null)", "unsupported", key)
+
+
+def _stop(value: Any) -> tuple[str, ...]:
+    stops = [value] if isinstance(value, str) else value
+    if value is None:
+        return ()
+    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(x, str) and x for x in stops):
+        raise RequestError(400, "'stop' must be a non-empty string or a list of up to 4 of them", param="stop")
+    return tuple(dict.fromkeys(stops))
+
+
+def _number(obj: dict, key: str, default: float, lo: float, hi: float, open_lo: bool = False) -> float:
+    value = obj.get(key)
+    if value is None:
+        return default
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or not lo <= value <= hi or (open_lo and value == lo):
+        span = f"{'over' if open_lo else 'from'} {lo:g} {'up ' if open_lo else ''}to {hi:g}"
+        raise RequestError(400, f"'{key}' must be a number {span}, got {value!r}", param=key)
+    return float(value)
+
+
 def parse_chat(obj: dict, served: str, limits: Limits) -> ChatRequest:
-    """Validate a chat-completions request body (unknown optional fields such as top_p are ignored)."""
+    """Validate a chat-completions request body; a field the server cannot honour is a 400 naming it."""
     check_model(obj, served)
+    _unsupported(obj)
     messages = _messages(obj.get("messages"), limits)
     if _int(obj, "n", 1, 1, 1 << 30) != 1:
         raise RequestError(400, "'n' must be 1: this server returns one choice per request", param="n")
     key = "max_completion_tokens" if obj.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _int(obj, key, limits.default_max_tokens, 1, limits.max_tokens)
-    temperature = obj.get("temperature", 0.0)
-    if temperature is None:
-        temperature = 0.0
-    ok = isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and math.isfinite(temperature)
-    if not ok or not 0 <= temperature <= 2:
-        raise RequestError(400, f"'temperature' must be a number from 0 to 2, got {temperature!r}", param="temperature")
+    temperature = _number(obj, "temperature", 0.0, 0, 2)
+    top_p = _number(obj, "top_p", 1.0, 0, 1, open_lo=True)
     stream = obj.get("stream", False)
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise RequestError(400, "'stream' must be true or false", param="stream")
+    options = obj.get("stream_options") or {}
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise RequestError(400, "'stream_options' takes only include_usage", param="stream_options")
     seed = _int(obj, "seed", 0, -(1 << 63), (1 << 63) - 1)
-    return ChatRequest(messages, max_tokens, float(temperature), seed, stream)
+    stop = _stop(obj.get("stop"))
+    return ChatRequest(messages, max_tokens, temperature, seed, stream, top_p, stop, bool(options.get("include_usage")))
 
 
 def parse_moderation(obj: dict, served: str, limits: Limits) -> list[Any]:
@@ -186,22 +235,17 @@ def chat_response(served: str, text: str, finish: str, usage: tuple[int, int], h
     }
 
 
-def chat_chunks(served: str, text: str, finish: str, harmlens: dict | None, pieces: int = 8) -> list[dict]:
-    """chat.completion.chunk bodies: the role, the text in pieces, then finish_reason and the verdict."""
-    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+class Chunks:
+    """chat.completion.chunk bodies of one streamed reply: the role, text deltas, then finish_reason + verdict."""
 
-    def chunk(delta: dict, finish_reason: str | None = None, **extra) -> dict:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-        body = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": served}
-        return {**body, "choices": [choice], **extra}
+    def __init__(self, served: str) -> None:
+        self.served, self.ident, self.created = served, f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-    step = max(1, -(-len(text) // pieces))
-    parts = [text[i : i + step] for i in range(0, len(text), step)]
-    return (
-        [chunk({"role": "assistant", "content": ""})]
-        + [chunk({"content": p}) for p in parts]
-        + [chunk({}, finish, harmlens=harmlens)]
-    )
+    def chunk(self, delta: dict | None, finish_reason: str | None = None, **extra: Any) -> dict:
+        """One chunk (delta None: no choices, e.g. the usage chunk)."""
+        body = {"id": self.ident, "object": "chat.completion.chunk", "created": self.created, "model": self.served}
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+        return {**body, "choices": choices, **extra}
 
 
 def moderation_response(served: str, verdicts: list[Verdict]) -> dict:
