@@ -36,7 +36,9 @@ def _data(body: dict) -> str:
     return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
-async def _sse(stream: ChatStream, first: object, events: AsyncIterator, chunks: Chunks, usage: bool) -> AsyncIterator[str]:
+async def _sse(
+    stream: ChatStream, first: object, events: AsyncIterator, chunks: Chunks, usage: bool
+) -> AsyncIterator[str]:
     """Server-sent events: the role, each delta as it is generated, the finish with the verdict, then [DONE]; a
     client that goes away cancels this generator, which marks the stream so the model thread drops its row."""
     try:

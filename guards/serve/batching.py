@@ -169,8 +169,14 @@ class Batcher:
         if job.stream is not None:
             if isinstance(result, Reply) and job.stream.stop:  # whole-batch path: stop strings cut afterwards
                 if job.stream.feed(result.text, final=True):
-                    result = Reply(job.stream.sent, result.verdict, result.blocked, result.prompt_tokens,
-                                   result.completion_tokens, "stop")
+                    result = Reply(
+                        job.stream.sent,
+                        result.verdict,
+                        result.blocked,
+                        result.prompt_tokens,
+                        result.completion_tokens,
+                        "stop",
+                    )
             job.stream.finish(result)
             return
 

@@ -11,22 +11,11 @@ from typing import Any
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.guard import Verdict
+from harmlens.guards.serve.chat_fields import number, stop_strings, unsupported
+from harmlens.guards.serve.errors import RequestError
 from harmlens.runtime import clean_messages, message_text
 
 GUARD_MODEL = "harmlens-latent-guard"  # the model name /v1/moderations also answers to
-
-
-class RequestError(Exception):
-    """A client error: HTTP status, one-line reason, OpenAI error type/code."""
-
-    def __init__(self, status: int, message: str, code: str = "invalid_request", param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
-
-    def body(self) -> dict:
-        """OpenAI's error body."""
-        kind = {401: "authentication_error", 404: "not_found_error"}.get(self.status, "invalid_request_error")
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
 @dataclass(frozen=True)
@@ -52,20 +41,6 @@ class ChatRequest:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     include_usage: bool = False  # stream_options.include_usage: a last chunk with usage
-
-
-HONOURED = (
-    "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stream",
-    "stream_options", "stop", "n", "user",
-)
-# fields the server cannot honour: accepted only at their no-op value (None always is), else a 400 naming them
-NO_OP: dict[str, tuple] = {
-    "tools": ([],), "functions": ([],), "tool_choice": ("none",), "function_call": ("none",),
-    "parallel_tool_calls": (), "logprobs": (False,), "top_logprobs": (0,), "logit_bias": ({},),
-    "presence_penalty": (0, 0.0), "frequency_penalty": (0, 0.0), "response_format": ({"type": "text"},),
-    "modalities": (["text"],), "store": (False,), "metadata": (), "audio": (), "prediction": (),
-    "reasoning_effort": (), "service_tier": ("auto", "default"), "web_search_options": (), "verbosity": (),
-}
 
 
 def parse_body(body: bytes, limits: Limits) -> dict[str, Any]:
@@ -128,46 +103,17 @@ def _messages(raw: Any, limits: Limits) -> list[dict[str, str]]:
         raise RequestError(400, str(exc), param="messages") from None
 
 
-def _unsupported(obj: dict) -> None:
-    """400 naming the first field the server cannot honour (tools, logprobs, ...) or does not know."""
-    for key, value in obj.items():
-        if key in HONOURED or value is None or value in NO_OP.get(key, ()):
-            continue
-        why = "this server cannot honour it" if key in NO_OP else "unknown field"
-        raise RequestError(400, f"'{key}' is not supported: {why} (remove it or send null)", "unsupported", key)
-
-
-def _stop(value: Any) -> tuple[str, ...]:
-    stops = [value] if isinstance(value, str) else value
-    if value is None:
-        return ()
-    if not isinstance(stops, list) or len(stops) > 4 or not all(isinstance(x, str) and x for x in stops):
-        raise RequestError(400, "'stop' must be a non-empty string or a list of up to 4 of them", param="stop")
-    return tuple(dict.fromkeys(stops))
-
-
-def _number(obj: dict, key: str, default: float, lo: float, hi: float, open_lo: bool = False) -> float:
-    value = obj.get(key)
-    if value is None:
-        return default
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or not lo <= value <= hi or (open_lo and value == lo):
-        span = f"{'over' if open_lo else 'from'} {lo:g} {'up ' if open_lo else ''}to {hi:g}"
-        raise RequestError(400, f"'{key}' must be a number {span}, got {value!r}", param=key)
-    return float(value)
-
-
 def parse_chat(obj: dict, served: str, limits: Limits) -> ChatRequest:
     """Validate a chat-completions request body; a field the server cannot honour is a 400 naming it."""
     check_model(obj, served)
-    _unsupported(obj)
+    unsupported(obj)
     messages = _messages(obj.get("messages"), limits)
     if _int(obj, "n", 1, 1, 1 << 30) != 1:
         raise RequestError(400, "'n' must be 1: this server returns one choice per request", param="n")
     key = "max_completion_tokens" if obj.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _int(obj, key, limits.default_max_tokens, 1, limits.max_tokens)
-    temperature = _number(obj, "temperature", 0.0, 0, 2)
-    top_p = _number(obj, "top_p", 1.0, 0, 1, open_lo=True)
+    temperature = number(obj, "temperature", 0.0, 0, 2)
+    top_p = number(obj, "top_p", 1.0, 0, 1, open_lo=True)
     stream = obj.get("stream", False)
     if stream is None:
         stream = False
@@ -177,7 +123,7 @@ def parse_chat(obj: dict, served: str, limits: Limits) -> ChatRequest:
     if not isinstance(options, dict) or set(options) - {"include_usage"}:
         raise RequestError(400, "'stream_options' takes only include_usage", param="stream_options")
     seed = _int(obj, "seed", 0, -(1 << 63), (1 << 63) - 1)
-    stop = _stop(obj.get("stop"))
+    stop = stop_strings(obj.get("stop"))
     return ChatRequest(messages, max_tokens, temperature, seed, stream, top_p, stop, bool(options.get("include_usage")))
 
 
@@ -244,7 +190,9 @@ class Chunks:
     def chunk(self, delta: dict | None, finish_reason: str | None = None, **extra: Any) -> dict:
         """One chunk (delta None: no choices, e.g. the usage chunk)."""
         body = {"id": self.ident, "object": "chat.completion.chunk", "created": self.created, "model": self.served}
-        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+        choices = (
+            [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+        )
         return {**body, "choices": choices, **extra}
 
 

@@ -56,8 +56,9 @@ class ChatStream:
 
     def feed(self, text: str, final: bool) -> bool:
         """The reply so far (model thread); sends what is settled. True when a stop string ended the reply."""
-        cut = min((i for i in (text.find(s, max(0, len(self.sent) - len(s) + 1)) for s in self.stop) if i >= 0),
-                  default=-1)
+        cut = min(
+            (i for i in (text.find(s, max(0, len(self.sent) - len(s) + 1)) for s in self.stop) if i >= 0), default=-1
+        )
         if cut >= 0:
             self._send(text[:cut])
             return True

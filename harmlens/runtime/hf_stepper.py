@@ -26,6 +26,7 @@ from harmlens.runtime.devices import input_device
 from harmlens.runtime.engine_api import PrefillRead
 from harmlens.runtime.hf_engine import _AllStopped, _BatchRead
 from harmlens.runtime.hooks import add_hooks, runnable_model
+from harmlens.runtime.sampling import sample_rows
 from harmlens.runtime.token_prompts import left_pad, pad_id, stop_token_ids
 
 Decider = Callable[[list["StepRequest"], list[torch.Tensor | None]], Sequence[bool]]
@@ -133,7 +134,9 @@ class StepBatch:
             )
             offsets = (enc["attention_mask"] == 0).sum(dim=1)
             batch_read = _BatchRead(read, self.model, list(range(len(reqs))), offsets)
-        hooks: AbstractContextManager = nullcontext() if batch_read is None else add_hooks(self.model, batch_read.hooks())
+        hooks: AbstractContextManager = (
+            nullcontext() if batch_read is None else add_hooks(self.model, batch_read.hooks())
+        )
         cache = DynamicCache()
         try:
             with torch.no_grad(), hooks:
@@ -153,7 +156,7 @@ class StepBatch:
             self._release()
             return []
         live = [k for k, r in enumerate(reqs) if r.finish is None]
-        tokens = self._sample(logits[live], [reqs[k] for k in live])
+        tokens = sample_rows(logits[live], [reqs[k] for k in live])
         keep = [k for k, t in zip(live, tokens) if self._accept(reqs[k], t)]
         if keep:
             self._join(out.past_key_values, enc["attention_mask"], keep, [reqs[k] for k in keep], tokens, live)
@@ -162,16 +165,23 @@ class StepBatch:
 
     def _join(self, cache: Any, mask: torch.Tensor, keep: list[int], reqs: list, tokens: list, live: list) -> None:
         index = torch.tensor(keep, device=mask.device)
-        new_layers = [(layer.keys.index_select(0, index.to(layer.keys.device)),
-                       layer.values.index_select(0, index.to(layer.values.device))) for layer in _layers(cache)]
+        new_layers = [
+            (
+                layer.keys.index_select(0, index.to(layer.keys.device)),
+                layer.values.index_select(0, index.to(layer.values.device)),
+            )
+            for layer in _layers(cache)
+        ]
         new_mask = mask[index]
         new_pending = torch.tensor([tokens[live.index(k)] for k in keep], device=mask.device)
         if self.rows:
             width = max(new_mask.shape[1], self.mask.shape[1])
             old_layers = [(layer.keys, layer.values) for layer in _layers(self.cache)]
             new_layers = [
-                (torch.cat([_pad_left(ok, width, 2), _pad_left(nk, width, 2)]),
-                 torch.cat([_pad_left(ov, width, 2), _pad_left(nv, width, 2)]))
+                (
+                    torch.cat([_pad_left(ok, width, 2), _pad_left(nk, width, 2)]),
+                    torch.cat([_pad_left(ov, width, 2), _pad_left(nv, width, 2)]),
+                )
                 for (ok, ov), (nk, nv) in zip(old_layers, new_layers)
             ]
             new_mask = torch.cat([_pad_left(self.mask, width, 1), _pad_left(new_mask, width, 1)])
@@ -189,7 +199,7 @@ class StepBatch:
             out = self._forward(self._runner, self.pending[:, None], mask, self.cache, prefill=False)
         self.cache, self.mask, self.steps = out.past_key_values, mask, self.steps + 1
         rows = list(self.rows)
-        tokens = self._sample(out.logits[:, -1], rows)
+        tokens = sample_rows(out.logits[:, -1], rows)
         self.pending = torch.tensor(tokens, device=mask.device)
         for r, t in zip(rows, tokens):
             self._accept(r, t)
@@ -223,8 +233,10 @@ class StepBatch:
         mask = self.mask[index]
         first = int((mask.sum(0) > 0).nonzero()[0])  # columns every remaining row pads are cut
         layers = [
-            (layer.keys.index_select(0, index.to(layer.keys.device))[:, :, first:],
-             layer.values.index_select(0, index.to(layer.values.device))[:, :, first:])
+            (
+                layer.keys.index_select(0, index.to(layer.keys.device))[:, :, first:],
+                layer.values.index_select(0, index.to(layer.values.device))[:, :, first:],
+            )
             for layer in _layers(self.cache)
         ]
         self.cache = DynamicCache(ddp_cache_data=layers)
@@ -240,20 +252,6 @@ class StepBatch:
             r.finish = "length"
             return False
         return True
-
-    def _sample(self, logits: torch.Tensor, reqs: Sequence[StepRequest]) -> list[int]:
-        """Greedy per row unless the row samples (temperature, nucleus top_p, its own seeded generator)."""
-        out = logits.argmax(dim=-1).tolist()
-        for row, r in enumerate(reqs):
-            if r.temperature > 0:
-                probs = torch.softmax(logits[row].float() / r.temperature, dim=-1)
-                if r.top_p < 1:
-                    sorted_p, order = probs.sort(descending=True)
-                    cut = sorted_p.cumsum(0) - sorted_p >= r.top_p  # keep the smallest set reaching top_p
-                    sorted_p[cut] = 0
-                    probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-                out[row] = int(torch.multinomial(probs / probs.sum(), 1, generator=r.generator))
-        return out
 
 
 def steppable(model: Any) -> bool:
