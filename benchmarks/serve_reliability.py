@@ -132,7 +132,7 @@ def main() -> int:
     prompts: list[list | None] = []
     for i in range(n):
         kind = i % 10
-        text = harmless[i % 60] if kind < 4 or kind >= 8 else harmful[i % 60] if kind < 6 else None
+        text = harmless[i % len(harmless)] if kind < 4 or kind >= 8 else harmful[i % len(harmful)] if kind < 6 else None
         prompts.append(None if text is None else [{"role": "user", "content": text}])
     offline = dict(zip([i for i, p in enumerate(prompts) if p], guard([p for p in prompts if p])))
     proc, base = start(args.guard, "--max-batch", "16", "--max-tokens", str(args.max_tokens), root=args.root)

@@ -82,6 +82,7 @@ class StepDriver:
         stream: ChatStream = r.tag
         n_prompt = len(r.ids)
         if r.finish == "read":
+            assert stream.verdict is not None  # set by _decide before it stopped the row
             refusal = self.guarded._refusal(stream.prompt.instruction, stream.verdict)
             stream.finish(Reply(refusal, stream.verdict, True, n_prompt, 0, "content_filter"))
             return

@@ -49,6 +49,7 @@ class ChatStream:
         self.sent = ""  # text already sent
         self.verdict: Verdict | None = None
         self.prompt: Any = None  # the rendered prompt (set on the model thread)
+        self.truncated = False
         self.messages: list[dict] = []
 
     def _put(self, event: Any) -> None:

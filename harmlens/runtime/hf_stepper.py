@@ -175,6 +175,7 @@ class StepBatch:
         new_mask = mask[index]
         new_pending = torch.tensor([tokens[live.index(k)] for k in keep], device=mask.device)
         if self.rows:
+            assert self.mask is not None and self.pending is not None
             width = max(new_mask.shape[1], self.mask.shape[1])
             old_layers = [(layer.keys, layer.values) for layer in _layers(self.cache)]
             new_layers = [
