@@ -61,11 +61,13 @@ def raw_post(base: str, body: bytes) -> tuple[int, str]:
 
 
 class HealthPoller(threading.Thread):
-    """GETs /health every 0.25 s until stopped: answers, failures and the slowest answer."""
+    """GETs /health every 0.25 s until stopped: answers, failures, the slowest answer and the server's RSS."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, pid: int) -> None:
         super().__init__(daemon=True)
         self.base, self.ok, self.failed, self.slowest, self.halt = base, 0, 0, 0.0, threading.Event()
+        self.pid = pid
+        self.rss: list[float] = []
 
     def run(self) -> None:
         while not self.halt.is_set():
@@ -76,6 +78,7 @@ class HealthPoller(threading.Thread):
             except Exception:  # noqa: BLE001 - counted
                 self.failed += 1
             self.slowest = max(self.slowest, time.perf_counter() - t0)
+            self.rss.append(rss_mb(self.pid))
             self.halt.wait(0.25)
 
 
@@ -137,7 +140,7 @@ def main() -> int:
     offline = dict(zip([i for i, p in enumerate(prompts) if p], guard([p for p in prompts if p])))
     proc, base = start(args.guard, "--max-batch", "16", "--max-tokens", str(args.max_tokens), root=args.root)
     client = openai.OpenAI(base_url=base + "/v1", api_key="-", max_retries=0, timeout=300)
-    poller = HealthPoller(base)
+    poller = HealthPoller(base, proc.pid)
     try:
         for i in range(16):  # warm-up before the first RSS reading
             client.chat.completions.create(model=name, messages=prompts[i % 4] or [], max_tokens=args.max_tokens)
@@ -182,6 +185,7 @@ def main() -> int:
         "flagged_blocked": sum(1 for r in judged if r["harmlens"]["blocked"]),
         "malformed_4xx": sum(1 for r in recs if r["kind"] == "malformed" and 400 <= (r.get("status") or 0) < 500),
         "rss_mb_before_after": (round(rss0), round(rss1)),
+        "rss_mb_at_10_pct_steps": [round(poller.rss[int(k * (len(poller.rss) - 1) / 10)]) for k in range(11)],
         "health_ok": poller.ok,
         "health_failed": poller.failed,
         "health_slowest_s": round(poller.slowest, 3),
