@@ -11,12 +11,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from harmlens.guards.serve.batching import Batcher, ServiceError
+from harmlens.guards.serve.batching import Batcher
 from harmlens.guards.serve.images import take_images
 from harmlens.guards.serve.schemas import (
+    Chunks,
     Limits,
     RequestError,
-    chat_chunks,
     chat_response,
     check_model,
     moderation_response,
@@ -25,10 +25,43 @@ from harmlens.guards.serve.schemas import (
     parse_moderation,
     verdict_field,
 )
+from harmlens.guards.serve.streams import ChatStream, Delta, Reply, ServiceError
 
 
 def _error(exc: RequestError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status)
+
+
+def _data(body: dict) -> str:
+    return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+async def _sse(
+    stream: ChatStream, first: object, events: AsyncIterator, chunks: Chunks, usage: bool
+) -> AsyncIterator[str]:
+    """Server-sent events: the role, each delta as it is generated, the finish with the verdict, then [DONE]; a
+    client that goes away cancels this generator, which marks the stream so the model thread drops its row."""
+    try:
+        yield _data(chunks.chunk({"role": "assistant", "content": ""}))
+        event = first
+        while True:
+            if isinstance(event, Delta):
+                yield _data(chunks.chunk({"content": event.text}))
+            elif isinstance(event, Reply):
+                verdict = verdict_field(event.verdict, event.blocked)
+                yield _data(chunks.chunk({}, event.finish, harmlens=verdict))
+                if usage:
+                    n = (event.prompt_tokens, event.completion_tokens)
+                    body = {"prompt_tokens": n[0], "completion_tokens": n[1], "total_tokens": sum(n)}
+                    yield _data(chunks.chunk(None, usage=body))
+                break
+            else:  # the model failed mid-reply (fail-open) or the server stops: say so, then end
+                yield _data({"error": {"message": str(event), "type": "server_error", "code": "model_error"}})
+                break
+            event = await anext(events)
+        yield "data: [DONE]\n\n"
+    finally:
+        stream.cancelled = True
 
 
 def create_app(batcher: Batcher, served: str, *, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
@@ -80,6 +113,10 @@ def create_app(batcher: Batcher, served: str, *, api_key: str | None = None, lim
             "fail_closed": guard.fail_closed,
             "batches": batcher.batches,
             "largest_batch": batcher.largest,
+            "decode_steps": batcher.steps,
+            "continuous": batcher.driver is not None,
+            "running": batcher.driver.running if batcher.driver else 0,
+            "queued": batcher.queue.qsize(),
         }
 
     @app.get("/v1/models")
@@ -92,22 +129,34 @@ def create_app(batcher: Batcher, served: str, *, api_key: str | None = None, lim
         check_model(obj, served)
         messages, image = take_images(obj.get("messages"), limits.max_images)  # a VLM's one image, decoded
         req = parse_chat({**obj, "messages": messages}, served, limits)
-        try:
-            reply = await batcher.chat(req.messages, req.max_tokens, req.temperature, req.seed, image)
-        except ServiceError as exc:
-            return _error(RequestError(503, str(exc), "model_error"))
-        verdict = verdict_field(reply.verdict, reply.blocked)
+        stream = batcher.stream(
+            req.messages, req.max_tokens, req.temperature, req.seed, image, top_p=req.top_p, stop=req.stop
+        )
         if not req.stream:
+            try:
+                reply = await stream.reply()
+            except ServiceError as exc:
+                return _error(RequestError(503, str(exc), "model_error"))
+            finally:
+                stream.cancelled = True  # frees the slot if this client went away (a no-op once done)
             usage = (reply.prompt_tokens, reply.completion_tokens)
+            verdict = verdict_field(reply.verdict, reply.blocked)
             return JSONResponse(chat_response(served, reply.text, reply.finish, usage, verdict))
-        chunks = chat_chunks(served, reply.text, reply.finish, verdict)
-
-        async def events() -> AsyncIterator[str]:
-            for chunk in chunks:
-                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        events = aiter(stream)
+        try:
+            first = await anext(events)  # a 400 (e.g. over the context) or a 503 is still an HTTP status here
+        except BaseException:
+            stream.cancelled = True
+            raise
+        if isinstance(first, RequestError):
+            raise first
+        if isinstance(first, ServiceError):
+            return _error(RequestError(503, str(first), "model_error"))
+        return StreamingResponse(
+            _sse(stream, first, events, Chunks(served), req.include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
 
     @app.post("/v1/moderations")
     async def moderations(request: Request) -> Response:

@@ -1,4 +1,6 @@
-"""One model thread fed by a queue: requests from concurrent clients that arrive within a few ms share a batch."""
+"""One model thread fed by a queue. Text chats run a step loop (continuous batching): requests join the running batch
+between decode steps and every token streams out at once; images, the vLLM-guarded model and models the step loop
+cannot run go through whole-batch generation (guards/serve/static.py)."""
 
 from __future__ import annotations
 
@@ -10,46 +12,35 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from harmlens.errors import HarmlensError
 from harmlens.guards.latent.guard import Verdict, _one_line
 from harmlens.guards.latent.guarded import GuardedModel
-from harmlens.guards.latent.images import ImagePrompt, image_prompt
+from harmlens.guards.serve.continuous import StepDriver
 from harmlens.guards.serve.schemas import RequestError
-from harmlens.runtime import ChatPrompt, GenerationConfig, HFBackend
+from harmlens.guards.serve.static import static_chat
+from harmlens.guards.serve.streams import ChatStream, Reply, ServiceError
+from harmlens.runtime import steppable
 
 if TYPE_CHECKING:
     from harmlens.guards.vllm_guard import VLLMGuardedModel
 
-
-class ServiceError(Exception):
-    """The model failed and the server runs fail-open: there is no reply to give (HTTP 503)."""
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What a chat request gets: text, verdict (None when unguarded), blocked, prompt and completion token counts."""
-
-    text: str
-    verdict: Verdict | None
-    blocked: bool
-    prompt_tokens: int
-    completion_tokens: int
-    finish: str  # stop | length | content_filter
+__all__ = ["Batcher", "Reply", "ServiceError"]
 
 
 @dataclass
 class _Job:
     kind: str  # "chat" or "moderation"
     items: list[Any]  # one conversation (chat) or several (moderation)
-    options: tuple = ()  # (max_tokens, temperature, seed) for chat: jobs with equal options share a generate call
+    options: tuple = ()  # chat: (max_tokens, temperature, seed, top_p)
     image: tuple[int, Any] | None = None  # chat on a VLM: (index of the user message with the image, the image)
-    loop: asyncio.AbstractEventLoop | None = None
-    future: asyncio.Future | None = None
+    stream: ChatStream | None = None  # chat
+    loop: asyncio.AbstractEventLoop | None = None  # moderation
+    future: asyncio.Future | None = None  # moderation
     queued: float = field(default_factory=time.perf_counter)
 
 
 class Batcher:
-    """Serialises model work on one thread; gathers up to max_batch requests arriving within wait_ms of the first."""
+    """Serialises model work on one thread: up to max_batch chats generate together; newcomers wait up to wait_ms
+    for company when the model is idle and join between decode steps when it is not."""
 
     def __init__(
         self,
@@ -59,12 +50,14 @@ class Batcher:
         max_batch: int = 16,
         wait_ms: float = 5.0,
         max_queue: int = 256,
+        continuous: bool = True,
     ):
         self.guarded, self.use_guard, self.max_queue = guarded, guarded_replies, max_queue
-        self.max_batch, self.wait = max_batch, wait_ms / 1000
+        self.max_batch, self.wait, self.continuous = max_batch, wait_ms / 1000, continuous
         self.queue: queue.Queue[_Job | None] = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="harmlens-model", daemon=True)
-        self.batches, self.largest = 0, 0  # batches run and the largest (for /health and the load report)
+        self.batches, self.largest, self.steps = 0, 0, 0  # prefills run, most rows at once, decode steps (/health)
+        self.driver: StepDriver | None = None
 
     def start(self) -> Batcher:
         """Start the model thread."""
@@ -72,58 +65,121 @@ class Batcher:
         return self
 
     def stop(self) -> None:
-        """Finish the queued work and stop the thread."""
+        """Stop the thread (running requests end with a 503) ."""
         self.queue.put(None)
         self.thread.join(timeout=60)
+
+    def stream(
+        self,
+        messages: list[dict],
+        max_tokens: int,
+        temperature: float,
+        seed: int,
+        image: tuple[int, Any] | None = None,
+        *,
+        top_p: float = 1.0,
+        stop: tuple[str, ...] = (),
+    ) -> ChatStream:
+        """Queue one conversation; its ChatStream yields text deltas as they are generated, then the Reply."""
+        self._check_room()
+        stream = ChatStream(asyncio.get_running_loop(), stop)
+        self.queue.put(_Job("chat", [messages], (max_tokens, temperature, seed, top_p), image, stream))
+        return stream
 
     async def chat(
         self, messages: list[dict], max_tokens: int, temperature: float, seed: int, image: tuple[int, Any] | None = None
     ) -> Reply:
         """The (guarded) reply to one conversation; `image` (message index, PIL image) on a VLM."""
-        return await self._submit(_Job("chat", [messages], (max_tokens, temperature, seed), image=image))
+        stream = self.stream(messages, max_tokens, temperature, seed, image)
+        try:
+            return await stream.reply()
+        finally:
+            stream.cancelled = True  # a no-op once done; frees the slot if the caller went away
 
     async def moderate(self, items: list[Any]) -> list[Verdict]:
         """The guard's verdicts for these prompts or conversations (one forward up to the last layer read)."""
-        return await self._submit(_Job("moderation", items))
+        self._check_room()
+        loop = asyncio.get_running_loop()
+        job = _Job("moderation", items, loop=loop, future=loop.create_future())
+        self.queue.put(job)
+        return await job.future  # type: ignore[misc]
 
-    async def _submit(self, job: _Job) -> Any:
+    def _check_room(self) -> None:
         if self.queue.qsize() >= self.max_queue:
             raise RequestError(429, f"server busy: {self.max_queue} requests already queued; retry later", "busy")
-        job.loop = asyncio.get_running_loop()
-        job.future = job.loop.create_future()
-        self.queue.put(job)
-        return await job.future
 
-    def _gather(self, first: _Job) -> list[_Job]:
-        jobs, deadline = [first], time.perf_counter() + self.wait
-        while len(jobs) < self.max_batch:
-            left = deadline - time.perf_counter()
+    def _take(self, idle: bool) -> list[_Job] | None:
+        """Queued jobs for the free slots: idle, wait for one and up to wait_ms for more; busy, only what is there."""
+        free = self.max_batch - (self.driver.running if self.driver else 0)
+        jobs: list[_Job] = []
+        deadline = time.perf_counter() + self.wait
+        while len(jobs) < max(free, 1 if idle else 0):
             try:
-                job = self.queue.get(timeout=max(left, 0)) if left > 0 else self.queue.get_nowait()
+                if idle and not jobs:
+                    job = self.queue.get()
+                else:
+                    left = deadline - time.perf_counter() if idle else 0
+                    job = self.queue.get(timeout=left) if left > 0 else self.queue.get_nowait()
             except queue.Empty:
                 break
             if job is None:
-                self.queue.put(None)
-                break
+                return None
             jobs.append(job)
         return jobs
 
     def _run(self) -> None:
-        while (first := self.queue.get()) is not None:
-            jobs = self._gather(first)
-            self.batches, self.largest = self.batches + 1, max(self.largest, len(jobs))
+        if self.continuous and isinstance(self.guarded, GuardedModel) and steppable(self.guarded.model):
+            self.driver = StepDriver(self.guarded, self.use_guard)
+        while (jobs := self._take(not (self.driver and self.driver.running))) is not None:
             groups: dict[tuple, list[_Job]] = defaultdict(list)
             for job in jobs:
-                groups[(job.kind, job.options)].append(job)
-            for (kind, options), group in groups.items():
+                stepped = job.kind == "chat" and job.image is None and self.driver is not None
+                groups[("step",) if stepped else (job.kind, job.options)].append(job)
+            for key, group in groups.items():
                 try:
-                    results = self._moderate(group) if kind == "moderation" else self._chat(group, *options)
+                    if key[0] == "step":
+                        self.batches += 1
+                        assert self.driver is not None
+                        self.driver.admit(group)
+                        continue
+                    results = self._moderate(group) if key[0] == "moderation" else self._static(group)
                 except Exception as exc:  # noqa: BLE001 - every waiting request hears about it
                     results = [self._failure(job, exc) for job in group]
                 for job, result in zip(group, results):
                     self._resolve(job, result)
+            self._step()
+        if self.driver is not None:
+            self.driver.fail(ServiceError("server shutting down"), lambda stream, exc: exc)
+
+    def _step(self) -> None:
+        if self.driver is None or not self.driver.running:
+            return
+        self.largest = max(self.largest, self.driver.running)
+        try:
+            self.driver.step()
+            self.steps += 1
+        except Exception as exc:  # noqa: BLE001 - the running requests fail closed (or 503 fail-open)
+            self.driver.fail(exc, lambda stream, e: self._chat_failure(stream.messages, e))
+
+    def _static(self, group: list[_Job]) -> list[Any]:
+        self.batches, self.largest = self.batches + 1, max(self.largest, len(group))
+        return static_chat(self.guarded, self.use_guard, group, group[0].options)
 
     def _resolve(self, job: _Job, result: Any) -> None:
+        if job.stream is not None:
+            if isinstance(result, Reply) and job.stream.stop:  # whole-batch path: stop strings cut afterwards
+                if job.stream.feed(result.text, final=True):
+                    result = Reply(
+                        job.stream.sent,
+                        result.verdict,
+                        result.blocked,
+                        result.prompt_tokens,
+                        result.completion_tokens,
+                        "stop",
+                    )
+            job.stream.finish(result)
+            return
+
         def done() -> None:
             if job.future is not None and not job.future.done():
                 if isinstance(result, BaseException):
@@ -135,14 +191,20 @@ class Batcher:
             job.loop.call_soon_threadsafe(done)
 
     def _failure(self, job: _Job, exc: Exception) -> Any:
+        if job.kind == "moderation":
+            guard = self.guarded.guard
+            if not guard.fail_closed:
+                return ServiceError(f"internal error: {_one_line(exc)}")
+            return [guard.failed(f"internal error: {_one_line(exc)}")] * len(job.items)
+        return self._chat_failure(job.items[0], exc)
+
+    def _chat_failure(self, messages: list[dict], exc: BaseException) -> Any:
         """Fail closed (refusal, the error in the verdict) unless the guard runs fail-open (then a 503)."""
         guard = self.guarded.guard
         if not guard.fail_closed:
             return ServiceError(f"internal error: {_one_line(exc)}")
         verdict = guard.failed(f"internal error: {_one_line(exc)}")
-        if job.kind == "moderation":
-            return [verdict] * len(job.items)
-        instruction = job.items[0][-1]["content"]
+        instruction = messages[-1]["content"] if messages else ""
         return Reply(self.guarded._refusal(instruction, verdict), verdict, True, 0, 0, "content_filter")
 
     def _moderate(self, group: list[_Job]) -> list[list[Verdict]]:
@@ -153,75 +215,3 @@ class Batcher:
             out.append(verdicts[start : start + len(job.items)])
             start += len(job.items)
         return out
-
-    def _chat(self, group: list[_Job], max_tokens: int, temperature: float, seed: int) -> list[Any]:
-        """Render on this thread (the tokenizer is not thread-safe), then one generate call for the group (image and
-        text prompts in separate batches)."""
-        guard, tok = self.guarded.guard, self.guarded.model.tokenizer
-        out: list[Any] = [None] * len(group)
-        ready: list[tuple[int, ChatPrompt | ImagePrompt]] = []
-        for i, job in enumerate(group):
-            try:
-                if job.image is None:
-                    ready.append((i, guard.prepare(job.items[0])[0]))
-                else:
-                    at, image = job.image
-                    ready.append((i, image_prompt(guard, job.items[0], image, self._processor, at=at)))
-            except HarmlensError as exc:  # e.g. longer than the context: the client's fault
-                out[i] = RequestError(400, str(exc), param="messages")
-        if not ready:
-            return out
-        prompts = [p for _, p in ready]
-        config = GenerationConfig(
-            max_new_tokens=max_tokens,
-            batch_size=len(prompts),
-            do_sample=temperature > 0,
-            temperature=temperature or 1.0,
-            seed=seed,
-            progress=False,  # a server: no bars
-        )
-        if self.use_guard:
-            replies = self.guarded.generate(prompts, config)
-            for (i, prompt), reply in zip(ready, replies):
-                n_new = 0 if reply.blocked else len(tok(reply.text, add_special_tokens=False)["input_ids"])
-                finish = "content_filter" if reply.blocked else _finish(n_new, max_tokens)
-                out[i] = Reply(reply.text, reply.verdict, reply.blocked, _length(prompt), n_new, finish)
-            return out
-        for (i, prompt), new in zip(ready, self._plain(prompts, config)):
-            text = tok.decode(new, skip_special_tokens=True)
-            out[i] = Reply(text, None, False, _length(prompt), len(new), _finish(len(new), max_tokens))
-        return out
-
-    @property
-    def _processor(self) -> Any:
-        return getattr(self.guarded, "processor", None)
-
-    def _plain(self, prompts: list, config: GenerationConfig) -> list[list[int]]:
-        """The unguarded baseline: the same rendering, plain generation (image prompts with the processor)."""
-        backend = getattr(self.guarded, "backend", None)  # the vLLM guard's engine serves the baseline too
-        if backend is not None:
-            return backend.generate_ids(prompts, config)
-        out: list[list[int]] = [[] for _ in prompts]
-        for images in (False, True):
-            idx = [j for j, p in enumerate(prompts) if isinstance(p, ImagePrompt) == images]
-            if not idx:
-                continue
-            group = config.replace(batch_size=len(idx))
-            if images:
-                hf = HFBackend(self.guarded.model, self._processor)
-                pics = [prompts[j].image for j in idx]
-                ids = hf.generate_ids([prompts[j].prompt for j in idx], group, images=pics)
-            else:
-                ids = HFBackend(self.guarded.model).generate_ids([prompts[j] for j in idx], group)
-            for j, new in zip(idx, ids):
-                out[j] = new
-        return out
-
-
-def _length(prompt: ChatPrompt | ImagePrompt) -> int:
-    """Prompt tokens for usage: an image counts as its placeholder token(s), not the tokens it expands to."""
-    return len(prompt.prompt if isinstance(prompt, ImagePrompt) else prompt)
-
-
-def _finish(n_new: int, max_tokens: int) -> str:
-    return "length" if n_new >= max_tokens else "stop"

@@ -11,22 +11,11 @@ from typing import Any
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.guard import Verdict
+from harmlens.guards.serve.chat_fields import number, stop_strings, unsupported
+from harmlens.guards.serve.errors import RequestError
 from harmlens.runtime import clean_messages, message_text
 
 GUARD_MODEL = "harmlens-latent-guard"  # the model name /v1/moderations also answers to
-
-
-class RequestError(Exception):
-    """A client error: HTTP status, one-line reason, OpenAI error type/code."""
-
-    def __init__(self, status: int, message: str, code: str = "invalid_request", param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.param = status, message, code, param
-
-    def body(self) -> dict:
-        """OpenAI's error body."""
-        kind = {401: "authentication_error", 404: "not_found_error"}.get(self.status, "invalid_request_error")
-        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
 @dataclass(frozen=True)
@@ -49,6 +38,9 @@ class ChatRequest:
     temperature: float
     seed: int
     stream: bool
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    include_usage: bool = False  # stream_options.include_usage: a last chunk with usage
 
 
 def parse_body(body: bytes, limits: Limits) -> dict[str, Any]:
@@ -112,24 +104,27 @@ def _messages(raw: Any, limits: Limits) -> list[dict[str, str]]:
 
 
 def parse_chat(obj: dict, served: str, limits: Limits) -> ChatRequest:
-    """Validate a chat-completions request body (unknown optional fields such as top_p are ignored)."""
+    """Validate a chat-completions request body; a field the server cannot honour is a 400 naming it."""
     check_model(obj, served)
+    unsupported(obj)
     messages = _messages(obj.get("messages"), limits)
     if _int(obj, "n", 1, 1, 1 << 30) != 1:
         raise RequestError(400, "'n' must be 1: this server returns one choice per request", param="n")
     key = "max_completion_tokens" if obj.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _int(obj, key, limits.default_max_tokens, 1, limits.max_tokens)
-    temperature = obj.get("temperature", 0.0)
-    if temperature is None:
-        temperature = 0.0
-    ok = isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and math.isfinite(temperature)
-    if not ok or not 0 <= temperature <= 2:
-        raise RequestError(400, f"'temperature' must be a number from 0 to 2, got {temperature!r}", param="temperature")
+    temperature = number(obj, "temperature", 0.0, 0, 2)
+    top_p = number(obj, "top_p", 1.0, 0, 1, open_lo=True)
     stream = obj.get("stream", False)
+    if stream is None:
+        stream = False
     if not isinstance(stream, bool):
         raise RequestError(400, "'stream' must be true or false", param="stream")
+    options = obj.get("stream_options") or {}
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise RequestError(400, "'stream_options' takes only include_usage", param="stream_options")
     seed = _int(obj, "seed", 0, -(1 << 63), (1 << 63) - 1)
-    return ChatRequest(messages, max_tokens, float(temperature), seed, stream)
+    stop = stop_strings(obj.get("stop"))
+    return ChatRequest(messages, max_tokens, temperature, seed, stream, top_p, stop, bool(options.get("include_usage")))
 
 
 def parse_moderation(obj: dict, served: str, limits: Limits) -> list[Any]:
@@ -186,22 +181,19 @@ def chat_response(served: str, text: str, finish: str, usage: tuple[int, int], h
     }
 
 
-def chat_chunks(served: str, text: str, finish: str, harmlens: dict | None, pieces: int = 8) -> list[dict]:
-    """chat.completion.chunk bodies: the role, the text in pieces, then finish_reason and the verdict."""
-    ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+class Chunks:
+    """chat.completion.chunk bodies of one streamed reply: the role, text deltas, then finish_reason + verdict."""
 
-    def chunk(delta: dict, finish_reason: str | None = None, **extra) -> dict:
-        choice = {"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}
-        body = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": served}
-        return {**body, "choices": [choice], **extra}
+    def __init__(self, served: str) -> None:
+        self.served, self.ident, self.created = served, f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 
-    step = max(1, -(-len(text) // pieces))
-    parts = [text[i : i + step] for i in range(0, len(text), step)]
-    return (
-        [chunk({"role": "assistant", "content": ""})]
-        + [chunk({"content": p}) for p in parts]
-        + [chunk({}, finish, harmlens=harmlens)]
-    )
+    def chunk(self, delta: dict | None, finish_reason: str | None = None, **extra: Any) -> dict:
+        """One chunk (delta None: no choices, e.g. the usage chunk)."""
+        body = {"id": self.ident, "object": "chat.completion.chunk", "created": self.created, "model": self.served}
+        choices = (
+            [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}]
+        )
+        return {**body, "choices": choices, **extra}
 
 
 def moderation_response(served: str, verdicts: list[Verdict]) -> dict:

@@ -35,6 +35,7 @@ from harmlens.runtime.devices import PerDevice, input_device, is_dispatched, is_
 from harmlens.runtime.engine_api import DEFAULT_CONFIG, Backend, GenerationConfig, PrefillRead, generation_config
 from harmlens.runtime.generation import BACKENDS, generate, generate_ids, get_backend, render, resolve_backend
 from harmlens.runtime.hf_engine import HFBackend, hf_generate_ids
+from harmlens.runtime.hf_stepper import StepBatch, StepRequest, steppable
 from harmlens.runtime.hooks import add_hooks, foreign_hooks, forget_plain_model, plain_model, runnable_model
 from harmlens.runtime.loading import (
     EMBEDDED_NAME,
@@ -76,6 +77,9 @@ __all__ = [
     "DEFAULT_CONFIG",
     "GenerationConfig",
     "PrefillRead",
+    "StepBatch",
+    "StepRequest",
+    "steppable",
     "ReadCache",
     "ReadWorkerExtension",
     "add_hooks",
