@@ -68,7 +68,7 @@ from harmlens.runtime.vllm_engine import (
     vllm_available,
     vllm_backend,
 )
-from harmlens.runtime.vllm_reads import ReadCache
+from harmlens.runtime.vllm_reads import ReadCache, read_key, rows_acts
 from harmlens.runtime.vllm_worker import ReadWorkerExtension
 
 __all__ = [
@@ -77,6 +77,8 @@ __all__ = [
     "GenerationConfig",
     "PrefillRead",
     "ReadCache",
+    "read_key",
+    "rows_acts",
     "ReadWorkerExtension",
     "add_hooks",
     "foreign_hooks",
