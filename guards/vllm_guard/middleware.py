@@ -21,15 +21,18 @@ _PATHS = ("/v1/chat/completions", "/v1/completions")
 _ID = re.compile(rb'"id"\s*:\s*"([^"]{1,300})"')
 
 
-def read_verdict(folder: Path, request_id: str) -> dict | None:
-    """The worker's verdict record for a request (removed once read), or None."""
-    path = folder / verdict_name(request_id)
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    path.unlink(missing_ok=True)
-    return record if isinstance(record, dict) else None
+def read_verdict(folder: Path, response_id: str) -> dict | None:
+    """The worker's verdict record for a response (removed once read), or None; a completion's first prompt is
+    vLLM's request `<id>-0`."""
+    for request_id in (response_id, f"{response_id}-0"):
+        path = folder / verdict_name(request_id)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        path.unlink(missing_ok=True)
+        return record if isinstance(record, dict) else None
+    return None
 
 
 def _label(record: dict) -> str:
@@ -45,7 +48,10 @@ def _rewrite_json(body: bytes, record: dict) -> bytes:
         for choice in data.get("choices") or []:
             if choice.get("finish_reason") == "stop":
                 choice["finish_reason"] = "content_filter"
-    data["harmlens"] = {"verdict": _label(record), **{k: record.get(k) for k in ("score", "threshold", "error")}}
+    data["harmlens"] = {
+        "verdict": _label(record),
+        **{k: record.get(k) for k in ("score", "threshold", "error", "rows")},
+    }
     return json.dumps(data).encode()
 
 

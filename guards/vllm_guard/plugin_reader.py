@@ -137,20 +137,24 @@ class GuardReader(ReadWorkerExtension):
         """Verdicts of requests whose prefill is done: rows read now, else rows of the same tokens read earlier."""
         acts: list[torch.Tensor | None] = []
         early: dict[int, Verdict] = {}
+        source: list[str | None] = []
         for k, rid in enumerate(rids):
             pos, rows = self.read_pos.get(rid), self._hl_rows.pop(rid, {})
             self._hl_wants.pop(rid, None)
             if pos is None:
                 early[k] = self.guard.failed(NO_SUFFIX)
                 acts.append(None)
+                source.append(None)
                 continue
             host = {f"{layer}:{p}": t.cpu().numpy().tobytes() for (layer, p), t in rows.items()}
             got, key = rows_acts(host, self.layers, pos), read_key(self.prompts[rid], self.layers, pos)
             if got is not None:
                 self.cache.put(key, got)
+                source.append("prefill")
             else:
                 got = self.cache.get(key)
                 self.counts["cached"] += got is not None
+                source.append(None if got is None else "read-cache")
             acts.append(got)
         reader = GuardRead(self.guard, [(k, None, False, None) for k in range(len(rids))], True, HIDDEN)
         reader.decide(list(range(len(rids))), acts)
@@ -158,14 +162,14 @@ class GuardReader(ReadWorkerExtension):
             verdict = early.get(k) or reader.verdict(k)
             self.verdicts[rid] = verdict
             self.counts["failed" if verdict.error else "flagged" if verdict.harmful else "allowed"] += 1
-            self._publish(rid, verdict)
+            self._publish(rid, verdict, source[k])
 
-    def _publish(self, rid: str, verdict: Verdict) -> None:
+    def _publish(self, rid: str, verdict: Verdict, rows: str | None) -> None:
         """Write the verdict where the API server's middleware finds it (by vLLM's external request id)."""
         if self.verdict_dir is None:
             return
         external = rid.rsplit("-", 1)[0]
-        record = {"request_id": external, "flagged": bool(verdict.harmful), **verdict.to_dict()}
+        record = {"request_id": external, "flagged": bool(verdict.harmful), "rows": rows, **verdict.to_dict()}
         path = self.verdict_dir / verdict_name(external)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(record))
