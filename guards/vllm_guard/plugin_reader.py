@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ GUARD_ENV = "HARMLENS_GUARD"
 REFUSAL_ENV = "HARMLENS_REFUSAL"
 VERDICT_DIR_ENV = "HARMLENS_VERDICT_DIR"
 FAIL_OPEN_ENV = "HARMLENS_FAIL_OPEN"
+TIMING_ENV = "HARMLENS_GUARD_TIMING"  # "1": print the reader's own time per 256 steps to the server's log
 NO_SUFFIX = "the prompt does not end with the guard's chat-template suffix (its t_inst cannot be located)"
 HIDDEN = "vLLM's prefix cache hid the guard's positions and no earlier read of these tokens is cached"
 
@@ -82,6 +85,8 @@ class GuardReader(ReadWorkerExtension):
         self.step: list[tuple[str, bool]] | None = None  # this forward's (req_id, emits a token) per logits row
         self.model_runner: Any = None
         self.counts = {"allowed": 0, "flagged": 0, "failed": 0, "cached": 0}
+        self.spent = {"prepare": 0.0, "hooks": 0.0, "decide": 0.0, "force": 0.0, "steps": 0.0}
+        self.timing = os.environ.get(TIMING_ENV) == "1"
 
     def attach(self, runner: Any) -> None:
         """Hook the runner's model (once its weights are loaded)."""
@@ -91,7 +96,7 @@ class GuardReader(ReadWorkerExtension):
     def positions_of(self, ids: list[int]) -> list[int] | None:
         """The guard's positions in a prompt's token ids (None: no chat-template suffix at its end)."""
         n, s = len(ids), len(self.suffix)
-        if n <= s + 0 or list(ids[n - s :]) != self.suffix or n - s - 1 < 0:
+        if not self.suffix or n < s + 1 or list(ids[n - s :]) != self.suffix:
             return None
         t = n - s - 1
         prompt = ChatPrompt("", "", tuple(ids), t, tuple(range(t + 1, n)))
@@ -99,6 +104,21 @@ class GuardReader(ReadWorkerExtension):
 
     def _hl_prepare(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         """Once per forward: which rows hold positions a request still needs, and which requests emit a token."""
+        t0 = time.perf_counter()
+        self._plan(args, kwargs)
+        self.spent["prepare"] += time.perf_counter() - t0
+
+    def _hl_hook(self, layer: int, fused: bool):
+        hook = super()._hl_hook(layer, fused)
+
+        def timed(module: torch.nn.Module, inputs: tuple, output: Any) -> None:
+            t0 = time.perf_counter()
+            hook(module, inputs, output)
+            self.spent["hooks"] += time.perf_counter() - t0
+
+        return timed if self.timing else hook
+
+    def _plan(self, args: tuple, kwargs: dict) -> None:
         self._hl_plan, runner = [], self.model_runner
         batch = runner.input_batch
         req_ids = list(batch.req_ids)[: batch.num_reqs]
@@ -178,12 +198,14 @@ class GuardReader(ReadWorkerExtension):
     def force(self, logits: torch.Tensor) -> torch.Tensor:
         """Decide the requests whose prefill ended in this step, then force each flagged request's next refusal
         token (the refusal, then EOS); allowed rows are untouched."""
+        t0 = time.perf_counter()
         step, self.step = self.step, None
         if step is None or logits.shape[0] != len(step):  # a dummy run (profiling, warm-up)
             return logits
         todo = [rid for rid, emits in step if emits and rid not in self.verdicts]
         if todo:
             self.decide(todo)
+            self.spent["decide"] += time.perf_counter() - t0
         for i, (rid, emits) in enumerate(step):
             verdict = self.verdicts.get(rid)
             if emits and verdict is not None and verdict.harmful and self.forced:
@@ -191,4 +213,8 @@ class GuardReader(ReadWorkerExtension):
                 logits[i].fill_(float("-inf"))
                 logits[i, self.forced[min(k, len(self.forced) - 1)]] = 0.0
                 self.progress[rid] = k + 1
+        self.spent["force"] += time.perf_counter() - t0
+        self.spent["steps"] += 1
+        if self.timing and self.spent["steps"] % 256 == 0:
+            print(f"harmlens guard timing: {self.spent} counts={self.counts}", file=sys.stderr, flush=True)
         return logits
