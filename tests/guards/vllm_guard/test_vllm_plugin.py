@@ -42,10 +42,16 @@ def server(span_guard, tmp_path_factory):
     import openai
 
     port, log = free_port(), tmp_path_factory.mktemp("log") / "vllm.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HARMLENS_VLLM_ARGS": "--dtype float32 --max-model-len 1024 --block-size 32"}
+    env = {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "HARMLENS_VLLM_ARGS": "--dtype float32 --max-model-len 1024 --block-size 32",
+    }
     cmd = [sys.executable, "-m", "harmlens.guards", "serve", str(span_guard[1]), "--backend", "vllm"]
     cmd += ["--port", str(port), "--refusal", REFUSAL, "--served-name", "smol"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 300
         while True:
