@@ -151,7 +151,7 @@ class GuardReader(ReadWorkerExtension):
     def _forget(self, gone: Iterable[str]) -> None:
         for rid in gone:
             for store in (self.read_pos, self.prompts, self.verdicts, self.progress, self._hl_rows, self._hl_wants):
-                store.pop(rid, None)  # type: ignore[attr-defined]
+                store.pop(rid, None)
 
     def decide(self, rids: list[str]) -> None:
         """Verdicts of requests whose prefill is done: rows read now, else rows of the same tokens read earlier."""
