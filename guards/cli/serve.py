@@ -67,11 +67,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not 0 < args.port < 65536 or min(args.max_batch, args.max_tokens, args.max_queue) < 1 or args.wait_ms < 0:
         raise HarmlensError("--port, --max-batch, --max-tokens, --max-queue must be positive, --wait-ms not negative")
-    if args.backend == "vllm":
-        from harmlens.runtime import INSTALL_HINT, vllm_available
+    if args.backend == "vllm":  # vLLM's own server with the guard as a plugin
+        from harmlens.guards.vllm_guard.launch import serve_vllm
 
-        if not vllm_available():
-            raise HarmlensError(f"--backend vllm: {INSTALL_HINT}")
+        return serve_vllm(args)
     if not args.guard.is_file():
         raise HarmlensError(f"guard file not found: {args.guard}")
     try:

