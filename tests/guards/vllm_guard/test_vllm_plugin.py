@@ -28,12 +28,17 @@ REFUSAL = "Sorry, I cannot help with that."
 
 @pytest.fixture(scope="module")
 def span_guard(model, load_prompts, tmp_path_factory):
-    """A small span guard of the embedded model (layers 8 and 16, 12 + 12 prompts), saved to a file."""
-    from harmlens.guards import LatentGuard, SpanLinearConfig
+    """A small guard of the embedded model (layers 8 and 16, 12 + 12 prompts), saved to a file: a span guard, or the
+    variant $HARMLENS_PLUGIN_TEST_VARIANT names (centroid, probe) for a manual run."""
+    from harmlens.guards import CentroidConfig, LatentGuard, ProbeConfig, SpanLinearConfig
 
+    variant = os.environ.get("HARMLENS_PLUGIN_TEST_VARIANT", "span")
+    configs = {"centroid": CentroidConfig, "probe": ProbeConfig}
+    config = configs[variant](layers=(8, 16), balance=False) if variant in configs else None
+    config = config or SpanLinearConfig(layers=(8, 16), balance=False, wrappers=None)
     harmful, harmless = load_prompts("harmful", "train", 12), load_prompts("harmless", "train", 12)
-    guard = LatentGuard.fit(model, harmful, harmless, SpanLinearConfig(layers=(8, 16), balance=False, wrappers=None))
-    return guard, guard.save(tmp_path_factory.mktemp("guard") / "span.safetensors")
+    guard = LatentGuard.fit(model, harmful, harmless, config)
+    return guard, guard.save(tmp_path_factory.mktemp("guard") / f"{variant}.safetensors")
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +102,9 @@ def test_flagged_prompt_gets_the_refusal_streamed_or_not(server, span_guard):
     guard = span_guard[0]
     text, finish, headers, verdict = ask(server, HARMFUL, max_tokens=40)
     offline = guard(HARMFUL)
+    assert verdict["score"] == pytest.approx(offline.score, abs=2e-3)
     assert offline.harmful and verdict["verdict"] == "flagged" and headers["x-harmlens-verdict"] == "flagged"
     assert text == REFUSAL and finish == "content_filter"
-    assert verdict["score"] == pytest.approx(offline.score, abs=2e-3)
     assert stream(server, HARMFUL, max_tokens=40) == (REFUSAL, "content_filter", "flagged")
 
 
@@ -117,7 +122,9 @@ def test_allowed_prompt_is_the_models_own_reply(server, span_guard, model):
     assert finish == "stop" and cut == text.split(",")[0] and cut != text
 
 
-def test_prefix_cached_prompt_is_scored_from_the_read_cache(server):
+def test_prefix_cached_prompt_is_scored_from_the_read_cache(server, span_guard):
+    if span_guard[0].position != "span":  # t_inst lies in the prompt's last, partial block: vLLM caches none of it
+        pytest.skip("a t_inst guard's positions are not in a cached block of this short prompt")
     prompt = "Explain how rainbows form, in two sentences."
     first, second = ask(server, prompt, max_tokens=4)[3], ask(server, prompt, max_tokens=4)[3]
     assert first["rows"] == "prefill" and second["rows"] == "read-cache" and first["score"] == second["score"]
