@@ -25,7 +25,7 @@ from harmlens.guards.vllm_guard.plugin_reader import FAIL_OPEN_ENV, GUARD_ENV, R
 MIDDLEWARE = "harmlens.guards.vllm_guard.middleware.VerdictMiddleware"
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 EXTRA_ENV = "HARMLENS_VLLM_ARGS"  # more vLLM server arguments, e.g. "--dtype float32 --max-model-len 4096"
-_HF_ONLY = ("max_batch", "wait_ms", "max_queue", "max_message_chars", "device")
+_HF_ONLY = ("max_batch", "wait_ms", "max_queue", "max_message_chars", "max_tokens", "device")
 
 
 def plugin_args(guarded: bool = True) -> list[str]:
@@ -114,4 +114,4 @@ def serve_vllm(args: argparse.Namespace) -> int:
 
 
 def _default(key: str) -> object:
-    return {"max_batch": 16, "wait_ms": 5.0, "max_queue": 256, "max_message_chars": 65536}.get(key)
+    return {"max_batch": 16, "wait_ms": 5.0, "max_queue": 256, "max_message_chars": 65536, "max_tokens": 512}.get(key)
