@@ -28,7 +28,7 @@ def main() -> None:
 
     import torch
 
-    from harmlens.guards.latent import span_fit
+    from harmlens.guards.fitting import span_fit
     from harmlens.guards.pipeline.subjects import load_subject
     from harmlens.probes.data import builtin_prompts
     from harmlens.runtime.activations import check_layers

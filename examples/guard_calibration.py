@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harmlens.guards.evaluation.sets import fit_wrappers, shipped_sets  # noqa: E402
+from harmlens.guards.fitting.splits import hold_out  # noqa: E402
 from harmlens.guards.latent.calibration import CALIBRATION_RULES, calibration_record, threshold_for_fpr  # noqa: E402
-from harmlens.guards.latent.fit import hold_out  # noqa: E402
 from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
 from harmlens.guards.organisms.datasets import harmless_train  # noqa: E402
 from harmlens.probes.data import builtin_prompts  # noqa: E402

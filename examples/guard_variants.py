@@ -32,10 +32,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harmlens.guards.evaluation.sets import gptfuzzer_wrap, named_wrap  # noqa: E402
+from harmlens.guards.fitting.span_fit import FIT_NAMED, held_out_gptfuzzer_ids  # noqa: E402
 from harmlens.guards.latent.calibration import auroc  # noqa: E402
 from harmlens.guards.latent.configs import CentroidConfig, ProbeConfig, SpanLinearConfig, SpanMLPConfig  # noqa: E402
 from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
-from harmlens.guards.latent.span_fit import FIT_NAMED, held_out_gptfuzzer_ids  # noqa: E402
 from harmlens.guards.organisms import datasets, load_organism  # noqa: E402
 from harmlens.runtime.activations import cache_resid  # noqa: E402
 from harmlens.runtime.chat import chat_format  # noqa: E402

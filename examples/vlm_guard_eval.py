@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import harmlens.guards  # noqa: E402
 from harmlens.guards.evaluation.report import evaluate_guard  # noqa: E402
 from harmlens.guards.evaluation.sets import fit_wrappers, shipped_sets  # noqa: E402
+from harmlens.guards.fitting.images import ImageAwareDetector, image_sets  # noqa: E402
 from harmlens.guards.latent.configs import CentroidConfig, SpanMLPConfig  # noqa: E402
 from harmlens.guards.latent.guard import LatentGuard  # noqa: E402
-from harmlens.guards.latent.images import ImageAwareDetector, image_sets  # noqa: E402
 from harmlens.probes.data import builtin_prompts  # noqa: E402
 
 

@@ -1,4 +1,5 @@
-"""Several Latent Guards on one model scored from one forward pass: the union of their layers and positions."""
+"""Several Latent Guards on one model scored from one forward pass: the union of their layers, each guard's own
+positions (its variant's `select`), whatever the variants."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from harmlens.guards.latent.guard import LatentGuard
 from harmlens.guards.latent.input_policy import mark_injections
-from harmlens.guards.latent.verdict import one_line, span_positions
+from harmlens.guards.latent.verdict import one_line
 from harmlens.runtime import ChatPrompt, iter_resid_batches
 
 _RENDERING = ("system",)
@@ -53,14 +54,15 @@ def shared_check(guards: Sequence[LatentGuard], prompts: Sequence[str | ChatProm
 
 
 def _score(guards: Sequence[LatentGuard], chunk: list) -> list[list]:
-    """Verdicts of every guard for one batch of prepared prompts, read at [t_inst, t_post_inst, span...]."""
+    """Verdicts of every guard for one batch of prepared prompts, each read at its own positions (guard.select),
+    side by side in one forward over the union of their layers."""
     rendered: list[ChatPrompt] = [r[1] for r in chunk]
     layers = sorted({layer for g in guards for layer in g.layers})
-    width = max((g.width(rendered) for g in guards if g.position == "span"), default=0)
-    spans = width > 0
+    widths = [g.width(rendered) for g in guards]
+    starts = [sum(widths[:k]) for k in range(len(guards))]
 
     def select(p: ChatPrompt) -> tuple[int, ...]:
-        return (p.t_inst, p.t_post_inst) + (span_positions(p, width) if spans else ())
+        return tuple(pos for g, w in zip(guards, widths) for pos in g.select(p, w))
 
     _, acts = next(
         iter_resid_batches(
@@ -69,11 +71,9 @@ def _score(guards: Sequence[LatentGuard], chunk: list) -> list[list]:
     )
     truncated = [r[2] for r in chunk]
     verdicts = []
-    for g in guards:
+    for g, start, w in zip(guards, starts, widths):
         rows = torch.tensor([layers.index(layer) for layer in g.layers])
-        mine = acts[:, rows]
-        read = mine[:, :, 2:] if g.position == "span" else mine[:, :, 0 if g.position == "t_inst" else 1]
-        verdicts.append(g.verdicts_from_acts(read, truncated))
+        verdicts.append(g.verdicts_from_acts(acts[:, rows, start : start + w], truncated))  # as g.read gives them
     return verdicts
 
 

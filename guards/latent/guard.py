@@ -12,8 +12,7 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.calibration import calibration_record, threshold_for_fpr
-from harmlens.guards.latent.configs import VARIANTS, CentroidConfig, GuardConfig, config_class
-from harmlens.guards.latent.fit import fit_tinst_guard
+from harmlens.guards.latent.config_base import GuardConfig
 from harmlens.guards.latent.guard_file import (
     FORMAT,
     METHODS,
@@ -27,19 +26,24 @@ from harmlens.guards.latent.guard_file import (
 from harmlens.guards.latent.guarded import GuardedModel
 from harmlens.guards.latent.input_policy import (
     DEFAULT_MAX_TOKENS,
+    check_batch_size,
     check_input_policy,
     mark_injections,
     render_conversation_within,
     render_within_limits,
 )
-from harmlens.guards.latent.mlp_probe import mlp_scores
-from harmlens.guards.latent.span_fit import fit_span_guard
-from harmlens.guards.latent.span_scoring import probe_scores, scaled_max, span_parts, top_position
-from harmlens.guards.latent.splits import check_disjoint
-from harmlens.guards.latent.verdict import Verdict, failed_verdict, one_line, render_prompt, span_positions
+from harmlens.guards.latent.registry import variant_of
+from harmlens.guards.latent.scorer import Scorer
+from harmlens.guards.latent.variants.delta_refuse import refusal_read
+from harmlens.guards.latent.verdict import (
+    Verdict,
+    failed_verdict,
+    layers_text,
+    one_line,
+    render_prompt,
+    span_positions,
+)
 from harmlens.io import check_compatible, save_tensors
-from harmlens.probes.beliefs import delta_scores
-from harmlens.probes.directions import layer_span
 from harmlens.runtime import ChatPrompt, chat_format, is_conversation, iter_resid_batches
 
 if TYPE_CHECKING:
@@ -48,11 +52,15 @@ if TYPE_CHECKING:
 __all__ = ["FORMAT", "METHODS", "MLP_VERSION", "POSITIONS", "VERSION", "LatentGuard", "Verdict"]
 __all__ += ["render_prompt", "span_positions"]
 _one_line = one_line  # the name callers imported before verdict.py
-_FITTERS = {v: fit_span_guard if c.position == "span" else fit_tinst_guard for v, c in VARIANTS.items()}
 
 
 class LatentGuard:
-    """Harmful ⇔ score ≥ alpha, the score read from residual activations at t_inst over a few layers."""
+    """Harmful ⇔ score ≥ alpha, the score read from residual activations over a few layers by the guard's variant
+    (its Scorer, looked up in harmlens.guards.latent.registry): t_inst, t_post_inst (Δrefuse) or a span.
+
+    A prompt it cannot score fails closed (harmful). `fail_closed=False` fails open only for prompts the model read
+    but that could not be scored (an internal error, non-finite activations); input refused before scoring (an empty
+    or whitespace-only prompt, a non-prompt, an over-long one under on_long='reject') is harmful either way."""
 
     def __init__(
         self,
@@ -70,18 +78,23 @@ class LatentGuard:
         self.tensors = {k: v.detach().float().cpu() for k, v in tensors.items()}
         self.metadata = dict(metadata)
         check_metadata(self.metadata)
+        self.scorer: Scorer = variant_of(self.metadata).scorer(self.tensors, self.metadata)
         self.fail_closed, self.batch_size, self.max_length = fail_closed, batch_size, max_length
         self.on_injection, self.max_tokens, self.on_long = check_input_policy(on_injection, max_tokens, on_long)
         self.model: TransformerBridge | None = None
         if model is not None:
             self.attach(model)
 
-    method = property(lambda self: self.metadata["method"], doc="'centroid' or 'probe'.")
-    position = property(
-        lambda self: self.metadata.get("position", "t_inst"),
-        doc="Token(s) read: t_inst, t_post_inst, or span (max over the tokens up to t_inst).",
-    )
+    method = property(lambda self: self.scorer.method, doc="'centroid' or 'probe' (what the guard file records).")
+    position = property(lambda self: self.scorer.position, doc="Token(s) read: t_inst, t_post_inst, or span.")
+    variant = property(lambda self: self.scorer.variant, doc="The registered variant this guard is.")
+    reads_span = property(lambda self: self.scorer.span, doc="Whether it reads every token up to t_inst.")
     layers = property(lambda self: [int(x) for x in self.metadata["layers"]], doc="Absolute layers read.")
+
+    def _set_batch_size(self, value: int) -> None:
+        self._batch_size = check_batch_size(value)
+
+    batch_size = property(lambda self: self._batch_size, _set_batch_size, doc="Prompts per forward pass in `check`.")
 
     @property
     def config(self) -> GuardConfig:
@@ -102,7 +115,7 @@ class LatentGuard:
     def __repr__(self) -> str:
         return (
             f"LatentGuard(model={self.metadata.get('model')!r}, method={self.method!r}, position={self.position!r}, "
-            f"layers={layer_span(self.layers)}, alpha={self.alpha:.4g})"
+            f"layers={layers_text(self.layers)}, alpha={self.alpha:.4g})"
         )
 
     @classmethod
@@ -117,16 +130,16 @@ class LatentGuard:
         val_harmless: Sequence[str | ChatPrompt] | None = None,
         progress: bool = False,
     ) -> LatentGuard:
-        """Fit the variant `config` names (default CentroidConfig(); see harmlens.guards.latent.configs for each
-        variant's fields); val_harmful/val_harmless, when given, replace the held-out share of the fit sets."""
-        config = CentroidConfig() if config is None else config
-        if not isinstance(config, GuardConfig):
-            raise HarmlensError(f"fit takes a guard config (e.g. CentroidConfig()), got {type(config).__name__}")
-        check_disjoint(harmful, harmless)  # fit(P, P) would return a meaningless guard
-        fitter = _FITTERS[config_class(config.variant).variant]
-        make = lambda tensors, meta: cls(tensors, meta, model)  # noqa: E731
+        """Fit the variant `config` names (default CentroidConfig(); see harmlens.guards.latent.variants for each
+        variant's fields); val_harmful/val_harmless, when given, replace the held-out share of the fit sets.
+        The fitting code (harmlens.guards.fitting) is imported here, when called: a deployment that only loads and
+        runs guard files carries no fitting code and none of harmlens.attacks in its import closure."""
+        from harmlens.guards.fitting.fitters import fit_guard  # lazy: keeps the deployable closure (see docstring)
+
         val = {"val_harmful": val_harmful, "val_harmless": val_harmless}
-        return fitter(make, model, harmful, harmless, config, **val, progress=progress)  # type: ignore[arg-type]
+        return fit_guard(
+            lambda tensors, meta: cls(tensors, meta, model), model, harmful, harmless, config, **val, progress=progress
+        )
 
     def attach(self, model: TransformerBridge) -> LatentGuard:
         """Bind the model this guard reads (must match the one it was fitted on)."""
@@ -141,18 +154,9 @@ class LatentGuard:
 
     def score_acts(self, acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(score [n], per-layer scores [n, n_layers]) from activations [n, n_layers, d_model] at the read position;
-        given a span read [n, n_layers, n_pos, d_model], the top token's score, or, when the guard has `scales`, the
-        larger scaled part (see harmlens.guards.latent.span_scoring)."""
-        acts = acts.detach().float().cpu()
-        if acts.dim() == 4:
-            scales = self.metadata.get("scales") if self.position == "span" else None
-            if not scales:  # one position, or a span guard without a t_inst part: the top position speaks
-                return top_position(self.score_acts, acts)
-            return scaled_max(span_parts(self.score_acts, self.tensors, acts), scales)
-        if self.method == "centroid":
-            return delta_scores(acts, self.tensors["harmful"], self.tensors["harmless"])
-        mlp = self.position == "span" and self.metadata.get("token_probe") == "mlp"
-        return mlp_scores(self.tensors, acts) if mlp else probe_scores(self.tensors, acts)
+        given a read [n, n_layers, n_pos, d_model], the top token's score, or, for a two-part span guard, the larger
+        scaled part (the variant's Scorer.score)."""
+        return self.scorer.score(acts.detach().float().cpu())
 
     def verdicts_from_acts(self, acts: torch.Tensor, truncated: Sequence[bool] | None = None) -> list[Verdict]:
         """Verdicts for a batch of activations; rows with NaN/inf fail closed (harmful unless fail_closed=False)."""
@@ -196,13 +200,11 @@ class LatentGuard:
     def select(self, prompt: ChatPrompt, width: int = 1) -> tuple[int, ...]:
         """Positions read: t_inst, t_post_inst (a Δrefuse guard) or, for a span guard, every token up to t_inst,
         padded to `width` by repeating t_inst (a repeat never changes the maximum)."""
-        if self.position == "span":
-            return span_positions(prompt, width)
-        return (prompt.t_inst,) if self.position == "t_inst" else (prompt.t_post_inst,)
+        return self.scorer.select(prompt, width)
 
     def width(self, prompts: Sequence[ChatPrompt]) -> int:
         """Positions read per prompt in a batch of these prompts."""
-        return max(p.t_inst + 1 - p.span_start for p in prompts) if self.position == "span" else 1
+        return self.scorer.width(prompts)
 
     def read(self, prompts: Sequence[ChatPrompt]) -> torch.Tensor:
         """Activations [n, n_layers, positions, d_model] this guard reads from rendered prompts, in one forward."""
@@ -272,12 +274,8 @@ class LatentGuard:
 
     def refusal_guard(self) -> LatentGuard:
         """The Δrefuse baseline: the same centroid rule on t_post-inst activations, same layers (fitted alongside)."""
-        if "refuse" not in self.tensors:
-            raise HarmlensError("this guard file has no t_post-inst centroids (refuse/accept)")
-        meta = {**self.metadata, "method": "centroid", "position": "t_post_inst"}
-        meta["alpha"] = self.metadata.get("alpha_refuse", 0.0)
+        tensors, meta = refusal_read(self.tensors, self.metadata)
         settings = ("fail_closed", "batch_size", "max_length", "on_injection", "max_tokens", "on_long")
-        tensors = {"harmful": self.tensors["refuse"], "harmless": self.tensors["accept"]}
         guard = LatentGuard(tensors, meta, **{k: getattr(self, k) for k in settings})
         return guard.attach(self.model) if self.model is not None else guard
 

@@ -1,46 +1,39 @@
 """The guard file: format constants and the checks a file passes before it becomes a LatentGuard (hostile input).
 
-Metadata (format, version, method/read/layers, a finite α, the calibration record, the recorded config) and tensors
-(the keys the variant needs, shapes matching its layers and d_model, finite values) are checked; a bad file is refused
-with one line. Files written before configs were recorded (no "config" key) get theirs rebuilt from the metadata.
+Metadata (format, version, a registered variant, layers, a finite α, the calibration record, the recorded config) and
+tensors (the keys the variant's scorer needs, shapes matching its layers and d_model, finite values) are checked; a
+bad file is refused with one line. The variant is the registry's (harmlens.guards.latent.registry.variant_of); files
+written before configs were recorded (no "config" key) get theirs rebuilt from the metadata (`from_legacy`).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Any
 
 import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.guards.latent.calibration import check_calibration_record
-from harmlens.guards.latent.configs import (
-    CentroidConfig,
-    GuardConfig,
-    SpanLinearConfig,
-    SpanMLPConfig,
-    config_class,
-    config_from_dict,
-)
-from harmlens.guards.latent.mlp_probe import MLP_KEYS
+from harmlens.guards.latent.config_base import GuardConfig
+from harmlens.guards.latent.registry import config_from_dict, variant_of
+from harmlens.guards.latent.span_scoring import PROBE_KEYS, TINST_PROBE_KEYS
 from harmlens.io import load_tensors
 
 FORMAT = "harmlens.latent_guard"
 VERSION = 1
 MLP_VERSION = 2  # guard files with an MLP token probe: older readers refuse them with "written by a newer harmlens"
-METHODS = ("centroid", "probe")
+METHODS = ("centroid", "probe")  # what the built-in variants record (the registry decides what loads)
 POSITIONS = ("t_inst", "t_post_inst", "span")  # span: every token up to t_inst, keeping the top score
-PROBE_KEYS = ("probe_weight", "probe_bias", "probe_mean")
-TINST_PROBE_KEYS = ("tinst_probe_weight", "tinst_probe_bias", "tinst_probe_mean")
+__all__ = ["FORMAT", "METHODS", "MLP_VERSION", "POSITIONS", "PROBE_KEYS", "TINST_PROBE_KEYS", "VERSION"]
+__all__ += ["check_metadata", "check_tensors", "guard_config", "legacy_config", "read_guard_file"]
 _PER_LAYER = ("harmful", "harmless", "refuse", "accept", "probe_weight", "probe_mean", "tinst_probe_weight")
 _PER_LAYER += ("tinst_probe_mean", "mlp_mean", "mlp_std")  # type: ignore[assignment]
 
 
 def check_metadata(meta: dict) -> None:
-    """Raise HarmlensError (one line) unless method, read position, layers, α and scales are well-formed."""
-    if meta.get("method") not in METHODS or meta.get("position", "t_inst") not in POSITIONS:
-        raise HarmlensError(f"unknown guard method/position {meta.get('method')!r}/{meta.get('position')!r}")
+    """Raise HarmlensError (one line) unless the variant is registered and layers, α and scales are well-formed."""
+    variant_of(meta)
     layers = meta.get("layers")
     if not isinstance(layers, list) or not layers or not all(_int(x) and x >= 0 for x in layers):
         raise HarmlensError(f"guard layers must be a non-empty list of layer numbers, got {layers!r}")
@@ -54,8 +47,6 @@ def check_metadata(meta: dict) -> None:
         raise HarmlensError(f"guard target_fpr must be None or in [0, 1), got {target!r}")
     if meta.get("system") is not None and not isinstance(meta.get("system"), str):
         raise HarmlensError("guard system prompt must be a string")
-    if meta.get("position") == "span" and meta.get("token_probe", "linear") not in ("mlp", "linear"):
-        raise HarmlensError(f"unknown token_probe {meta.get('token_probe')!r}")
     scales = meta.get("scales")
     if scales is not None:
         ok = isinstance(scales, dict) and set(scales) <= {"span", "t_inst"} and bool(scales)
@@ -75,11 +66,7 @@ def check_metadata(meta: dict) -> None:
 
 def check_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """Raise HarmlensError unless the tensors the variant needs are present, finite and of the right shapes."""
-    position, token_probe = meta.get("position", "t_inst"), meta.get("token_probe")
-    probe = MLP_KEYS if token_probe == "mlp" and position == "span" else PROBE_KEYS
-    need = ("harmful", "harmless") + (probe if meta.get("method") == "probe" else ())
-    if position == "span" and "t_inst" in (meta.get("scales") or {}):
-        need += TINST_PROBE_KEYS
+    need = variant_of(meta).scorer.tensor_keys(meta)
     missing = [k for k in need if k not in tensors]
     if missing:
         raise HarmlensError(f"lacks tensors: {', '.join(missing)}")
@@ -98,32 +85,20 @@ def check_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> None:
 
 
 def guard_config(meta: dict) -> GuardConfig:
-    """The config the file recorded, or (older files) the one its metadata implies; checked against the metadata."""
+    """The config the file recorded, or (older files) the one its metadata implies; checked against its variant (a
+    Δrefuse guard keeps the config of the variant it was fitted alongside)."""
+    variant = variant_of(meta)
     if "config" not in meta:
-        return legacy_config(meta)
+        return variant.config.from_legacy(meta)
     config = config_from_dict(meta["config"])
-    if meta.get("position") != "t_post_inst" and (
-        (config.method, config.position) != (meta.get("method"), meta.get("position", "t_inst"))
-        or (config.position == "span" and config.token_probe != meta.get("token_probe", "linear"))
-    ):
-        raise HarmlensError(f"its config ({config.variant}) contradicts its method/position/token_probe")
+    if variant.scorer.own_config and config.variant != variant.name:
+        raise HarmlensError(f"its config ({config.variant}) contradicts its variant ({variant.name})")
     return config
 
 
 def legacy_config(meta: dict) -> GuardConfig:
     """The config of a guard file written before configs were recorded (format v1/v2)."""
-    fit = meta.get("fit") or {}
-    common: dict[str, Any] = {"target_fpr": meta.get("target_fpr"), "system": meta.get("system")}
-    common["layers"] = tuple(meta["layers"])
-    if meta.get("position") == "span":
-        kind = meta.get("token_probe", "linear")
-        extra: dict[str, Any] = {"two_part": bool(meta.get("scales")), "wrappers": fit.get("wrappers") or None}
-        if kind == "mlp":
-            return SpanMLPConfig(**common, **extra, mlp=meta.get("mlp"))
-        return SpanLinearConfig(**common, **extra)
-    if meta.get("position") == "t_post_inst":
-        return CentroidConfig(**common)
-    return config_class(meta.get("method"))(**common, balance=bool(fit.get("balanced_endings", True)))
+    return variant_of(meta).config.from_legacy(meta)
 
 
 def read_guard_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict, GuardConfig]:

@@ -26,8 +26,8 @@ class PositionReader(Protocol):
     """What the position mapping needs from a guard (LatentGuard satisfies it)."""
 
     @property
-    def position(self) -> str:
-        """t_inst, t_post_inst or span."""
+    def reads_span(self) -> bool:
+        """Whether it reads every token up to t_inst (a span) rather than one position."""
         ...
 
     def select(self, prompt: ChatPrompt, width: int = 1) -> tuple[int, ...]:
@@ -56,7 +56,7 @@ def read_positions(guard: PositionReader, prompt: ChatPrompt, image_id: int, n_i
     """The guard's positions (LatentGuard.select) mapped past the image tokens; a span guard skips the image's own
     tokens, which are not text."""
     positions: Sequence[int] = guard.select(prompt)
-    if guard.position == "span":
+    if guard.reads_span:
         positions = [p for p in positions if prompt.input_ids[p] != image_id]
     return [image_position(prompt, p, image_id, n_image) for p in positions]
 

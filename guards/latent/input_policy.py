@@ -36,6 +36,13 @@ def check_input_policy(on_injection: str, max_tokens: int | None, on_long: str) 
     return on_injection, max_tokens, on_long
 
 
+def check_batch_size(batch_size: object) -> int:
+    """A validated prompts-per-forward count (an int ≥ 1); HarmlensError otherwise, before any range() sees it."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise HarmlensError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    return batch_size
+
+
 def token_limit(context: int | None, max_tokens: int | None) -> int | None:
     """The tighter of the model's context and the guard's max_tokens (None: no limit)."""
     limits = [x for x in (context, max_tokens) if x is not None]

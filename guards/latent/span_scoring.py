@@ -1,5 +1,5 @@
 """Scoring a span read [n, n_layers, n_pos, d_model]: the token probe's top token and, for a two-part guard, the
-t_inst probe, each scaled on harmless prompts so the larger part decides (see harmlens.guards.latent.span_fit for the fit)."""
+t_inst probe, each scaled on harmless prompts so the larger part decides (see harmlens.guards.fitting.span_fit for the fit)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 Scores = tuple[torch.Tensor, torch.Tensor]  # (score [n], per-layer scores [n, n_layers])
+PROBE_KEYS = ("probe_weight", "probe_bias", "probe_mean")
+TINST_PROBE_KEYS = ("tinst_probe_weight", "tinst_probe_bias", "tinst_probe_mean")
 
 
 def probe_features(acts: torch.Tensor, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -49,14 +51,3 @@ def scaled_max(parts: Mapping[str, Scores], scales: Mapping[str, Sequence[float]
     best = stacked.mean(-1).argmax(0)
     per_layer = stacked[best, torch.arange(stacked.shape[1])]
     return per_layer.mean(-1), per_layer
-
-
-def scales_from(parts: Sequence[Mapping[str, Scores]], quantile: float = 0.95) -> dict[str, list[float]]:
-    """Per part, center = the `quantile` of its raw scores on harmless prompts and width = center - their median,
-    so each part flags about 1 - quantile of them at scaled score 0."""
-    scales = {}
-    for k in parts[0]:
-        s = torch.cat([p[k][0] for p in parts]).double()
-        center, median = float(torch.quantile(s, quantile)), float(torch.quantile(s, 0.5))
-        scales[k] = [center, max(center - median, 1e-6)]
-    return scales

@@ -55,6 +55,13 @@ def _finite(x: object) -> float | None:
     return round(value, 6) if math.isfinite(value) else None
 
 
+def layers_text(layers: list[int]) -> str:
+    """Compact text for a layer list: '0..30' when contiguous (as harmlens.probes.directions.layer_span)."""
+    if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"{layers[0]}..{layers[-1]}"
+    return ", ".join(map(str, layers))
+
+
 def span_positions(prompt: ChatPrompt, width: int) -> tuple[int, ...]:
     """Every token from span_start up to t_inst, padded to `width` by repeating t_inst (a repeat never changes a
     maximum)."""

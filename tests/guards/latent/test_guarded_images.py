@@ -197,7 +197,7 @@ def test_a_text_model_refuses_image_prompts_in_one_line(tiny_model):
 
 @pytest.mark.slow
 def test_on_the_vlm_organism_when_it_is_cached():
-    from harmlens.guards.latent.images import image_sets
+    from harmlens.guards.fitting.images import image_sets
     from harmlens.guards.organisms import is_built
     from harmlens.guards.organisms.recipes import organism_path
 

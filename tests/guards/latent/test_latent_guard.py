@@ -7,9 +7,9 @@ import torch
 
 from harmlens.errors import HarmlensError
 from harmlens.guards import GuardedModel, LatentGuard, Verdict
+from harmlens.guards.fitting.fit import balanced_variants
 from harmlens.guards.latent import CentroidConfig, ProbeConfig, config_class
 from harmlens.guards.latent.calibration import auroc, flagged_allowed, fpr_bound, threshold_for_fpr
-from harmlens.guards.latent.fit import balanced_variants
 from harmlens.runtime import generate
 from harmlens.runtime.activations import cache_resid
 from harmlens.runtime.chat import chat_format

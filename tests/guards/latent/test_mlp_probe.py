@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from harmlens.errors import HarmlensError
-from harmlens.guards.latent.fit import auroc, train_probes
-from harmlens.guards.latent.mlp_probe import MLPProbeConfig, mlp_scores, train_mlp_probe
+from harmlens.guards.fitting.probe_training import train_mlp_probe, train_probes
+from harmlens.guards.latent.calibration import auroc
+from harmlens.guards.latent.mlp_probe import MLPProbeConfig, mlp_scores
 from harmlens.guards.latent.span_scoring import probe_features, probe_scores
 
 

@@ -1,4 +1,4 @@
-"""harmlens.guards.latent.span_fit and LatentGuard(read='span'): token-level probes read at every token up to t_inst."""
+"""harmlens.guards.fitting.span_fit and LatentGuard(read='span'): token-level probes read at every token up to t_inst."""
 
 from __future__ import annotations
 
@@ -14,9 +14,7 @@ from harmlens.errors import HarmlensError
 from harmlens.guards import LatentGuard
 from harmlens.guards.cli.guard import main
 from harmlens.guards.evaluation.sets import fit_wrappers, gptfuzzer_wrap, shipped_sets
-from harmlens.guards.latent.configs import SpanLinearConfig, SpanMLPConfig, variant_for
-from harmlens.guards.latent.mlp_probe import MLP_KEYS, MLPProbeConfig
-from harmlens.guards.latent.span_fit import (
+from harmlens.guards.fitting.span_fit import (
     _examples,
     _groups,
     default_wrappers,
@@ -26,6 +24,8 @@ from harmlens.guards.latent.span_fit import (
     request_tokens,
     span_layers,
 )
+from harmlens.guards.latent.configs import SpanLinearConfig, SpanMLPConfig, variant_for
+from harmlens.guards.latent.mlp_probe import MLP_KEYS, MLPProbeConfig
 from harmlens.guards.latent.span_scoring import probe_scores
 from harmlens.io import save_tensors
 from harmlens.runtime.activations import cache_resid

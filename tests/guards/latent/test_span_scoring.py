@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harmlens.guards.latent.span_scoring import probe_scores, scaled_max, scales_from, span_parts, top_position
+from harmlens.guards.fitting.scales import scales_from
+from harmlens.guards.latent.span_scoring import probe_scores, scaled_max, span_parts, top_position
 
 
 def _mean_score(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

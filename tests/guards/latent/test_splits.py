@@ -1,4 +1,4 @@
-"""harmlens.guards.latent.splits: α is calibrated on harmless prompts used for nothing else, and the file says so."""
+"""harmlens.guards.fitting.splits: α is calibrated on harmless prompts used for nothing else, and the file says so."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from test_latent_guard import HARMFUL, HARMLESS
 
 from harmlens.errors import HarmlensError
 from harmlens.guards import LatentGuard
+from harmlens.guards.fitting.splits import calibration_split, digest, hold_out
 from harmlens.guards.latent.calibration import threshold_for_fpr
 from harmlens.guards.latent.configs import CentroidConfig, SpanLinearConfig
-from harmlens.guards.latent.splits import calibration_split, digest, hold_out
 
 MORE_HARMLESS = HARMLESS + [f"{p} Please keep it short." for p in HARMLESS]  # 16 distinct prompts
 MORE_HARMFUL = HARMFUL + [f"{p} Please keep it short." for p in HARMFUL]

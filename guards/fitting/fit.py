@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from harmlens.errors import HarmlensError
+from harmlens.guards.fitting.probe_training import train_probes
+from harmlens.guards.fitting.splits import MIN_VAL, calibration_split, check_set, hold_out, prompt_roles
 from harmlens.guards.latent.calibration import (
     CALIBRATION_RULES,
     auroc,
@@ -17,12 +19,11 @@ from harmlens.guards.latent.calibration import (
     fpr_bound,
     threshold_for_fpr,
 )
-from harmlens.guards.latent.configs import GuardConfig
+from harmlens.guards.latent.config_base import GuardConfig
 from harmlens.guards.latent.guard_file import FORMAT, VERSION
-from harmlens.guards.latent.span_scoring import probe_features, probe_scores
-from harmlens.guards.latent.splits import MIN_VAL, calibration_split, check_set, hold_out, prompt_roles
+from harmlens.guards.latent.span_scoring import probe_scores
+from harmlens.guards.latent.variants.centroid import centroid_margins
 from harmlens.io import model_signature
-from harmlens.probes.beliefs import delta_scores
 from harmlens.probes.directions import data_hash
 from harmlens.runtime import ChatPrompt, cache_resid, chat_format, check_layers, clean_instruction
 
@@ -64,31 +65,6 @@ def _acts(model, fmt, prompts, layers, batch_size, progress, what) -> torch.Tens
     return acts
 
 
-def train_probes(pos: torch.Tensor, neg: torch.Tensor, l2: float = 1e-2, steps: int = 100) -> dict[str, torch.Tensor]:
-    """One L2-regularised logistic probe per layer on centred activations [n, n_layers, d] scaled to norm √d."""
-    x = probe_features(torch.cat([pos, neg]))
-    y = torch.cat([torch.ones(len(pos)), torch.zeros(len(neg))]).double()
-    weight = (torch.full_like(y, 0.5 / len(pos))).masked_fill(y == 0, 0.5 / len(neg))  # balanced classes
-    mean = x.mean(0)
-    x = x - mean
-    w = torch.zeros(x.shape[1], x.shape[2], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        logits = torch.einsum("nld,ld->nl", x, w) + b
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(
-            logits, y[:, None].expand_as(logits), reduction="none"
-        )
-        total = (loss * weight[:, None]).sum() + l2 * (w**2).sum() / 2
-        total.backward()
-        return total
-
-    opt.step(closure)
-    return {"probe_weight": w.detach().float(), "probe_bias": b.detach().float(), "probe_mean": mean.float()}
-
-
 def _params(method: str, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
     """Class centroids [n_layers, d] (both methods keep them), plus the probe weights for method='probe'."""
     params = {"harmful": pos.double().mean(0).float(), "harmless": neg.double().mean(0).float()}
@@ -99,7 +75,7 @@ def _params(method: str, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torc
 
 def _per_layer(method: str, params: dict, acts: torch.Tensor) -> torch.Tensor:
     if method == "centroid":
-        return delta_scores(acts, params["harmful"], params["harmless"])[1]
+        return centroid_margins(acts, params["harmful"], params["harmless"])[1]
     return probe_scores(params, acts)[1]
 
 

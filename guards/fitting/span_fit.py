@@ -21,13 +21,15 @@ import torch
 
 from harmlens.attacks.jailbreaks import Jailbreak, get_jailbreak, gptfuzzer_templates
 from harmlens.errors import HarmlensError
+from harmlens.guards.fitting.fit import balanced_variants
+from harmlens.guards.fitting.probe_training import train_mlp_probe, train_probes
+from harmlens.guards.fitting.scales import fit_scales
+from harmlens.guards.fitting.splits import calibration_split, check_set, hold_out, prompt_roles
 from harmlens.guards.latent.calibration import auroc, calibration_record, threshold_for_fpr
-from harmlens.guards.latent.configs import SpanConfig, SpanMLPConfig
-from harmlens.guards.latent.fit import balanced_variants, train_probes
+from harmlens.guards.latent.config_base import SpanConfig
 from harmlens.guards.latent.guard_file import FORMAT, MLP_VERSION, VERSION
-from harmlens.guards.latent.mlp_probe import MLPProbeConfig, train_mlp_probe
-from harmlens.guards.latent.span_scoring import scaled_max, scales_from, span_parts
-from harmlens.guards.latent.splits import calibration_split, check_set, hold_out, prompt_roles
+from harmlens.guards.latent.mlp_probe import MLPProbeConfig
+from harmlens.guards.latent.variants.span_mlp import SpanMLPConfig
 from harmlens.io import model_signature
 from harmlens.probes.directions import data_hash
 from harmlens.runtime import ChatPrompt, chat_format, check_layers, read_positions
@@ -139,18 +141,6 @@ def _gather(model, examples, layers, batch_size: int, progress: bool) -> tuple[t
         if plain is not None:
             post[plain].append((at[prompt.t_inst], at[prompt.t_post_inst]))
     return torch.stack(pos), torch.stack(neg), post
-
-
-def fit_scales(guard, harmless: Sequence[str], batch_size: int = 8) -> torch.Tensor:
-    """Set a two-part span guard's scales from these harmless prompts (span_scoring.scales_from: each part flags about
-    5% of them at score 0); returns their combined scores, so calibration needs no second forward pass."""
-    rendered = [guard.prepare(p)[0] for p in harmless]
-    parts = [
-        span_parts(guard.score_acts, guard.tensors, guard.read(rendered[s : s + batch_size]).float().cpu())
-        for s in range(0, len(rendered), batch_size)
-    ]
-    guard.metadata["scales"] = scales_from(parts)
-    return torch.cat([scaled_max(p, guard.metadata["scales"])[0] for p in parts])
 
 
 def fit_span_guard(
