@@ -14,6 +14,7 @@ _EXPORTS = {
     "harmlens.guards.evaluation": ("GuardReport", "evaluate_guard"),
     "harmlens.guards.latent": (
         "CentroidConfig",
+        "DualConfig",
         "GuardedModel",
         "GuardedReply",
         "LatentGuard",
@@ -29,6 +30,7 @@ _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "Adapter",
     "CentroidConfig",
+    "DualConfig",
     "Example",
     "GuardReport",
     "GuardedModel",
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from harmlens.guards.evaluation import GuardReport, evaluate_guard
     from harmlens.guards.latent import (
         CentroidConfig,
+        DualConfig,
         GuardedModel,
         GuardedReply,
         LatentGuard,
