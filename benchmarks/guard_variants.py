@@ -32,7 +32,7 @@ VARIANTS = ("centroid", "probe", "span-mlp", "span-linear")
 
 def _share_fit_reads() -> None:
     """Memoise the fits' activation reads so centroid/probe and span-linear/span-mlp read their prompts once."""
-    from harmlens.guards.latent import fit, span_fit
+    from harmlens.guards.fitting import fit, span_fit
 
     def memo(fn, key):
         cache: dict = {}
@@ -93,8 +93,8 @@ def _alpaca_pool(exclude: set[str], k: int, seed: int) -> list[str]:
 
 def build_sets(n: int, n_harmless: int, n_cal: int, seed: int, exclude: set[str]) -> tuple[dict, dict]:
     """(evaluation sets {name: (prompts, harmful?)}, calibration sources {name: prompts})."""
-    from harmlens.guards.evaluation.sets import named_wrap, gptfuzzer_wrap, shipped_sets
-    from harmlens.guards.latent.span_fit import FIT_NAMED, fit_gptfuzzer_ids
+    from harmlens.guards.evaluation.sets import gptfuzzer_wrap, named_wrap, shipped_sets
+    from harmlens.guards.fitting.span_fit import FIT_NAMED, fit_gptfuzzer_ids
     from harmlens.guards.organisms.datasets import eval_prompts
     from harmlens.probes.data import builtin_prompts
 
@@ -110,7 +110,8 @@ def build_sets(n: int, n_harmless: int, n_cal: int, seed: int, exclude: set[str]
         "alpaca_ref": alpaca[:n_cal],
         "alpaca": alpaca[n_cal : 2 * n_cal],
         "xstest": xs_cal,
-        "wrapped": named_wrap(wrapped[:half], FIT_NAMED) + gptfuzzer_wrap(wrapped[half:], fit_gptfuzzer_ids(seed), seed),
+        "wrapped": named_wrap(wrapped[:half], FIT_NAMED)
+        + gptfuzzer_wrap(wrapped[half:], fit_gptfuzzer_ids(seed), seed),
     }
     return sets, cal
 

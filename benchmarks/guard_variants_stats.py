@@ -21,8 +21,8 @@ HARMFUL = ("plain_harmful", "gptfuzzer", "text_jailbreaks")
 WRAPPED = ("gptfuzzer", "text_jailbreaks")
 HARMLESS = ("plain_harmless", "xstest_safe", "gptfuzzer_harmless", "text_jailbreaks_harmless")
 SOURCES = ("alpaca", "xstest", "wrapped")
-REGIMES = {"alpaca": ("alpaca",), "pooled": SOURCES, "worst": SOURCES}
-CORROBORATION = (0.5, 1.0, 2.0)
+REGIMES = {"alpaca": ("alpaca",), "alpaca+wrapped": ("alpaca", "wrapped"), "pooled": SOURCES, "worst": SOURCES}
+CORROBORATION = (0.25, 0.5, 1.0)
 
 
 def _t(x) -> torch.Tensor:
@@ -84,7 +84,7 @@ def thresholds(det: dict, target: float, alpha: float | None) -> dict[str, float
     if "tau" in det:
         return det["tau"]
     taus = {} if alpha is None else {"own": alpha}
-    for regime, sources in REGIMES.items():
+    for regime, sources in REGIMES.items():  # alpaca+wrapped and worst: the largest per-source threshold
         per = [threshold_for_fpr(det["score"](f"cal:{s}"), target) for s in sources]
         if regime == "pooled":
             per = [threshold_for_fpr(torch.cat([det["score"](f"cal:{s}") for s in sources]), target)]

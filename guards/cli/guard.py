@@ -189,7 +189,7 @@ def fit_config(args: argparse.Namespace):
     else:
         method = args.method or ("probe" if args.read == "span" else "centroid")
         cls = variant_for(method, args.read or "t_inst", args.token_probe)
-    fields = {"layers": parse_layers(args.layers), "balance": not args.no_balance}
+    fields: dict[str, Any] = {"layers": parse_layers(args.layers), "balance": not args.no_balance}
     if args.target_fpr is not None:  # else the variant's own default (the dual guard's is 0.05)
         fields["target_fpr"] = args.target_fpr
     fields |= {"seed": args.seed, "val_fraction": args.val_fraction, "system": args.system}

@@ -53,8 +53,10 @@ def wrap_in(groups: list, prompts: Sequence[str]) -> list[str]:
 def part_scores(guard, prompts: Sequence[str], batch_size: int) -> dict[str, torch.Tensor]:
     """Raw score of each part of a dual guard on these prompts {part: [n]}."""
     rendered = [guard.prepare(p)[0] for p in prompts]
-    chunks = [guard.scorer.parts(guard.read(rendered[s : s + batch_size]).float().cpu())
-              for s in range(0, len(rendered), batch_size)]
+    chunks = [
+        guard.scorer.parts(guard.read(rendered[s : s + batch_size]).float().cpu())
+        for s in range(0, len(rendered), batch_size)
+    ]
     return {k: torch.cat([c[k][0] for c in chunks]) for k in chunks[0]}
 
 
@@ -64,8 +66,10 @@ def _merge(t_guard, s_guard) -> tuple[list[int], dict[str, torch.Tensor]]:
     layers = sorted(set(t_layers) | set(s_layers))
 
     def union(key: str) -> torch.Tensor:
-        rows = [t_guard.tensors[key][t_layers.index(x)] if x in t_layers else s_guard.tensors[key][s_layers.index(x)]
-                for x in layers]
+        rows = [
+            t_guard.tensors[key][t_layers.index(x)] if x in t_layers else s_guard.tensors[key][s_layers.index(x)]
+            for x in layers
+        ]
         return torch.stack(rows)
 
     tensors = {k: union(k) for k in ("harmful", "harmless", "refuse", "accept")}
@@ -95,28 +99,43 @@ def fit_dual_guard(
         harmful, harmless, val_harmful, val_harmless, val_fraction=config.val_fraction, rng=rng, target_fpr=0.05
     )
     harmless, selection, cal = calibration_split(harmless, val_harmless, given, config.val_fraction, rng)
-    shared = dict(balance=config.balance, system=config.system, seed=config.seed)
-    val = {"val_harmful": val_harmful, "val_harmless": selection, "progress": progress}
-    t_guard = fit_tinst_guard(make_guard, model, harmful, harmless, CentroidConfig(layers=config.layers, **shared), **val)
+    shared: dict[str, Any] = dict(balance=config.balance, system=config.system, seed=config.seed)
+    val: dict[str, Any] = {"val_harmful": val_harmful, "val_harmless": selection, "progress": progress}
+    t_guard = fit_tinst_guard(
+        make_guard, model, harmful, harmless, CentroidConfig(layers=config.layers, **shared), **val
+    )
     span_config = SpanMLPConfig(
-        wrappers=config.wrappers, negatives_per_prompt=config.negatives_per_prompt, batch_size=config.batch_size,
-        mlp=config.mlp, **shared,
+        wrappers=config.wrappers,
+        negatives_per_prompt=config.negatives_per_prompt,
+        batch_size=config.batch_size,
+        mlp=config.mlp,
+        **shared,
     )
     s_guard = fit_span_guard(make_guard, model, harmful, harmless, span_config, **val)
     layers, tensors = _merge(t_guard, s_guard)
     fit = {
-        "n_harmful": len(harmful), "n_harmless": len(harmless),
+        "n_harmful": len(harmful),
+        "n_harmless": len(harmless),
         "parts": {"t_inst": t_guard.metadata["fit"], "span": s_guard.metadata["fit"]},
         "wrappers": s_guard.metadata["fit"]["wrappers"],
     }
     meta = {
         **{k: s_guard.metadata[k] for k in ("format", "version", "mlp")},
         **model_signature(model),
-        "variant": DualConfig.variant, "method": DualConfig.method, "position": "span", "token_probe": "mlp",
-        "layers": layers, "parts": {"t_inst": t_guard.layers, "span": s_guard.layers},
-        "scales": {"t_inst": [0.0, 1.0], "span": [0.0, 1.0]}, "corroborate": config.corroborate,
-        "alpha": 0.0, "alpha_refuse": 0.0, "target_fpr": config.target_fpr, "system": config.system,
-        "config": config.to_dict(), "fit": fit,
+        "variant": DualConfig.variant,
+        "method": DualConfig.method,
+        "position": "span",
+        "token_probe": "mlp",
+        "layers": layers,
+        "parts": {"t_inst": t_guard.layers, "span": s_guard.layers},
+        "scales": {"t_inst": [0.0, 1.0], "span": [0.0, 1.0]},
+        "corroborate": config.corroborate,
+        "alpha": 0.0,
+        "alpha_refuse": 0.0,
+        "target_fpr": config.target_fpr,
+        "system": config.system,
+        "config": config.to_dict(),
+        "fit": fit,
     }
     guard = make_guard(tensors, meta)
     bs = config.batch_size
@@ -125,10 +144,15 @@ def fit_dual_guard(
     n_val = len(val_harmful or [])
     fit["val_auroc"] = auroc(torch.tensor(val_scores[:n_val]), torch.tensor(val_scores[n_val:]))
     if config.target_fpr is not None:
-        calibrate(guard, config, cal, wrapper_groups(default_wrappers(config.seed) if config.wrappers == "default"
-                                                     else config.wrappers))
-    fit["prompt_roles"] = prompt_roles((harmful, harmless), (val_harmful or [], selection),
-                                       cal if config.target_fpr is not None else None)
+        calibrate(
+            guard,
+            config,
+            cal,
+            wrapper_groups(default_wrappers(config.seed) if config.wrappers == "default" else config.wrappers),
+        )
+    fit["prompt_roles"] = prompt_roles(
+        (harmful, harmless), (val_harmful or [], selection), cal if config.target_fpr is not None else None
+    )
     return guard
 
 
@@ -136,15 +160,15 @@ def calibrate(guard, config: DualConfig, cal: list[str], groups: list) -> float:
     """α = the largest of the conformal thresholds at target_fpr on each source in config.calibrate_on; returns α."""
     target = float(config.target_fpr)  # type: ignore[arg-type]
     sources = {"plain": cal, "wrapped": wrap_in(groups, cal) if groups else [], "xstest": xstest_calibration()}
-    per_source = {}
+    per_source: dict[str, dict[str, Any]] = {}
     for name in config.calibrate_on:
         if sources[name]:
             scores = torch.tensor([v.score for v in guard.check(sources[name])])
             per_source[name] = {"n": len(scores), "alpha": threshold_for_fpr(scores, target)}
-    guard.alpha = max(s["alpha"] for s in per_source.values())
+    guard.alpha = max(float(s["alpha"]) for s in per_source.values())
     refuse = torch.tensor([v.score for v in guard.refusal_guard().check(cal)])
     guard.metadata["alpha_refuse"] = threshold_for_fpr(refuse, target)
-    n = min(s["n"] for s in per_source.values())
+    n = min(int(s["n"]) for s in per_source.values())
     guard.metadata["fit"]["calibration"] = calibration_record(n, target)
     guard.metadata["fit"]["calibration_sources"] = per_source
     return guard.alpha

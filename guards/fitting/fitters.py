@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from harmlens.errors import HarmlensError
-from harmlens.guards.fitting.fit import fit_tinst_guard
 from harmlens.guards.fitting.dual_fit import fit_dual_guard
+from harmlens.guards.fitting.fit import fit_tinst_guard
 from harmlens.guards.fitting.span_fit import fit_span_guard
 from harmlens.guards.fitting.splits import check_disjoint
 from harmlens.guards.latent.config_base import GuardConfig

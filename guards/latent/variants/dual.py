@@ -1,13 +1,14 @@
 """The dual variant (the default guard): Zhao et al.'s t_inst centroid read AND the span-mlp token read, each part's
-score standardised on harmless prompts, the span part corroborated by t_inst.
+score standardised on harmless prompts, the larger deciding; α calibrated on several harmless sources.
 
-Why: t_inst carries the model's harmfulness belief about the whole request, which is what separates benign-but-alarming
-prompts (XSTest-safe) from harmful ones, but a jailbreak wrapper that ends in constant text moves t_inst off the
-request. The span read's top token still sees the request inside a wrapper, but it also fires on alarming words in
-safe prompts. So: harmful ⇔ max(z_t, min(z_s, z_t + c)) ≥ α, where z = (raw − center) / width per part (center = the
-95th percentile of the part's raw scores on reference harmless prompts, width = center − their median). t_inst alone
-decides when it is confident; the span part can flag a prompt only if t_inst is within `corroborate` (c) widths of
-its own threshold. α is calibrated on several harmless sources (harmlens.guards.fitting.dual_fit).
+Why: t_inst carries the model's belief about the whole request, but a jailbreak wrapper that ends in constant text
+moves t_inst off the request; the span read's top token still sees the request inside a wrapper. Score =
+max(z_t, z_s), z = (raw − center) / width per part (center = the 95th percentile of the part's raw scores on
+held-out harmless prompts, width = center − their median), so each part counts on the same harmless scale.
+`corroborate=c` lets the span part count only when t_inst is within c widths of its own threshold
+(max(z_t, min(z_s, z_t + c))); on the 135M text organism that costs most of the wrapped recall and does not lower
+XSTest-safe flags (t_inst rates XSTest-safe prompts as more harmful than wrapped harmful requests;
+docs/results/guard_variants.md), so the default is None. α: harmlens.guards.fitting.dual_fit.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar, cast
+from typing import ClassVar
 
 import torch
 
@@ -33,7 +34,7 @@ CALIBRATION_SOURCES = ("plain", "wrapped", "xstest")
 
 @dataclass(frozen=True)
 class DualConfig(SpanConfig):
-    """t_inst centroid + span MLP token probe, the span part corroborated by t_inst; calibrated on several sources."""
+    """t_inst centroid + span MLP token probe, the larger standardised part deciding; calibrated on several sources."""
 
     variant: ClassVar[str] = "dual"
     method: ClassVar[str] = "dual"
@@ -42,7 +43,7 @@ class DualConfig(SpanConfig):
     target_fpr: float | None = help_field("calibrate α so the expected FPR on new harmless prompts is ≤ this", 0.05)
     corroborate: float | None = help_field(
         "the span part flags only if t_inst is within this many widths of its threshold (None: either part flags)",
-        1.0,
+        None,
     )
     calibrate_on: tuple[str, ...] = help_field(
         "harmless sources α must hold on, each at target_fpr: plain held-out prompts, the same wrapped in the fit "
@@ -60,7 +61,9 @@ class DualConfig(SpanConfig):
         if isinstance(sources, str) or not isinstance(sources, (list, tuple)) or not sources:
             raise HarmlensError(f"calibrate_on must be a list of {CALIBRATION_SOURCES}, got {sources!r}")
         if any(s not in CALIBRATION_SOURCES for s in sources) or "plain" not in sources:
-            raise HarmlensError(f"calibrate_on must include 'plain' and name only {CALIBRATION_SOURCES}, got {sources!r}")
+            raise HarmlensError(
+                f"calibrate_on must include 'plain' and name only {CALIBRATION_SOURCES}, got {sources!r}"
+            )
         object.__setattr__(self, "calibrate_on", tuple(dict.fromkeys(sources)))
         if self.two_part:
             raise HarmlensError("two_part is a span-linear setting; the dual variant always reads both parts")
@@ -72,7 +75,7 @@ class DualConfig(SpanConfig):
     @classmethod
     def from_legacy(cls, meta: dict) -> DualConfig:
         """Dual files always record their config; this exists for the interface."""
-        return cast(DualConfig, dataclasses.replace(cls(), seed=int(meta.get("seed", 0))))
+        return dataclasses.replace(cls(), seed=int(meta.get("seed", 0)))
 
 
 def corroborated(z_t: torch.Tensor, z_s: torch.Tensor, c: float | None) -> torch.Tensor:
@@ -142,4 +145,3 @@ class DualScorer(SpanScorer):
             scaled = (raw[part][1] - scales[part][0]) / scales[part][1]
             per_layer[:, rows] = torch.where(mask[:, None], scaled.float(), per_layer[:, rows])
         return score.float(), per_layer
-

@@ -1,4 +1,4 @@
-"""The dual variant (t_inst centroid + span MLP, span corroborated by t_inst), the default of LatentGuard.fit."""
+"""The dual variant (t_inst centroid + span MLP, the larger standardised part deciding), the default of LatentGuard.fit."""
 
 from __future__ import annotations
 
@@ -32,12 +32,17 @@ def dual_guard(tiny_model):
 
 def test_the_default_fit_is_the_calibrated_dual_guard(default_guard):
     assert default_guard.variant == "dual" and default_guard.config == DualConfig()
-    assert default_guard.metadata["target_fpr"] == 0.05 and default_guard.metadata["corroborate"] == 1.0
+    assert default_guard.metadata["target_fpr"] == 0.05 and default_guard.metadata["corroborate"] is None
     parts = default_guard.metadata["parts"]
     assert set(parts["t_inst"]) | set(parts["span"]) == set(default_guard.layers)
     sources = default_guard.metadata["fit"]["calibration_sources"]
     assert set(sources) == {"plain", "wrapped"}
     assert default_guard.alpha == max(s["alpha"] for s in sources.values())
+    scales = default_guard.metadata["scales"]
+    for text in PROMPTS[:3]:  # the larger standardised part decides
+        raw = default_guard.scorer.parts(default_guard.read([default_guard.prepare(text)[0]]))
+        z = [float((raw[k][0] - scales[k][0]) / scales[k][1]) for k in ("t_inst", "span")]
+        assert default_guard(text).score == pytest.approx(max(z), abs=1e-4)
 
 
 def test_verdict_follows_the_corroborated_rule(dual_guard):
