@@ -34,7 +34,9 @@ CALIBRATION_SOURCES = ("plain", "wrapped", "xstest")
 
 @dataclass(frozen=True)
 class DualConfig(SpanConfig):
-    """t_inst centroid + span MLP token probe, the larger standardised part deciding; calibrated on several sources."""
+    """t_inst centroid + span MLP token probe, the larger standardised part deciding; calibrated on several sources.
+    `layers` fixes the t_inst part's layers (None: a window chosen on held-out prompts); the span part reads the span
+    fit's default layers."""
 
     variant: ClassVar[str] = "dual"
     method: ClassVar[str] = "dual"
