@@ -51,7 +51,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     import harmlens  # noqa: I001
-    from harmlens.guards import LatentGuard
+    from harmlens.guards import CentroidConfig, LatentGuard
     from harmlens.probes import builtin_prompts, chat_format, extract_directions, generate, load_model, steer
     from transformers import AutoModelForCausalLM
 
@@ -110,7 +110,7 @@ def main() -> None:
         print(name, result[name], flush=True)
     result["no_hooks"]["same_replies_as_plain"] = same
 
-    guard = LatentGuard.fit(model, harmful[:32], harmless[:32])
+    guard = LatentGuard.fit(model, harmful[:32], harmless[:32], CentroidConfig())  # the overhead of a t_inst read
     guard.alpha = 1e9  # allows every prompt: the read and the scoring are pure overhead
     guarded = guard.wrap(model)
     t_un, t_g, ratio = alternate(

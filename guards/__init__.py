@@ -15,6 +15,7 @@ _EXPORTS = {
     "harmlens.guards.evaluation": ("GuardReport", "evaluate_guard"),
     "harmlens.guards.latent": (
         "CentroidConfig",
+        "DualConfig",
         "GuardedModel",
         "GuardedReply",
         "LatentGuard",
@@ -30,6 +31,7 @@ _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = [
     "Adapter",
     "CentroidConfig",
+    "DualConfig",
     "Example",
     "GuardReport",
     "GuardedModel",
@@ -53,6 +55,7 @@ if TYPE_CHECKING:
     from harmlens.guards.evaluation import GuardReport, evaluate_guard
     from harmlens.guards.latent import (
         CentroidConfig,
+        DualConfig,
         GuardedModel,
         GuardedReply,
         LatentGuard,

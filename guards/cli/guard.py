@@ -32,12 +32,13 @@ def add_guard_commands(subparsers) -> None:
         "--method",
         choices=["centroid", "probe"],
         default=None,
-        help="centroid (default for --read t_inst) or probe (the only one for --read span)",
+        help="centroid (default for --read t_inst) or probe (the only one for --read span); without --method, "
+        "--read and --variant: the dual guard (t_inst centroid + span MLP, calibrated at 5%% FPR)",
     )
     fit.add_argument(
         "--read",
         choices=["t_inst", "span"],
-        default="t_inst",
+        default=None,
         help="t_inst (Zhao's rule) or span: a token probe read at every token up to t_inst, the top "
         "token deciding, fitted on the prompts also wrapped in jailbreaks; catches wrappers that "
         "end in constant text",
@@ -60,12 +61,14 @@ def add_guard_commands(subparsers) -> None:
         "--target-fpr",
         type=fraction,
         default=None,
-        help="calibrate alpha: expected FPR on new harmless prompts at most this (conformal)",
+        help="calibrate alpha: expected FPR on new harmless prompts at most this (conformal; default: 0.05 for the "
+        "dual guard, uncalibrated for the others)",
     )
     fit.add_argument(
         "--variant",
         default=None,
-        help="guard variant (centroid, probe, span-linear, span-mlp); overrides --method/--read/--token-probe",
+        help="guard variant (dual: the default; centroid, probe, span-linear, span-mlp); overrides "
+        "--method/--read/--token-probe",
     )
     fit.add_argument(
         "--seed", type=nonneg_int, default=0, help="seed of the held-out split and the span fit's sampling"
@@ -177,14 +180,18 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def fit_config(args: argparse.Namespace):
     """The guard config the `fit` flags describe: --variant, else the (--method, --read, --token-probe) triple."""
-    from harmlens.guards.latent.configs import SpanConfig, config_class, variant_for
+    from harmlens.guards.latent.configs import DualConfig, SpanConfig, config_class, variant_for
 
     if args.variant is not None:
         cls = config_class(args.variant)
+    elif args.method is None and args.read is None:
+        cls = DualConfig  # the default guard
     else:
         method = args.method or ("probe" if args.read == "span" else "centroid")
-        cls = variant_for(method, args.read, args.token_probe)
-    fields = {"layers": parse_layers(args.layers), "target_fpr": args.target_fpr, "balance": not args.no_balance}
+        cls = variant_for(method, args.read or "t_inst", args.token_probe)
+    fields: dict[str, Any] = {"layers": parse_layers(args.layers), "balance": not args.no_balance}
+    if args.target_fpr is not None:  # else the variant's own default (the dual guard's is 0.05)
+        fields["target_fpr"] = args.target_fpr
     fields |= {"seed": args.seed, "val_fraction": args.val_fraction, "system": args.system}
     if issubclass(cls, SpanConfig):
         groups = [[w.strip() for w in g.split(",") if w.strip()] for g in args.wrappers.split(";") if g.strip()]

@@ -10,12 +10,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from harmlens.errors import HarmlensError
+from harmlens.guards.fitting.dual_fit import fit_dual_guard
 from harmlens.guards.fitting.fit import fit_tinst_guard
 from harmlens.guards.fitting.span_fit import fit_span_guard
 from harmlens.guards.fitting.splits import check_disjoint
 from harmlens.guards.latent.config_base import GuardConfig
 from harmlens.guards.latent.registry import get_variant
-from harmlens.guards.latent.variants import CentroidConfig
+from harmlens.guards.latent.variants import DualConfig
 from harmlens.runtime import ChatPrompt
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ def register_fitter(variant: str, fitter: Fitter) -> None:
 def fitter_for(config: object) -> Fitter:
     """The fit function of this config's variant; HarmlensError (one line) for anything else."""
     if not isinstance(config, GuardConfig):
-        raise HarmlensError(f"fit takes a guard config (e.g. CentroidConfig()), got {type(config).__name__}")
+        raise HarmlensError(f"fit takes a guard config (e.g. DualConfig()), got {type(config).__name__}")
     variant = get_variant(config.variant)
     if variant.name not in _FITTERS:
         raise HarmlensError(
@@ -60,8 +61,9 @@ def fit_guard(
     val_harmless: Sequence[str | ChatPrompt] | None = None,
     progress: bool = False,
 ):
-    """Fit the variant `config` names (default CentroidConfig()); `make_guard(tensors, metadata)` builds the guard."""
-    config = CentroidConfig() if config is None else config
+    """Fit the variant `config` names (default DualConfig(): t_inst + span read, calibrated at 5% FPR);
+    `make_guard(tensors, metadata)` builds the guard."""
+    config = DualConfig() if config is None else config
     fitter = fitter_for(config)
     check_disjoint(harmful, harmless)  # fit(P, P) would return a meaningless guard
     val = {"val_harmful": val_harmful, "val_harmless": val_harmless}
@@ -72,3 +74,4 @@ for _name in ("centroid", "probe"):
     register_fitter(_name, fit_tinst_guard)
 for _name in ("span-linear", "span-mlp"):
     register_fitter(_name, fit_span_guard)
+register_fitter("dual", fit_dual_guard)

@@ -93,6 +93,11 @@ def _groups(wrappers) -> list[list[Jailbreak]]:
     return [[get_jailbreak(w) for w in g] for g in groups]
 
 
+def wrapper_groups(wrappers) -> list[list[Jailbreak]]:
+    """Jailbreak groups from names: one name, a flat list (one group) or a list of groups (the fits' wrappers)."""
+    return _groups(wrappers)
+
+
 def _sample(positions: Sequence[int], k: int | None, rng: random.Random) -> list[int]:
     positions = list(positions)
     return positions if k is None or len(positions) <= k else sorted(rng.sample(positions, k))

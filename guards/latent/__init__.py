@@ -15,6 +15,7 @@ from harmlens.guards.latent.scorer import Scorer, SpanScorer
 from harmlens.guards.latent.variants import (
     CentroidConfig,
     DeltaRefuseConfig,
+    DualConfig,
     ProbeConfig,
     SpanLinearConfig,
     SpanMLPConfig,
@@ -24,6 +25,7 @@ __all__ = [
     "VARIANTS",
     "CentroidConfig",
     "DeltaRefuseConfig",
+    "DualConfig",
     "GuardConfig",
     "GuardedModel",
     "GuardedReply",

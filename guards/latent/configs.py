@@ -9,12 +9,13 @@ from harmlens.guards.latent.registry import VARIANTS, config_class, config_from_
 from harmlens.guards.latent.variants import (
     CentroidConfig,
     DeltaRefuseConfig,
+    DualConfig,
     ProbeConfig,
     SpanLinearConfig,
     SpanMLPConfig,
 )
 
-__all__ = ["VARIANTS", "CentroidConfig", "DeltaRefuseConfig", "GuardConfig", "ProbeConfig", "SpanConfig"]
+__all__ = ["VARIANTS", "CentroidConfig", "DeltaRefuseConfig", "DualConfig", "GuardConfig", "ProbeConfig", "SpanConfig"]
 __all__ += ["SpanLinearConfig", "SpanMLPConfig", "Wrappers", "config_class", "config_from_dict", "variant_for"]
 
 

@@ -130,7 +130,7 @@ class LatentGuard:
         val_harmless: Sequence[str | ChatPrompt] | None = None,
         progress: bool = False,
     ) -> LatentGuard:
-        """Fit the variant `config` names (default CentroidConfig(); see harmlens.guards.latent.variants for each
+        """Fit the variant `config` names (default DualConfig(), the t_inst + span guard at 5% FPR; see harmlens.guards.latent.variants for each
         variant's fields); val_harmful/val_harmless, when given, replace the held-out share of the fit sets.
         The fitting code (harmlens.guards.fitting) is imported here, when called: a deployment that only loads and
         runs guard files carries no fitting code and none of harmlens.attacks in its import closure."""

@@ -95,26 +95,20 @@ def step_attacks(out: Path, settings: MainJobSettings, subject: Subject) -> dict
 
 
 def step_guard(out: Path, settings: MainJobSettings, subject: Subject) -> dict:
-    """Fit a centroid Latent Guard and a span guard at 5% calibrated FPR and evaluate them against baselines on
-    jailbreak sets (the span guard's fit wrappers are left out of them)."""
-    from harmlens.guards.latent.configs import CentroidConfig, SpanMLPConfig
+    """Fit the default Latent Guard (the dual variant: t_inst centroid + span MLP, calibrated at 5% FPR on plain and
+    jailbreak-wrapped harmless prompts) and evaluate it against baselines on jailbreak sets (its fit wrappers are
+    left out of them)."""
     from harmlens.guards.latent.guard import LatentGuard
     from harmlens.guards.pipeline.guard_runs import evaluate_with_baselines, fit_summary
     from harmlens.probes.data import builtin_prompts
 
     model = subject.model
     harmful, harmless = builtin_prompts("harmful", "train"), builtin_prompts("harmless", "train")
-    paths = {"t_inst": out / "guard.safetensors", "span": out / "guard_span.safetensors"}
-    configs = {"t_inst": CentroidConfig(target_fpr=0.05), "span": SpanMLPConfig(target_fpr=0.05)}
-    for read, path in paths.items():
-        guard = LatentGuard.fit(model, harmful, harmless, configs[read], progress=True)
-        print(json.dumps(fit_summary(guard, guard.save(path))), flush=True)
+    path = out / "guard.safetensors"
+    guard = LatentGuard.fit(model, harmful, harmless, progress=True)  # the default variant and calibration
+    print(json.dumps(fit_summary(guard, guard.save(path))), flush=True)
     report = evaluate_with_baselines(
-        LatentGuard.load(paths["t_inst"], model),
-        out,
-        compare={"latent_span": LatentGuard.load(paths["span"], model)},
-        baselines=("keyword", "delta_refuse"),
-        limit=settings.n,
+        LatentGuard.load(path, model), out, baselines=("keyword", "delta_refuse"), limit=settings.n
     )
     return {"markdown": report.to_markdown()}
 

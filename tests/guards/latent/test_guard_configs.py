@@ -16,6 +16,7 @@ from harmlens.guards.cli.guard import add_guard_commands, fit_config, main
 from harmlens.guards.latent.configs import (
     VARIANTS,
     CentroidConfig,
+    DualConfig,
     ProbeConfig,
     SpanLinearConfig,
     SpanMLPConfig,
@@ -33,17 +34,18 @@ def test_registry_names_every_variant_and_refuses_unknown_ones():
         "probe": ProbeConfig,
         "span-linear": SpanLinearConfig,
         "span-mlp": SpanMLPConfig,
+        "dual": DualConfig,
     }
     with pytest.raises(HarmlensError) as err:
         config_class("svm")
-    assert str(err.value) == "unknown guard variant 'svm'; known: centroid, probe, span-linear, span-mlp"
+    assert str(err.value) == "unknown guard variant 'svm'; known: centroid, probe, span-linear, span-mlp, dual"
     with pytest.raises(HarmlensError, match="unknown guard variant None"):
         config_from_dict({"layers": [1]})
 
 
 def test_every_field_says_what_it_is():
     for cls in VARIANTS.values():
-        assert cls.__doc__ and cls.variant and cls.method in ("centroid", "probe")
+        assert cls.__doc__ and cls.variant and cls.method in ("centroid", "probe", "dual")
         for f in dataclasses.fields(cls):
             assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
             assert f.type, f"{cls.__name__}.{f.name} has no type hint"
@@ -157,7 +159,11 @@ def _fit_args(*argv: str) -> argparse.Namespace:
 
 
 def test_cli_fit_flags_map_onto_config_fields(tmp_path, capsys):
-    assert fit_config(_fit_args()) == CentroidConfig()
+    assert fit_config(_fit_args()) == DualConfig()  # the default guard, calibrated at 5% FPR
+    assert fit_config(_fit_args("--target-fpr", "0.02", "--wrappers", "aim")) == DualConfig(
+        target_fpr=0.02, wrappers=(("aim",),)
+    )
+    assert fit_config(_fit_args("--read", "t_inst")) == CentroidConfig()
     assert fit_config(_fit_args("--method", "probe", "--layers", "2-4", "--target-fpr", "0.1")) == ProbeConfig(
         layers=(2, 3, 4), target_fpr=0.1
     )
@@ -169,4 +175,4 @@ def test_cli_fit_flags_map_onto_config_fields(tmp_path, capsys):
     assert fit_config(_fit_args("--variant", "span-linear", "--seed", "4")) == SpanLinearConfig(seed=4)
     assert main(["fit", "--variant", "svm", "--out", str(tmp_path / "g.safetensors")]) == 2
     assert "unknown guard variant 'svm'; known:" in capsys.readouterr().err
-    assert main(["fit", "--wrappers", "aim", "--out", str(tmp_path / "g.safetensors")]) == 2
+    assert main(["fit", "--method", "centroid", "--wrappers", "aim", "--out", str(tmp_path / "g.safetensors")]) == 2

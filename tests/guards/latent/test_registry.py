@@ -20,7 +20,7 @@ from harmlens.guards.latent.variants.centroid import CentroidScorer, centroid_ma
 from harmlens.io import save_tensors
 from harmlens.probes.beliefs import delta_scores
 
-BUILT_IN = "centroid, probe, span-linear, span-mlp, delta-refuse"
+BUILT_IN = "centroid, probe, span-linear, span-mlp, delta-refuse, dual"
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_the_refusal_read_is_the_delta_refuse_variant(tmp_path, tiny_model, guar
     with pytest.raises(HarmlensError) as err:
         LatentGuard.fit(tiny_model, HARMFUL, HARMLESS, DeltaRefuseConfig())
     assert _one_line(err) == (
-        "guard variant 'delta-refuse' cannot be fitted on its own; fittable: centroid, probe, span-linear, span-mlp"
+        "guard variant 'delta-refuse' cannot be fitted on its own; fittable: centroid, probe, span-linear, span-mlp, dual"
     )
 
 
