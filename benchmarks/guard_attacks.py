@@ -8,7 +8,7 @@ unguarded model's ASR at the same budgets (GCG on compliance alone; the template
 measured first, so the table says whether the budget jailbreaks the model without a guard.
 
 Run: nice python3 benchmarks/guard_attacks.py --out runs/guard_attacks [--n 8] [--steps 4] [--candidates 16]
-     [--queries 16] [--guards centroid,span_mlp] [--guard-dir DIR (reuse NAME.safetensors)] [--no-refit]
+     [--queries 16] [--guards centroid,span_mlp,dual] [--guard-dir DIR (reuse NAME.safetensors)] [--no-refit]
 Writes results.json (after every stage) and results.md into --out.
 """
 
@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-CONFIGS = {"centroid": "CentroidConfig", "span_mlp": "SpanMLPConfig"}
+CONFIGS = {"centroid": "CentroidConfig", "span_mlp": "SpanMLPConfig", "dual": "DualConfig"}
 
 
 def _guard(name: str, model, guard_dir: Path | None):
