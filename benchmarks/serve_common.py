@@ -1,4 +1,5 @@
-"""Shared parts of the serve benchmarks: the workload, the small test guard, server processes from any checkout."""
+"""Shared parts of the serve benchmarks: the workload, the small test guard, server processes from any checkout,
+their process groups and memory."""
 
 from __future__ import annotations
 
