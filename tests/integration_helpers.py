@@ -23,6 +23,7 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 class GuardedServer:
     base: str  # http://127.0.0.1:PORT (the server's root; the OpenAI API is under /v1)
     guard: Any  # the LatentGuard it serves, for offline verdicts
+    backend: str = "hf"  # "hf": harmlens's own server; "vllm": vLLM's OpenAI server with the guard plugin
 
     def flagged(self, prompt: str) -> bool:
         """The offline verdict for a one-turn conversation (what the server computes for it)."""
@@ -30,10 +31,20 @@ class GuardedServer:
 
     def chat(self, prompt: str, max_tokens: int) -> dict:
         """The server's own /v1/chat/completions answer (greedy) to a one-turn prompt, asked directly."""
-        body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
+        body = {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+        }
         status, reply = post(self.base, "/v1/chat/completions", json.dumps(body).encode(), AUTH)
         assert status == 200, reply
         return reply
+
+    def allowed_field(self, reply: dict) -> bool:
+        """Whether a chat reply's `harmlens` field says allowed (hf: blocked false; vllm: verdict "allowed")."""
+        field = reply["harmlens"]
+        return field["blocked"] is False if self.backend == "hf" else field["verdict"] == "allowed"
 
 
 def run_tool(python: str, args: list[str], env: dict[str, str], cwd: Path = EXAMPLES, timeout: float = 300):

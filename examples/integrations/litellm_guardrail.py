@@ -15,6 +15,12 @@ A flagged request raises litellm's GuardrailRaisedException (the proxy answers H
 guard's verdict is read with the *served* model, so this only makes sense when that model is the one answering or
 the one the guard was fitted on. Pointing LiteLLM's model at the guarded server itself (as main() does) also gets
 the server's own zero-extra-forward guard on /v1/chat/completions behind this check.
+
+Against the plugin-guarded `vllm serve` (`python -m harmlens.guards serve GUARD --backend vllm`), which has no
+/v1/moderations: a 404 there makes the check ask the same server for a one-token chat completion and read its
+`x-harmlens-verdict` header (one more prefill per request); any other answer, or no header, blocks (fail closed).
+Without this guardrail at all, a flagged request to that server still gets the refusal with finish_reason
+"content_filter", which LiteLLM passes through.
 """
 
 from __future__ import annotations
@@ -46,12 +52,26 @@ class HarmlensGuardrail(CustomGuardrail):
         super().__init__(**kwargs)
 
     async def moderate(self, messages: list[dict]) -> dict:
-        """The /v1/moderations result for one conversation (read at its last user turn)."""
-        headers = {"Authorization": f"Bearer {self.harmlens_key}"} if self.harmlens_key else {}
+        """The /v1/moderations result for one conversation (read at its last user turn); from vLLM's server, which
+        has none, the verdict header of a one-token chat completion in the same shape."""
+        base, headers = (
+            self.harmlens_base,
+            {"Authorization": f"Bearer {self.harmlens_key}"} if self.harmlens_key else {},
+        )
         async with httpx.AsyncClient(timeout=120) as client:
-            r = await client.post(f"{self.harmlens_base}/v1/moderations", json={"messages": messages}, headers=headers)
+            r = await client.post(f"{base}/v1/moderations", json={"messages": messages}, headers=headers)
+            if r.status_code != 404:
+                r.raise_for_status()
+                return r.json()["results"][0]
+            models = await client.get(f"{base}/v1/models", headers=headers)
+            models.raise_for_status()
+            body = {"model": models.json()["data"][0]["id"], "messages": messages, "max_tokens": 1, "temperature": 0}
+            r = await client.post(f"{base}/v1/chat/completions", json=body, headers=headers)
         r.raise_for_status()
-        return r.json()["results"][0]
+        label = r.headers.get("x-harmlens-verdict")  # allowed | flagged | failed, from the plugin's middleware
+        if label is None:
+            raise ValueError("the server has no /v1/moderations and sent no x-harmlens-verdict header")
+        return {"flagged": label != "allowed", "harmlens": r.json().get("harmlens") or {"verdict": label}}
 
     async def async_pre_call_hook(self, user_api_key_dict, cache, data: dict, call_type):  # type: ignore[override]
         messages = data.get("messages")
@@ -65,10 +85,11 @@ class HarmlensGuardrail(CustomGuardrail):
             raise GuardrailRaisedException(self.guardrail_name, f"harmlens guard unavailable: {e}") from e
         if result["flagged"]:
             verdict = result["harmlens"]
+            score, threshold = verdict.get("score"), verdict.get("threshold")
+            why = f"score {score:.4g} > threshold {threshold:.4g}" if score is not None else verdict.get("error")
             raise GuardrailRaisedException(
                 self.guardrail_name,
-                f"blocked by the harmlens latent guard (score {verdict['score']:.4g} > threshold "
-                f"{verdict['threshold']:.4g})",
+                f"blocked by the harmlens latent guard ({why or 'no verdict'})",
                 status_code=400,
                 blocked_content=True,
             )
@@ -87,6 +108,7 @@ async def ask(model: str, base: str, key: str | None, prompt: str, max_tokens: i
             api_key=key or "none",
             messages=[{"role": "user", "content": prompt}],
             max_tokens=max_tokens,
+            temperature=0,
             guardrails=["harmlens"],
             num_retries=0,
         )

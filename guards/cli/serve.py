@@ -44,13 +44,20 @@ def add_command(subparsers) -> None:
         "--backend",
         choices=("hf", "vllm"),
         default="hf",
-        help="hf (default) or vllm: vLLM serves the model and the guard reads vLLM's own prefill",
+        help="hf (default): this server; vllm: vLLM's own OpenAI server with the guard plugin (docs/vllm_plugin.md)",
     )
     p.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Load the model and guard (refusing a guard fitted on another model), then serve until interrupted."""
+    """Load the model and guard (refusing a guard fitted on another model), then serve until interrupted; with
+    --backend vllm, run vLLM's own server with the guard plugin instead (guards/vllm_guard/launch.py)."""
+    if not 0 < args.port < 65536 or min(args.max_batch, args.max_tokens, args.max_queue) < 1 or args.wait_ms < 0:
+        raise HarmlensError("--port, --max-batch, --max-tokens, --max-queue must be positive, --wait-ms not negative")
+    if args.backend == "vllm":  # vLLM's own server with the guard as a plugin; the Python API is VLLMGuardedModel
+        from harmlens.guards.vllm_guard.launch import serve_vllm
+
+        return serve_vllm(args)
     try:
         import uvicorn
 
@@ -65,12 +72,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from harmlens.io import model_name
     from harmlens.runtime import load_model
 
-    if not 0 < args.port < 65536 or min(args.max_batch, args.max_tokens, args.max_queue) < 1 or args.wait_ms < 0:
-        raise HarmlensError("--port, --max-batch, --max-tokens, --max-queue must be positive, --wait-ms not negative")
-    if args.backend == "vllm":  # vLLM's own server with the guard as a plugin
-        from harmlens.guards.vllm_guard.launch import serve_vllm
-
-        return serve_vllm(args)
     if not args.guard.is_file():
         raise HarmlensError(f"guard file not found: {args.guard}")
     try:
@@ -82,13 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         guard = LatentGuard(tensors, meta, model, fail_closed=not args.fail_open)
     except HarmlensError as exc:
         raise HarmlensError(f"refusing to serve: the guard does not belong to this model: {exc}") from None
-    refusal = args.refusal or DEFAULT_REFUSAL
-    if args.backend == "vllm":
-        from harmlens.guards.vllm_guard import VLLMGuardedModel
-
-        guarded: GuardedModel | VLLMGuardedModel = VLLMGuardedModel(model, guard, refusal=refusal)
-    else:
-        guarded = GuardedModel(model, guard, refusal=refusal)
+    guarded = GuardedModel(model, guard, refusal=args.refusal or DEFAULT_REFUSAL)
     batcher = Batcher(
         guarded,
         guarded_replies=not args.unguarded,
@@ -96,12 +91,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         wait_ms=args.wait_ms,
         max_queue=args.max_queue,
     )
-    vlm = args.backend == "hf" and getattr(guarded, "processor", None) is not None  # image_url parts: one per request
+    vlm = getattr(guarded, "processor", None) is not None  # image_url parts: one per request
     limits = Limits(max_message_chars=args.max_message_chars, max_tokens=args.max_tokens, max_images=int(vlm))
     served = args.served_name or model_name(model)
     app = create_app(batcher, served, api_key=args.api_key or os.environ.get(_KEY_ENV) or None, limits=limits)
     mode = "UNGUARDED (baseline)" if args.unguarded else f"guarded by {args.guard.name}"
-    mode += " on vLLM" if args.backend == "vllm" else ""
     mode += ", images on" if vlm else ""
     closed = "fail-open" if args.fail_open else "fail-closed"
     print(f"serving {served!r} {mode} ({closed}) on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
