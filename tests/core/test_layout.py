@@ -25,8 +25,9 @@ LATENT_FORBIDDEN = (
     "harmlens.guards.evaluation",
 )
 # The deployable guard's import closure (harmlens modules, source lines) a little above what it was when it was
-# measured: 49 modules, 5,856 lines (2026-12-04; 70 / 9,833 before fitting left guards/latent).
-CLOSURE_BUDGET = (52, 6300)
+# measured: 52 modules, 6,315 lines (2026-12-05: the dual variant and the runtime's step loop and sampling joined the
+# 49 / 5,856 of 2026-12-04; 70 / 9,833 before fitting left guards/latent).
+CLOSURE_BUDGET = (54, 6500)
 CLOSURE = """
 import sys
 import harmlens.guards.latent

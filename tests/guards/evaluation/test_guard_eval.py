@@ -118,7 +118,7 @@ def test_gcg_sets_reuse_suffixes(tmp_path):
 @pytest.fixture(scope="module")
 def guard_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("guard") / "g.safetensors"
-    assert main(["fit", "--limit", "6", "--layers", "1-2", "--out", str(path)]) == 0
+    assert main(["fit", "--variant", "centroid", "--limit", "6", "--layers", "1-2", "--out", str(path)]) == 0
     return path
 
 
