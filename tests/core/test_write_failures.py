@@ -36,6 +36,7 @@ threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
 """
 SIGINT_AT_MOVE = """
 import os, signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a runner started in the background leaves SIGINT ignored
 OUT, AT = os.path.abspath(sys.argv.pop(1)), int(sys.argv.pop(1))
 renames = []
 def at_move(event, args):
