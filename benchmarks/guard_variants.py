@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import random
 import shlex
 import sys
@@ -26,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SHARED = Path("/work/shared/data")
+SHARED = Path(os.environ.get("HARMLENS_TEST_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 VARIANTS = ("centroid", "probe", "span-mlp", "span-linear")
 
 

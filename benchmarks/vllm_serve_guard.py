@@ -14,10 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import inspect
-import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,20 +26,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-DATA = Path(os.environ.get("HARMLENS_TEST_DATA", ROOT.parent / "shared" / "data"))
-
-
-def harmless_prompts(n: int) -> list[str]:
-    """The first n held-out (val) harmless instructions of ../shared/data/harmless/harmless_val.json."""
-    rows = json.loads((DATA / "harmless" / "harmless_val.json").read_text())
-    return [r["instruction"] for r in rows[:n]]
-
-
-def free_port() -> int:
-    """A port nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from serve_common import free_port, instructions  # noqa: E402  (the serve benchmarks' shared prompts and ports)
 
 
 def start(guard: Path, model: str, guarded: bool, extra: list[str], log: Path) -> tuple[subprocess.Popen, int]:
@@ -129,7 +115,7 @@ def main() -> None:
     try:
         for g, (proc, port) in servers.items():
             wait(proc, port, logs / f"{g}.log")
-        pool = harmless_prompts(64)
+        pool = instructions("harmless", 64)
         checks = asyncio.run(asyncio.wait_for(_replies(servers, pool, args.max_tokens), 1800))
         prompts = [q for q, (g, u, verdict) in zip(pool, checks) if verdict == "allowed"]
         same = sum(g == u for q, (g, u, verdict) in zip(pool, checks) if verdict == "allowed")

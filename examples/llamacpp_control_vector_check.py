@@ -18,10 +18,10 @@ layer L with strength s in both tools and compares the change of the next-token 
    (means over prompts) and top-1 agreement of the steered next token, against HF steering at L-1, L and L+1.
 
     PYTHONPATH=. python examples/llamacpp_control_vector_check.py prepare --out /tmp/cvcheck
-    /work/venv-llamacpp/bin/python examples/llamacpp_control_vector_check.py check --out /tmp/cvcheck
+    ../venv-llamacpp/bin/python examples/llamacpp_control_vector_check.py check --out /tmp/cvcheck
 
-(llama-cpp-python built in its own venv: python3 -m venv /work/venv-llamacpp; CMAKE_ARGS="-DGGML_NATIVE=OFF
--DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" /work/venv-llamacpp/bin/pip install
+(llama-cpp-python built in its own venv: python3 -m venv ../venv-llamacpp; CMAKE_ARGS="-DGGML_NATIVE=OFF
+-DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" ../venv-llamacpp/bin/pip install
 llama-cpp-python==0.3.36.)
 """
 
