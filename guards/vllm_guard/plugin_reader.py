@@ -137,13 +137,7 @@ class GuardReader(ReadWorkerExtension):
                 self._hl_wants[rid] = set(self.read_pos[rid] or ())
                 self._hl_rows[rid] = {}
             pos = flat[offsets[i] : offsets[i + 1]]
-            want = self._hl_wants.get(rid)
-            if want and pos:
-                rows = [offsets[i] + j for j, p in enumerate(pos) if p in want]
-                if rows:
-                    index = torch.tensor(rows, device=positions.device)
-                    self._hl_plan.append((rid, index, [pos[r - offsets[i]] for r in rows]))
-                    want.difference_update(pos)
+            self._hl_plan_request(rid, pos, offsets[i], positions.device)
             step.append((rid, bool(pos) and pos[-1] + 1 >= int(batch.num_tokens_no_spec[i])))
         self.step = step
         return None

@@ -66,16 +66,20 @@ class ReadWorkerExtension:
         positions = kwargs["positions"] if "positions" in kwargs else args[1]
         offsets = runner.query_start_loc.cpu[: len(req_ids) + 1].tolist()
         for i, rid in enumerate(req_ids):
-            want = self._hl_wants.get(rid)
-            if not want:
-                continue
-            pos = positions[offsets[i] : offsets[i + 1]].tolist()
-            rows = [offsets[i] + j for j, p in enumerate(pos) if p in want]
-            if rows:
-                index = torch.tensor(rows, device=positions.device)  # moved once, not once per layer
-                self._hl_plan.append((rid, index, [pos[r - offsets[i]] for r in rows]))
-                want.difference_update(pos)
+            if self._hl_wants.get(rid):
+                pos = positions[offsets[i] : offsets[i + 1]].tolist()
+                self._hl_plan_request(rid, pos, offsets[i], positions.device)
         return None
+
+    def _hl_plan_request(self, rid: str, pos: list[int], offset: int, device: torch.device) -> None:
+        """Plan the rows of this step's flattened batch (request `rid`'s positions `pos`, starting at row `offset`)
+        that the request still wants, and mark those positions read."""
+        want = self._hl_wants.get(rid)
+        rows = [offset + j for j, p in enumerate(pos) if p in want] if want else []
+        if rows:
+            index = torch.tensor(rows, device=device)  # moved once, not once per layer
+            self._hl_plan.append((rid, index, [pos[r - offset] for r in rows]))
+            want.difference_update(pos)  # type: ignore[union-attr]
 
     def _hl_hook(self, layer: int, fused: bool):
         def hook(module: torch.nn.Module, inputs: tuple, output: Any) -> None:
